@@ -1,0 +1,223 @@
+"""The composition root: picks the concrete classes and wires the pipeline stages together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from service.api.health import FATAL, METRICS, READINESS, Readiness, add_routes
+from service.config import Settings
+from service.core.interfaces import SystemClock
+from service.core.metrics import Metrics
+from service.core.rows import RouteIndex
+from service.destinations.registry import open_destination
+from service.ingest import Ingest
+from service.resources import ResourcesFile, apply_resources
+from service.router import build_routes
+from service.runner.retry import RetryPolicy
+from service.runner.runner import SyncRunner
+from service.scheduler import Scheduler
+from service.source.kafka import EventBatch, KafkaSource
+from service.status import StatusReporter
+from service.store.base import Store
+from service.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1 << 20
+CATALOG_POLL_SECONDS = 1.0
+GAUGE_POLL_SECONDS = 5.0
+
+
+def open_store(settings: Settings) -> Store:
+    return SqliteStore(settings.database_url)
+
+
+@dataclass(slots=True)
+class Pipeline:
+    """The running pipeline: source -> router -> ingest -> scheduler -> runner -> status."""
+
+    settings: Settings
+    store: Store
+    source: KafkaSource
+    ingest: Ingest
+    scheduler: Scheduler
+    metrics: Metrics
+    routes: RouteIndex
+    catalog_version: int = -1
+    stopping: bool = False
+
+    async def refresh_catalog(self) -> None:
+        version = await self.store.catalog_version()
+        if version == self.catalog_version:
+            return
+        syncs = await self.store.list_syncs()
+        sources = await self.store.list_sources()
+        self.routes = build_routes(syncs)
+        self.scheduler.set_syncs(syncs)
+        topics = set(self.settings.events_topics)
+        topics.update(str(s.configuration["topic"]) for s in sources if s.configuration.get("topic"))
+        self.source.subscribe(topics)
+        self.catalog_version = version
+
+    async def consume(self) -> None:
+        """Fetch, store as pending, then commit: offsets cover only what is durable."""
+        while not self.stopping:
+            batch = await self.source.fetch(timeout_ms=500)
+            if batch.records:
+                await self._ingest(batch)
+
+    async def _ingest(self, batch: EventBatch) -> None:
+        delay = 0.5
+        while True:
+            try:
+                result = await self.ingest.write(batch.events, self.routes)
+                break
+            except Exception:
+                # Never move past a batch that is not stored: retry it, or stop uncommitted.
+                log.exception("storing %d events failed; retrying in %.1fs", len(batch.events), delay)
+                if self.stopping:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        await self.source.commit(batch.offsets)
+        self.scheduler.notify_pending(result.sync_ids)
+
+    async def watch(self) -> None:
+        """Catalog changes and the pending-rows gauge."""
+        since_gauge = GAUGE_POLL_SECONDS
+        while not self.stopping:
+            try:
+                await self.refresh_catalog()
+                if since_gauge >= GAUGE_POLL_SECONDS:
+                    counts = await self.store.pending_counts()
+                    self.metrics.pending_rows.set(sum(counts.values()))
+                    since_gauge = 0.0
+            except Exception:
+                log.exception("catalog refresh failed")
+            await asyncio.sleep(CATALOG_POLL_SECONDS)
+            since_gauge += CATALOG_POLL_SECONDS
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the topics the service uses when the broker allows it; existing ones are kept."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        names = {*settings.events_topics, settings.status_topic, settings.dlq_topic}
+        missing = [NewTopic(n, num_partitions=1, replication_factor=1) for n in names - existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    except KafkaError as exc:
+        log.warning("could not create topics (%s); they must exist already", exc)
+    finally:
+        await admin.close()
+
+
+def build_app(settings: Settings, resources: ResourcesFile | None = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    metrics = Metrics()
+    app[METRICS] = metrics
+    app[READINESS] = readiness = Readiness()
+    app[FATAL] = fatal = asyncio.Event()
+    add_routes(app)
+
+    async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+        clock = SystemClock()
+        store = open_store(settings)
+        await store.open()
+        stack = contextlib.AsyncExitStack()
+        stack.push_async_callback(store.close)
+        async with stack:
+            if resources is not None:
+                assert settings.config_file is not None
+                await apply_resources(store, resources, settings.config_file)
+            await ensure_topics(settings)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=5,
+            )
+            await producer.start()
+            stack.push_async_callback(producer.stop)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                group_id=settings.consumer_group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                metadata_max_age_ms=5000,
+            )
+            source = KafkaSource(
+                consumer, producer, settings.dlq_topic, metrics, settings.fetch_max_records
+            )
+            reporter = StatusReporter(store, producer, settings.status_topic, metrics)
+            runner = SyncRunner(
+                store,
+                open_destination,
+                reporter,
+                metrics,
+                clock,
+                RetryPolicy(
+                    max_attempts=settings.destination_max_attempts,
+                    base_delay=settings.destination_retry_base_seconds,
+                    max_delay=settings.destination_retry_max_seconds,
+                ),
+            )
+            stack.push_async_callback(runner.close)
+            scheduler = Scheduler(
+                runner,
+                clock,
+                max_concurrent_runs=settings.max_concurrent_runs,
+                retry_base=settings.failed_rows_retry_seconds,
+            )
+            pipeline = Pipeline(settings, store, source, Ingest(store, metrics), scheduler, metrics, {})
+            await pipeline.refresh_catalog()
+            await consumer.start()
+            stack.push_async_callback(consumer.stop)
+            scheduler.notify_pending((await store.pending_counts()).keys())
+
+            async def consumer_joined() -> bool:
+                return source.joined
+
+            readiness.add("store", store.ping)
+            readiness.add("consumer", consumer_joined)
+            consume = asyncio.create_task(pipeline.consume(), name="consume")
+            watch = asyncio.create_task(pipeline.watch(), name="catalog-watch")
+
+            def on_consume_done(task: asyncio.Task[None]) -> None:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("the consumer stopped", exc_info=task.exception())
+                    fatal.set()
+
+            consume.add_done_callback(on_consume_done)
+            log.info("sync-service started: consuming %s", ", ".join(settings.events_topics))
+            try:
+                yield
+            finally:
+                pipeline.stopping = True
+                watch.cancel()
+                # The consume loop ends after its current fetch (at most 0.5 s) and commit.
+                try:
+                    await asyncio.wait_for(asyncio.shield(consume), timeout=3)
+                except TimeoutError:
+                    consume.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consume
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+                await scheduler.stop(settings.shutdown_grace_seconds)
+                log.info("sync-service stopped")
+
+    app.cleanup_ctx.append(pipeline_ctx)
+    return app

@@ -1,0 +1,101 @@
+"""The `sync-service` command: serve, migrate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from service.api.health import FATAL
+from service.app import build_app, open_store
+from service.config import Settings, SettingsError, load_settings
+from service.resources import ResourcesError, ResourcesFile, parse_resources
+
+log = logging.getLogger("service")
+
+EXIT_CONFIG = 2
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiokafka logs every rebalance detail at INFO.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+async def serve(settings: Settings, resources: ResourcesFile | None) -> int:
+    app = build_app(settings, resources)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.setup()
+    except ResourcesError as exc:
+        print(f"sync-service: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        log.info("HTTP on %s:%d", settings.http_host, settings.http_port)
+        fatal = asyncio.create_task(app[FATAL].wait())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({fatal, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        fatal.cancel()
+        stopped.cancel()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+    return 1 if app[FATAL].is_set() else 0
+
+
+async def migrate(settings: Settings) -> int:
+    store = open_store(settings)
+    await store.open()  # applies every migration not yet recorded
+    await store.close()
+    print("sync-service: store schema is up to date")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sync-service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the service")
+    sub.add_parser("migrate", help="apply store schema migrations and exit")
+    sub.add_parser("demo", help="run the service with a demo receiver and sample events")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"sync-service: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level)
+
+    if args.command == "migrate":
+        return asyncio.run(migrate(settings))
+
+    resources = None
+    if settings.config_file is not None:
+        try:
+            resources = parse_resources(settings.config_file)
+        except ResourcesError as exc:
+            print(f"sync-service: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    if args.command == "demo":
+        from service.demo import run_demo
+
+        return asyncio.run(run_demo(settings, resources))
+    return asyncio.run(serve(settings, resources))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

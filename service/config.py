@@ -1,0 +1,77 @@
+"""Settings from the environment (prefix SYNC_). A bad value is one clear line and exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SYNC_", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(default="localhost:9092", min_length=1)
+    events_topics: Annotated[list[str], NoDecode] = Field(default=["model-changes"], min_length=1)
+    status_topic: str = Field(default="sync-status", min_length=1)
+    dlq_topic: str = Field(default="sync-dlq", min_length=1)
+    consumer_group: str = Field(default="sync-service", min_length=1)
+    database_url: str = "sqlite:///./sync-service.db"
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    config_file: Path | None = None
+    api_tokens: SecretStr | None = None
+    log_level: str = "INFO"
+
+    #: Seconds a stopping service gives the run in flight before interrupting it.
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=60)
+    #: Delivery attempts of one batch on retriable errors, and their backoff.
+    destination_max_attempts: int = Field(default=6, ge=1, le=100)
+    destination_retry_base_seconds: float = Field(default=0.2, gt=0, le=60)
+    destination_retry_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: First delay before a continuous sync retries rows that failed; doubles up to 10 min.
+    failed_rows_retry_seconds: float = Field(default=10.0, gt=0, le=3600)
+    max_concurrent_runs: int = Field(default=16, ge=1, le=1024)
+    #: Most records per fetch; also the most events one ingest transaction covers.
+    fetch_max_records: int = Field(default=2000, ge=1, le=100_000)
+
+    @field_validator("events_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+            return value
+        if value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("the PostgreSQL store is not available in this version; use sqlite:///")
+        raise ValueError("expected sqlite:///path/to/file.db")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+
+class SettingsError(Exception):
+    """One line naming the setting and what is wrong with it."""
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = "SYNC_" + str(error["loc"][0]).upper() if error["loc"] else "SYNC_*"
+        value = error.get("input")
+        secret = any(word in name for word in ("TOKEN", "DATABASE_URL"))
+        shown = "" if isinstance(value, dict) or secret else f" (got {value!r})"
+        raise SettingsError(f"{name}: {error['msg']}{shown}") from None

@@ -1,0 +1,1 @@
+"""Base types every stage shares: the domain, row records, interfaces, errors and metrics."""

@@ -1,0 +1,91 @@
+"""Every metric the service exports, declared once. Label values come from fixed sets."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class Metrics:
+    """Owns one registry, so several service instances (tests) never share counters."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "sync_events_consumed", "Change events read from Kafka.", ["topic"], registry=r
+        )
+        self.events_invalid = Counter(
+            "sync_events_invalid",
+            "Events sent to the DLQ, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.events_unrouted = Counter(
+            "sync_events_unrouted", "Events for a model with no enabled sync.", registry=r
+        )
+        self.rows_rejected = Counter(
+            "sync_rows_rejected",
+            "Event rows refused at ingest (for example a missing primary key).",
+            ["reason"],
+            registry=r,
+        )
+        self.rows_ingested = Counter(
+            "sync_rows_ingested", "Rows written to the store as pending.", registry=r
+        )
+        self.rows_planned = Counter(
+            "sync_rows_planned", "Rows planned for sending, by operation.", ["op"], registry=r
+        )
+        self.rows_unchanged = Counter(
+            "sync_rows_unchanged",
+            "Pending rows dropped because the destination already has them.",
+            registry=r,
+        )
+        self.rows_delivered = Counter(
+            "sync_rows_delivered",
+            "Rows sent to destinations, by outcome.",
+            ["destination_type", "op", "outcome"],
+            registry=r,
+        )
+        self.runs = Counter("sync_runs", "Finished sync runs, by status.", ["status"], registry=r)
+        self.pending_rows = Gauge(
+            "sync_pending_rows", "Rows waiting to be sent, over all syncs.", registry=r
+        )
+        self.batch_rows = Histogram(
+            "sync_batch_rows", "Rows per destination batch.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.destination_request_seconds = Histogram(
+            "sync_destination_request_seconds",
+            "Time of one destination request.",
+            ["destination_type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.destination_retries = Counter(
+            "sync_destination_retries",
+            "Batch deliveries retried after a retriable error.",
+            ["destination_type"],
+            registry=r,
+        )
+        self.event_to_delivery_seconds = Histogram(
+            "sync_event_to_delivery_seconds",
+            "Freshness: from an event's emittedAt to the delivery of its row; one observation "
+            "per batch, for the batch's oldest row.",
+            buckets=_FRESHNESS_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "sync_consumer_lag",
+            "Messages between the consumer's position and the partition's end.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.store_transaction_seconds = Histogram(
+            "sync_store_transaction_seconds",
+            "Time of one ingest store transaction (one fetched batch).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )

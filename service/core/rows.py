@@ -1,0 +1,96 @@
+"""Row records that travel between ingest, the store, the runner and destinations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PendingOp = Literal["upsert", "delete"]
+ChangeOp = Literal["added", "changed", "removed"]
+CHANGE_OPS: tuple[ChangeOp, ...] = ("added", "changed", "removed")
+
+
+@dataclass(slots=True, frozen=True)
+class SyncRoute:
+    """What ingest needs to know of one enabled sync to turn an event row into a pending row."""
+
+    sync_id: str
+    primary_key: str
+    referenced_columns: tuple[str, ...]
+
+
+#: modelId -> the routes of its enabled syncs.
+RouteIndex = Mapping[str, tuple[SyncRoute, ...]]
+
+
+@dataclass(slots=True)
+class PendingWrite:
+    """The newest version of one row for one sync, as ingest hands it to the store."""
+
+    sync_id: str
+    key: str
+    op: PendingOp
+    data: bytes | None  # JSON of the row projected onto the referenced columns
+    row_hash: bytes | None
+    emitted_at: float | None
+
+
+@dataclass(slots=True)
+class PendingRow:
+    """A row waiting to be sent; `seq` tells versions of the same key apart."""
+
+    key: str
+    seq: int
+    op: PendingOp
+    data: bytes | None
+    row_hash: bytes | None
+    emitted_at: float | None
+    attempts: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class SyncedRow:
+    """What the destination holds for a key: the hash of its source columns and the data sent."""
+
+    key: str
+    row_hash: bytes
+    data: bytes
+
+
+@dataclass(slots=True)
+class RowChange:
+    """One row to send: the destination payload plus what the store needs to record it."""
+
+    op: ChangeOp
+    key: str
+    data: dict[str, Any]
+    seq: int
+    row_hash: bytes | None = None  # None for removed rows
+    emitted_at: float | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return {"op": self.op, "key": self.key, "data": self.data}
+
+
+@dataclass(slots=True)
+class RowFailure:
+    """A row that could not be delivered (or planned), with the reason kept for the next run."""
+
+    key: str
+    seq: int
+    op: ChangeOp
+    error: str
+
+
+@dataclass(slots=True)
+class RowOutcomes:
+    """Everything one store transaction records about a set of rows of one sync."""
+
+    delivered: list[RowChange] = field(default_factory=list)
+    failed: list[RowFailure] = field(default_factory=list)
+    dropped: list[tuple[str, int]] = field(default_factory=list)  # (key, seq) needing no send
+
+    def __bool__(self) -> bool:
+        return bool(self.delivered or self.failed or self.dropped)

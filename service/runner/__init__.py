@@ -1,0 +1,1 @@
+"""The runner: plans row changes against what was last sent, batches and delivers them."""

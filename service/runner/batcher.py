@@ -1,0 +1,48 @@
+"""Groups row changes into destination batches by size and age; the clock is passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Batcher(Generic[T]):
+    """`add` rows, ask `is_ready`, `drain` one batch of at most `max_rows`.
+
+    Ready when a full batch is waiting, or when the oldest waiting row is older than `max_age`
+    seconds. `drain(force=True)` empties what is left at the end of a run.
+    """
+
+    def __init__(self, max_rows: int, max_age: float, clock: Callable[[], float]) -> None:
+        if max_rows < 1:
+            raise ValueError("max_rows must be at least 1")
+        self._max_rows = max_rows
+        self._max_age = max_age
+        self._clock = clock
+        self._items: list[T] = []
+        self._first_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, items: Iterable[T]) -> None:
+        before = len(self._items)
+        self._items.extend(items)
+        if before == 0 and self._items:
+            self._first_at = self._clock()
+
+    def is_ready(self) -> bool:
+        if len(self._items) >= self._max_rows:
+            return True
+        return bool(self._items) and self._clock() - (self._first_at or 0.0) >= self._max_age
+
+    def drain(self, *, force: bool = False) -> list[T]:
+        """One batch if ready (or anything waiting, with `force`); else an empty list."""
+        if not (force or self.is_ready()) or not self._items:
+            return []
+        batch = self._items[: self._max_rows]
+        del self._items[: self._max_rows]
+        self._first_at = self._clock() if self._items else None
+        return batch

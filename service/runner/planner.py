@@ -1,0 +1,74 @@
+"""plan_changes: pending rows against the rows last sent -> what to send, drop or reject."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import orjson
+
+from service.core.models import SyncMode
+from service.core.rows import ChangeOp, PendingRow, RowChange, RowFailure, SyncedRow
+from service.runner.mapping import MappingError, RowMapper
+
+MODE_OPS: dict[SyncMode, frozenset[ChangeOp]] = {
+    "insert": frozenset({"added"}),
+    "update": frozenset({"changed"}),
+    "upsert": frozenset({"added", "changed"}),
+    "mirror": frozenset({"added", "changed", "removed"}),
+}
+
+
+@dataclass(slots=True)
+class Plan:
+    changes: list[RowChange] = field(default_factory=list)
+    #: (key, seq) of rows that need no send: unchanged, nothing to remove, or outside the mode.
+    dropped: list[tuple[str, int]] = field(default_factory=list)
+    rejected: list[RowFailure] = field(default_factory=list)
+
+
+def plan_changes(
+    pending: list[PendingRow],
+    synced: Mapping[str, SyncedRow],
+    mode: SyncMode,
+    mapper: RowMapper,
+    *,
+    full_resync: bool = False,
+) -> Plan:
+    """Classify each pending row as added, changed or removed against `synced`.
+
+    A row whose source-column hash equals the one last sent is unchanged and dropped. Rows the
+    mode does not send are dropped too, leaving what the destination holds on record as it was.
+    With `full_resync`, rows are sent even when unchanged.
+    """
+    allowed = MODE_OPS[mode]
+    plan = Plan()
+    changes, dropped = plan.changes, plan.dropped
+    for row in pending:
+        previous = synced.get(row.key)
+        if row.op == "delete":
+            if previous is None or "removed" not in allowed:
+                dropped.append((row.key, row.seq))
+                continue
+            changes.append(
+                RowChange("removed", row.key, orjson.loads(previous.data), row.seq, None,
+                          row.emitted_at)
+            )
+            continue
+        if previous is None:
+            op: ChangeOp = "added"
+        elif previous.row_hash != row.row_hash or full_resync:
+            op = "changed"
+        else:
+            dropped.append((row.key, row.seq))
+            continue
+        if op not in allowed:
+            dropped.append((row.key, row.seq))
+            continue
+        try:
+            data = mapper(orjson.loads(row.data or b"{}"))
+        except MappingError as exc:
+            plan.rejected.append(RowFailure(row.key, row.seq, op, str(exc)))
+            continue
+        changes.append(RowChange(op, row.key, data, row.seq, row.row_hash, row.emitted_at))
+    return plan

@@ -1,0 +1,200 @@
+"""The scheduler: decides when each sync runs (continuous, interval, trigger, retry)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from service.core.interfaces import Clock, RunRequest, SyncExecutor
+from service.core.models import (
+    ContinuousSchedule,
+    IntervalSchedule,
+    RunStatus,
+    Sync,
+)
+
+log = logging.getLogger(__name__)
+
+
+def next_run_at(sync: Sync, last_run: float | None, now: float) -> float | None:
+    """When the sync's schedule next asks for a run (clock seconds), None if it never does on
+    its own. `last_run` is when the previous scheduled run started."""
+    schedule = sync.schedule
+    if isinstance(schedule, IntervalSchedule):
+        every = schedule.schedule.interval.seconds
+        return now if last_run is None else last_run + every
+    return None
+
+
+@dataclass(slots=True)
+class RetryBackoff:
+    """Delay before retrying a sync whose last run left failed rows: doubles, capped."""
+
+    base: float
+    cap: float
+    failures: int = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return min(self.cap, self.base * 2 ** (self.failures - 1))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+@dataclass(slots=True)
+class _SyncState:
+    sync: Sync
+    backoff: RetryBackoff
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: bool = False
+    trigger: RunRequest | None = None
+    retry_at: float | None = None
+    last_scheduled: float | None = None
+    #: The last run failed outright: new rows wait for the retry too, not only failed ones.
+    blocked: bool = False
+    running: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        executor: SyncExecutor,
+        clock: Clock,
+        *,
+        max_concurrent_runs: int = 16,
+        retry_base: float = 10.0,
+        retry_cap: float = 600.0,
+        continuous_window: float = 60.0,
+    ) -> None:
+        self._executor = executor
+        self._clock = clock
+        self._slots = asyncio.Semaphore(max_concurrent_runs)
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._window = continuous_window
+        self._states: dict[str, _SyncState] = {}
+        self._stopping = False
+
+    # inputs ----------------------------------------------------------------------------
+
+    def set_syncs(self, syncs: Iterable[Sync]) -> None:
+        """The current catalog: loops start for new enabled syncs and end for removed ones."""
+        wanted = {s.id: s for s in syncs if not s.disabled}
+        for sync_id in list(self._states):
+            if sync_id not in wanted:
+                state = self._states.pop(sync_id)
+                if state.task is not None:
+                    state.task.cancel()
+        for sync_id, sync in wanted.items():
+            state = self._states.get(sync_id)
+            if state is None:
+                state = _SyncState(sync, RetryBackoff(self._retry_base, self._retry_cap))
+                self._states[sync_id] = state
+                state.task = asyncio.create_task(self._loop(state), name=f"sync-{sync_id}")
+            else:
+                state.sync = sync
+                state.wake.set()  # the schedule may have changed
+
+    def notify_pending(self, sync_ids: Iterable[str]) -> None:
+        """Rows became pending for these syncs (continuous syncs run on this)."""
+        for sync_id in sync_ids:
+            state = self._states.get(sync_id)
+            if state is not None:
+                state.pending = True
+                state.wake.set()
+
+    def trigger(self, sync_id: str, *, full_resync: bool = False) -> bool:
+        """Queue one run; triggers during a run coalesce into the next one."""
+        state = self._states.get(sync_id)
+        if state is None:
+            return False
+        if state.trigger is None:
+            state.trigger = RunRequest("trigger", full_resync=full_resync)
+        else:
+            state.trigger.full_resync |= full_resync
+        state.wake.set()
+        return True
+
+    async def stop(self, grace: float) -> None:
+        """Stop starting runs; give runs in flight `grace` seconds, then interrupt them."""
+        self._stopping = True
+        tasks = []
+        for state in self._states.values():
+            if state.task is None:
+                continue
+            if not state.running:
+                state.task.cancel()
+            tasks.append(state.task)
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace)
+        for task in late:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # the loop --------------------------------------------------------------------------
+
+    async def _loop(self, state: _SyncState) -> None:
+        while not self._stopping:
+            request = await self._next_request(state)
+            if request is None or self._stopping:
+                continue
+            state.running = True
+            try:
+                async with self._slots:
+                    run = await self._executor.run(state.sync, request)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sync %s: run could not be executed", state.sync.id)
+                run = None
+            finally:
+                state.running = False
+            state.blocked = run is None or run.status is RunStatus.FAILED
+            # Continuous syncs retry failed rows on their own; others on their next run.
+            retries = isinstance(state.sync.schedule, ContinuousSchedule)
+            if retries and (run is None or run.status in (RunStatus.FAILED, RunStatus.WARNING)):
+                delay = state.backoff.next_delay()
+                state.retry_at = self._clock.monotonic() + delay
+                log.info("sync %s: retrying failed rows in %.0fs", state.sync.id, delay)
+            else:
+                state.backoff.reset()
+                state.retry_at = None
+
+    async def _next_request(self, state: _SyncState) -> RunRequest | None:
+        """Wait until the sync should run and say how."""
+        sync = state.sync
+        now = self._clock.monotonic()
+        if state.trigger is not None:
+            request, state.trigger = state.trigger, None
+            state.pending = False
+            return request
+        continuous = isinstance(sync.schedule, ContinuousSchedule)
+        if state.retry_at is not None and now >= state.retry_at:
+            state.retry_at = None
+            state.pending = False
+            return RunRequest("retry")
+        if continuous and state.pending and not state.blocked:
+            linger = sync.schedule.schedule.linger_ms / 1000  # type: ignore[union-attr]
+            await self._clock.sleep(linger)
+            state.pending = False
+            return RunRequest("continuous", window=self._window, linger=linger,
+                              should_stop=lambda: self._stopping)
+        due = next_run_at(sync, state.last_scheduled, now)
+        if due is not None and now >= due:
+            state.last_scheduled = now
+            return RunRequest("schedule")
+        wakeups = [t for t in (due, state.retry_at) if t is not None]
+        timeout = max(0.0, min(wakeups) - now) if wakeups else None
+        state.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.wake.wait(), timeout)
+        return None
+

@@ -1,0 +1,1 @@
+"""The source: reads change events from Kafka, decodes them, sends bad ones to the DLQ."""

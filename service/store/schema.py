@@ -1,0 +1,37 @@
+"""Versioned schema migrations; a store applies every version it has not yet recorded."""
+
+from __future__ import annotations
+
+# Each entry is one schema version: statements applied in one transaction.
+SQLITE_MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO meta (name, value) VALUES ('catalog_version', 0), ('seq', 0), ('run_id', 0)",
+        """CREATE TABLE sources (
+            id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, slug TEXT NOT NULL,
+            doc TEXT NOT NULL, UNIQUE (workspace_id, slug))""",
+        """CREATE TABLE models (
+            id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, slug TEXT NOT NULL,
+            doc TEXT NOT NULL, UNIQUE (workspace_id, slug))""",
+        """CREATE TABLE destinations (
+            id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, slug TEXT NOT NULL,
+            doc TEXT NOT NULL, UNIQUE (workspace_id, slug))""",
+        """CREATE TABLE syncs (
+            id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, slug TEXT NOT NULL,
+            model_id TEXT NOT NULL, destination_id TEXT NOT NULL, doc TEXT NOT NULL,
+            status TEXT, last_run_at TEXT, UNIQUE (workspace_id, slug))""",
+        """CREATE TABLE pending_rows (
+            sync_id TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, op TEXT NOT NULL,
+            data BLOB, row_hash BLOB, emitted_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0, error TEXT, last_attempt_at REAL,
+            PRIMARY KEY (sync_id, key)) WITHOUT ROWID""",
+        "CREATE INDEX pending_rows_by_seq ON pending_rows (sync_id, seq)",
+        """CREATE TABLE synced_rows (
+            sync_id TEXT NOT NULL, key TEXT NOT NULL, row_hash BLOB NOT NULL, data BLOB NOT NULL,
+            PRIMARY KEY (sync_id, key)) WITHOUT ROWID""",
+        """CREATE TABLE sync_runs (
+            id INTEGER PRIMARY KEY, sync_id TEXT NOT NULL, created_at TEXT NOT NULL,
+            doc TEXT NOT NULL)""",
+        "CREATE INDEX sync_runs_by_sync ON sync_runs (sync_id, id)",
+    ],
+]

@@ -1,0 +1,335 @@
+"""The embedded SQLite store (single replica): aiosqlite, WAL, one writer at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import orjson
+from pydantic import BaseModel
+
+from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncStatus
+from service.core.rows import PendingRow, PendingWrite, RowOutcomes, SyncedRow
+from service.store.base import Store
+from service.store.schema import SQLITE_MIGRATIONS
+
+T = TypeVar("T", bound=BaseModel)
+
+_IN_CHUNK = 500  # keys per IN (...) list, well under SQLite's variable limit
+
+_UPSERT_PENDING = """
+INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash, emitted_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (sync_id, key) DO UPDATE SET
+  seq = excluded.seq, op = excluded.op, data = excluded.data, row_hash = excluded.row_hash,
+  emitted_at = excluded.emitted_at, attempts = 0, error = NULL, last_attempt_at = NULL
+"""
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///relative.db`, `sqlite:////absolute.db` or `sqlite:///:memory:`."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ValueError("a SQLite URL looks like sqlite:///./sync-service.db")
+    path = url[len(prefix) :]
+    if not path:
+        raise ValueError("the SQLite URL names no file")
+    return path
+
+
+class SqliteStore(Store):
+    def __init__(self, url: str) -> None:
+        self._path = sqlite_path(url)
+        self._db: aiosqlite.Connection | None = None
+        # aiosqlite shares one connection; transactions must not interleave on it.
+        self._lock = asyncio.Lock()
+        self._seq = 0
+
+    # lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self._path, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed ingest transaction survives power loss before offsets are committed.
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._migrate()
+        async with self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM pending_rows") as cur:
+            row = await cur.fetchone()
+        async with self._db.execute("SELECT value FROM meta WHERE name = 'seq'") as cur:
+            meta = await cur.fetchone()
+        self._seq = max(row[0] if row else 0, meta[0] if meta else 0)
+
+    async def _migrate(self) -> None:
+        db = self._conn
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = row[0] if row else 0
+        for version, script in enumerate(SQLITE_MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script:
+                    await db.execute(statement)
+                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            async with self._lock:
+                await self._db.close()
+            self._db = None
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            db = self._conn
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._lock, self._conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def ping(self) -> bool:
+        try:
+            await self._fetchall("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    # catalog ---------------------------------------------------------------------------
+
+    async def catalog_version(self) -> int:
+        rows = await self._fetchall("SELECT value FROM meta WHERE name = 'catalog_version'")
+        return rows[0][0] if rows else 0
+
+    async def _upsert_doc(
+        self, table: str, obj: BaseModel, extra: dict[str, Any], *then: tuple[str, Sequence[Any]]
+    ) -> None:
+        columns = ["id", "workspace_id", "slug", "doc", *extra]
+        values = [obj.id, obj.workspace_id, obj.slug, obj.model_dump_json(by_alias=True)]  # type: ignore[attr-defined]
+        values.extend(extra.values())
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT (id) DO UPDATE SET {updates}"
+        )
+        async with self._tx() as db:
+            await db.execute(sql, values)
+            for statement, params in then:
+                await db.execute(statement, params)
+            await db.execute("UPDATE meta SET value = value + 1 WHERE name = 'catalog_version'")
+
+    async def upsert_model(self, model: Model) -> None:
+        await self._upsert_doc("models", model, {})
+
+    async def upsert_destination(self, destination: Destination) -> None:
+        await self._upsert_doc("destinations", destination, {})
+
+    async def upsert_source(self, source: Source) -> None:
+        await self._upsert_doc("sources", source, {})
+
+    async def upsert_sync(self, sync: Sync) -> None:
+        # status and lastRunAt live in their own columns, written by runs; a replace keeps them
+        # except that disabling shows as `disabled` and enabling again as `pending`.
+        await self._upsert_doc(
+            "syncs",
+            sync,
+            {"model_id": sync.model_id, "destination_id": sync.destination_id},
+            (
+                "UPDATE syncs SET status = CASE WHEN ? THEN 'disabled' "
+                "WHEN status IS NULL OR status = 'disabled' THEN 'pending' ELSE status END "
+                "WHERE id = ?",
+                (sync.disabled, sync.id),
+            ),
+        )
+
+    async def _get(self, table: str, cls: type[T], item_id: str) -> T | None:
+        rows = await self._fetchall(f"SELECT doc FROM {table} WHERE id = ?", (item_id,))
+        return cls.model_validate_json(rows[0][0]) if rows else None
+
+    async def _list(self, table: str, cls: type[T]) -> list[T]:
+        rows = await self._fetchall(f"SELECT doc FROM {table} ORDER BY CAST(id AS INTEGER)")
+        return [cls.model_validate_json(r[0]) for r in rows]
+
+    async def get_model(self, model_id: str) -> Model | None:
+        return await self._get("models", Model, model_id)
+
+    async def get_destination(self, destination_id: str) -> Destination | None:
+        return await self._get("destinations", Destination, destination_id)
+
+    async def get_sync(self, sync_id: str) -> Sync | None:
+        rows = await self._fetchall(
+            "SELECT doc, status, last_run_at FROM syncs WHERE id = ?", (sync_id,)
+        )
+        return _sync_from_row(rows[0]) if rows else None
+
+    async def list_models(self) -> list[Model]:
+        return await self._list("models", Model)
+
+    async def list_destinations(self) -> list[Destination]:
+        return await self._list("destinations", Destination)
+
+    async def list_sources(self) -> list[Source]:
+        return await self._list("sources", Source)
+
+    async def list_syncs(self) -> list[Sync]:
+        rows = await self._fetchall(
+            "SELECT doc, status, last_run_at FROM syncs ORDER BY CAST(id AS INTEGER)"
+        )
+        return [_sync_from_row(r) for r in rows]
+
+    async def set_sync_status(
+        self, sync_id: str, status: SyncStatus, last_run_at: object | None = None
+    ) -> None:
+        async with self._tx() as db:
+            if last_run_at is None:
+                await db.execute("UPDATE syncs SET status = ? WHERE id = ?", (status, sync_id))
+            else:
+                stamp = last_run_at.isoformat() if isinstance(last_run_at, datetime) else None
+                await db.execute(
+                    "UPDATE syncs SET status = ?, last_run_at = ? WHERE id = ?",
+                    (status, stamp, sync_id),
+                )
+
+    # rows ------------------------------------------------------------------------------
+
+    async def write_pending(self, rows: Sequence[PendingWrite]) -> None:
+        if not rows:
+            return
+        async with self._tx() as db:
+            first = self._seq + 1
+            params = [
+                (r.sync_id, r.key, first + i, r.op, r.data, r.row_hash, r.emitted_at)
+                for i, r in enumerate(rows)
+            ]
+            await db.executemany(_UPSERT_PENDING, params)
+            await db.execute(
+                "UPDATE meta SET value = ? WHERE name = 'seq'", (self._seq + len(rows),)
+            )
+            # Only advance once the transaction is certain to commit.
+            self._seq += len(rows)
+
+    async def pending_counts(self) -> dict[str, int]:
+        rows = await self._fetchall(
+            "SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id"
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def max_pending_seq(self, sync_id: str) -> int:
+        rows = await self._fetchall(
+            "SELECT COALESCE(MAX(seq), 0) FROM pending_rows WHERE sync_id = ?", (sync_id,)
+        )
+        return rows[0][0]
+
+    async def pending_page(
+        self, sync_id: str, after_seq: int, upto_seq: int, limit: int
+    ) -> list[PendingRow]:
+        rows = await self._fetchall(
+            "SELECT key, seq, op, data, row_hash, emitted_at, attempts, error FROM pending_rows "
+            "WHERE sync_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (sync_id, after_seq, upto_seq, limit),
+        )
+        return [PendingRow(*r) for r in rows]
+
+    async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]:
+        found: dict[str, SyncedRow] = {}
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            rows = await self._fetchall(
+                "SELECT key, row_hash, data FROM synced_rows WHERE sync_id = ? "
+                f"AND key IN ({', '.join('?' * len(chunk))})",
+                (sync_id, *chunk),
+            )
+            for key, row_hash, data in rows:
+                found[key] = SyncedRow(key, row_hash, data)
+        return found
+
+    async def record_outcomes(self, sync_id: str, outcomes: RowOutcomes, now: float) -> None:
+        if not outcomes:
+            return
+
+        kept = [r for r in outcomes.delivered if r.op != "removed"]
+        removed = [r for r in outcomes.delivered if r.op == "removed"]
+        async with self._tx() as db:
+            if kept:
+                await db.executemany(
+                    "INSERT INTO synced_rows (sync_id, key, row_hash, data) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (sync_id, key) DO UPDATE SET "
+                    "row_hash = excluded.row_hash, data = excluded.data",
+                    [(sync_id, r.key, r.row_hash, orjson.dumps(r.data)) for r in kept],
+                )
+            if removed:
+                await db.executemany(
+                    "DELETE FROM synced_rows WHERE sync_id = ? AND key = ?",
+                    [(sync_id, r.key) for r in removed],
+                )
+            done = [(sync_id, r.key, r.seq) for r in outcomes.delivered]
+            done.extend((sync_id, key, seq) for key, seq in outcomes.dropped)
+            if done:
+                await db.executemany(
+                    "DELETE FROM pending_rows WHERE sync_id = ? AND key = ? AND seq = ?", done
+                )
+            if outcomes.failed:
+                await db.executemany(
+                    "UPDATE pending_rows SET error = ?, attempts = attempts + 1, "
+                    "last_attempt_at = ? WHERE sync_id = ? AND key = ? AND seq = ?",
+                    [(f.error, now, sync_id, f.key, f.seq) for f in outcomes.failed],
+                )
+
+    # runs ------------------------------------------------------------------------------
+
+    async def next_run_id(self) -> str:
+        async with self._tx() as db:
+            await db.execute("UPDATE meta SET value = value + 1 WHERE name = 'run_id'")
+            async with db.execute("SELECT value FROM meta WHERE name = 'run_id'") as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    async def save_run(self, run: SyncRun) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO sync_runs (id, sync_id, created_at, doc) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                (int(run.id), run.sync_id, run.created_at.isoformat(), run.model_dump_json()),
+            )
+
+    async def list_runs(self, sync_id: str, limit: int = 5) -> list[SyncRun]:
+        rows = await self._fetchall(
+            "SELECT doc FROM sync_runs WHERE sync_id = ? ORDER BY id DESC LIMIT ?",
+            (sync_id, limit),
+        )
+        return [SyncRun.model_validate_json(r[0]) for r in rows]
+
+
+def _sync_from_row(row: Sequence[Any]) -> Sync:
+    sync = Sync.model_validate_json(row[0])
+    if row[1] is not None:
+        sync.status = SyncStatus(row[1])
+    sync.last_run_at = datetime.fromisoformat(row[2]) if row[2] else None
+    return sync
