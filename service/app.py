@@ -64,7 +64,9 @@ class Pipeline:
         self.routes = build_routes(syncs)
         self.scheduler.set_syncs(syncs)
         topics = set(self.settings.events_topics)
-        topics.update(str(s.configuration["topic"]) for s in sources if s.configuration.get("topic"))
+        topics.update(
+            str(s.configuration["topic"]) for s in sources if s.configuration.get("topic")
+        )
         self.source.subscribe(topics)
         self.catalog_version = version
 
@@ -83,7 +85,9 @@ class Pipeline:
                 break
             except Exception:
                 # Never move past a batch that is not stored: retry it, or stop uncommitted.
-                log.exception("storing %d events failed; retrying in %.1fs", len(batch.events), delay)
+                log.exception(
+                    "storing %d events failed; retrying in %.1fs", len(batch.events), delay
+                )
                 if self.stopping:
                     return
                 await asyncio.sleep(delay)
@@ -181,7 +185,9 @@ def build_app(settings: Settings, resources: ResourcesFile | None = None) -> web
                 max_concurrent_runs=settings.max_concurrent_runs,
                 retry_base=settings.failed_rows_retry_seconds,
             )
-            pipeline = Pipeline(settings, store, source, Ingest(store, metrics), scheduler, metrics, {})
+            pipeline = Pipeline(
+                settings, store, source, Ingest(store, metrics), scheduler, metrics, {}
+            )
             await pipeline.refresh_catalog()
             await consumer.start()
             stack.push_async_callback(consumer.stop)

@@ -33,7 +33,8 @@ async def _receiver() -> web.AppRunner:
     async def hook(request: web.Request) -> web.Response:
         body = await request.json()
         for row in body["rows"]:
-            _say(f"  receiver <- {row['op']:<8} key={row['key']:<4} {orjson.dumps(row['data']).decode()}")
+            data = orjson.dumps(row["data"]).decode()
+            _say(f"  receiver <- {row['op']:<8} key={row['key']:<4} {data}")
         return web.json_response({})
 
     app = web.Application()
@@ -64,8 +65,12 @@ async def _produce(settings: Settings, model_id: str, stop: asyncio.Event) -> No
 
     async def send(op: str, rows: list[dict[str, object]], note: str) -> None:
         _say(f"producer -> {op} {len(rows)} row(s): {note}")
-        event = {"modelId": model_id, "op": op, "rows": rows,
-                 "emittedAt": datetime.now(UTC).isoformat()}
+        event = {
+            "modelId": model_id,
+            "op": op,
+            "rows": rows,
+            "emittedAt": datetime.now(UTC).isoformat(),
+        }
         await producer.send_and_wait(topic, orjson.dumps(event), key=model_id.encode())
 
     try:
@@ -88,8 +93,11 @@ async def _produce(settings: Settings, model_id: str, stop: asyncio.Event) -> No
                 await send("upsert", [users[i]], f"new user {i}")
             else:
                 k = rng.choice(list(users))
-                users[k] = {**users[k], "plan": rng.choice(["free", "pro", "team"]),
-                            "first_name": rng.choice(FIRST)}
+                users[k] = {
+                    **users[k],
+                    "plan": rng.choice(["free", "pro", "team"]),
+                    "first_name": rng.choice(FIRST),
+                }
                 await send("upsert", [users[k]], f"user {k} edited")
     finally:
         await producer.stop()
@@ -107,8 +115,10 @@ async def run_demo(settings: Settings, resources: ResourcesFile | None) -> int:
     service = web.AppRunner(build_app(settings, resources), handle_signals=False, access_log=None)
     await service.setup()
     await web.TCPSite(service, settings.http_host, settings.http_port).start()
-    _say(f"demo: service on :{settings.http_port} (metrics at /metrics), receiver on "
-         f":{RECEIVER_PORT}; Ctrl-C stops")
+    _say(
+        f"demo: service on :{settings.http_port} (metrics at /metrics), receiver on "
+        f":{RECEIVER_PORT}; Ctrl-C stops"
+    )
     model_id = resources.syncs[0].model_id if resources.syncs else "1"
     producer = asyncio.create_task(_produce(settings, model_id, stop))
     try:

@@ -102,7 +102,9 @@ def parse_resources(path: Path) -> ResourcesFile:
         else:
             raw = yaml.safe_load(raw_bytes)
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ResourcesError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from None
+        raise ResourcesError(
+            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
+        ) from None
     if raw is None:
         raw = {}
     try:
@@ -129,7 +131,9 @@ def _check(path: Path, resources: ResourcesFile) -> None:
             raise ResourcesError(f"{path}: sources[{i}].type: only 'kafka' sources exist")
         topic = source.configuration.get("topic")
         if not isinstance(topic, str) or not topic:
-            raise ResourcesError(f"{path}: sources[{i}].configuration.topic: a topic name is required")
+            raise ResourcesError(
+                f"{path}: sources[{i}].configuration.topic: a topic name is required"
+            )
     for i, destination in enumerate(resources.destinations):
         where = f"destinations[{i}].configuration"
         try:
@@ -142,7 +146,9 @@ def _check(path: Path, resources: ResourcesFile) -> None:
         try:
             SyncConfiguration.model_validate(sync.configuration)
         except ValidationError as exc:
-            raise ResourcesError(f"{path}: {_first_error(exc, f'syncs[{i}].configuration')}") from None
+            raise ResourcesError(
+                f"{path}: {_first_error(exc, f'syncs[{i}].configuration')}"
+            ) from None
 
 
 async def apply_resources(store: Store, resources: ResourcesFile, path: Path) -> None:
@@ -157,8 +163,10 @@ async def apply_resources(store: Store, resources: ResourcesFile, path: Path) ->
     for spec in resources.sources:
         await _upsert(store.upsert_source, Source, sources.get(spec.id), spec, ws)
     for i, spec in enumerate(resources.models):
-        if spec.source_id and spec.source_id not in sources and not any(
-            s.id == spec.source_id for s in resources.sources
+        if (
+            spec.source_id
+            and spec.source_id not in sources
+            and not any(s.id == spec.source_id for s in resources.sources)
         ):
             raise ResourcesError(f"{path}: models[{i}].sourceId: no source {spec.source_id}")
         models[spec.id] = await _upsert(store.upsert_model, Model, models.get(spec.id), spec, ws)

@@ -185,8 +185,9 @@ class Scheduler:
             linger = sync.schedule.schedule.linger_ms / 1000  # type: ignore[union-attr]
             await self._clock.sleep(linger)
             state.pending = False
-            return RunRequest("continuous", window=self._window, linger=linger,
-                              should_stop=lambda: self._stopping)
+            return RunRequest(
+                "continuous", window=self._window, linger=linger, should_stop=lambda: self._stopping
+            )
         due = next_run_at(sync, state.last_scheduled, now)
         if due is not None and now >= due:
             state.last_scheduled = now
@@ -197,4 +198,3 @@ class Scheduler:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.wake.wait(), timeout)
         return None
-

@@ -49,7 +49,8 @@ up() {
     say "already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0
   fi
   if port_open; then
-    say "127.0.0.1:$port is taken by a process this script did not start; set KAFKA_PORT"; exit 1
+    if reachable 5; then say "a broker already answers on 127.0.0.1:$port"; return 0; fi
+    say "127.0.0.1:$port is taken by something that is not a Kafka broker; set KAFKA_PORT"; exit 1
   fi
   mkdir -p "$run"
   local data; data="$(mktemp -d "${TMPDIR:-/tmp}/sync-service-kafka-$port.XXXXXX")"

@@ -11,7 +11,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.core.metrics import Metrics
 
 
-
 class Readiness:
     """Named checks, filled in as the service's parts start; not ready before the first."""
 

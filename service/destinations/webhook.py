@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from email.utils import parsedate_to_datetime
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import aiohttp

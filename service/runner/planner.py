@@ -51,8 +51,9 @@ def plan_changes(
                 dropped.append((row.key, row.seq))
                 continue
             changes.append(
-                RowChange("removed", row.key, orjson.loads(previous.data), row.seq, None,
-                          row.emitted_at)
+                RowChange(
+                    "removed", row.key, orjson.loads(previous.data), row.seq, None, row.emitted_at
+                )
             )
             continue
         if previous is None:

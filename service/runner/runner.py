@@ -109,7 +109,9 @@ class SyncRunner:
             raise _RunAborted(exc) from exc
         mapper = self._mapper(sync)
         mode = sync.parsed_configuration.mode
-        batcher: Batcher[RowChange] = Batcher(writer.batch_size, float("inf"), self._clock.monotonic)
+        batcher: Batcher[RowChange] = Batcher(
+            writer.batch_size, float("inf"), self._clock.monotonic
+        )
         deadline = self._clock.monotonic() + request.window
         upto = await self._store.max_pending_seq(sync.id)
         cursor, batch_no = 0, 0

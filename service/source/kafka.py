@@ -70,9 +70,7 @@ class KafkaSource:
             self._topics = wanted
 
     async def fetch(self, timeout_ms: int = 500) -> EventBatch:
-        records = await self._consumer.getmany(
-            timeout_ms=timeout_ms, max_records=self._max_records
-        )
+        records = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
         batch = EventBatch()
         if not records:
             return batch

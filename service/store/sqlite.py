@@ -235,9 +235,7 @@ class SqliteStore(Store):
             self._seq += len(rows)
 
     async def pending_counts(self) -> dict[str, int]:
-        rows = await self._fetchall(
-            "SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id"
-        )
+        rows = await self._fetchall("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")
         return {r[0]: r[1] for r in rows}
 
     async def max_pending_seq(self, sync_id: str) -> int:
