@@ -1,0 +1,49 @@
+"""Shared fixtures: the real Kafka broker, a real webhook receiver, unique names."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.support import Receiver
+
+
+def kafka_address() -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The broker `make test` started; a missing broker is an error, never a skip."""
+    address = kafka_address()
+
+    async def probe() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=address, request_timeout_ms=5000)
+        await admin.start()
+        try:
+            await admin.list_topics()
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(probe(), 15))
+    except Exception as exc:
+        pytest.fail(f"no Kafka broker at {address} ({exc!r}); run `make kafka-up`", pytrace=False)
+    return address
+
+
+@pytest.fixture
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.stop()

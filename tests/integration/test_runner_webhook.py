@@ -1,0 +1,265 @@
+"""The runner against a real SQLite store and a real aiohttp webhook receiver."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.core.events import ChangeEvent
+from service.core.interfaces import RunRequest, SystemClock
+from service.core.metrics import Metrics
+from service.core.models import (
+    Destination,
+    Model,
+    RunStatus,
+    Sync,
+    SyncConfiguration,
+    SyncRun,
+    referenced_columns,
+)
+from service.core.rows import RowChange, RowOutcomes
+from service.destinations.registry import open_destination
+from service.ingest import Ingest
+from service.router import build_routes
+from service.runner.retry import RetryPolicy
+from service.runner.runner import SyncRunner
+from service.store.sqlite import SqliteStore
+from tests.support import Receiver
+
+MAPPINGS = [
+    {"from": "id", "to": "id"},
+    {"from": "email", "to": "email_address"},
+    {"type": "static", "to": "source", "value": "crm"},
+]
+
+
+class RecordingReporter:
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+
+    async def report(self, sync: Sync, run: SyncRun) -> None:
+        self.statuses.append(run.status.value)
+
+
+class Harness:
+    def __init__(self, store: SqliteStore, receiver: Receiver) -> None:
+        self.store = store
+        self.receiver = receiver
+        self.metrics = Metrics()
+        self.reporter = RecordingReporter()
+        self.ingest = Ingest(store, self.metrics)
+        self.runner = SyncRunner(
+            store,
+            open_destination,
+            self.reporter,
+            self.metrics,
+            SystemClock(),
+            RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05),
+        )
+        self.sync: Sync
+
+    async def setup(self, mode: str = "mirror", **destination: Any) -> None:
+        model = Model(id="1", name="users", slug="users", primary_key="id")
+        config = {"url": self.receiver.url, **destination}
+        await self.store.upsert_model(model)
+        await self.store.upsert_destination(
+            Destination(id="1", name="crm", slug="crm", type="webhook", configuration=config)
+        )
+        configuration = {"mode": mode, "mappings": MAPPINGS}
+        parsed = SyncConfiguration.model_validate(configuration)
+        self.sync = Sync(
+            id="7",
+            slug="users-to-crm",
+            model_id="1",
+            destination_id="1",
+            schedule={"type": "manual"},
+            configuration=configuration,
+            primary_key="id",
+            referenced_columns=referenced_columns("id", parsed),
+        )
+        await self.store.upsert_sync(self.sync)
+
+    async def send(self, op: str, rows: list[dict[str, Any]]) -> None:
+        event = ChangeEvent.model_validate({"modelId": "1", "op": op, "rows": rows})
+        await self.ingest.write([event], build_routes([self.sync]))
+
+    async def run(self) -> SyncRun:
+        return await self.runner.run(self.sync, RunRequest("test"))
+
+    def delivered(self, op: str, outcome: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "sync_rows_delivered_total",
+            {"destination_type": "webhook", "op": op, "outcome": outcome},
+        )
+        return value or 0.0
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Harness]:
+    store = SqliteStore(f"sqlite:///{tmp_path / 'store.db'}")
+    await store.open()
+    h = Harness(store, receiver)
+    yield h
+    await h.runner.close()
+    await store.close()
+
+
+def user(i: int, email: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"id": i, "email": email or f"u{i}@example.com", **extra}
+
+
+async def test_sends_added_changed_removed_and_skips_unchanged(harness: Harness) -> None:
+    await harness.setup(mode="mirror")
+    await harness.send("upsert", [user(1), user(2), user(3)])
+    run = await harness.run()
+    assert run.status is RunStatus.SUCCESS
+    assert harness.reporter.statuses == ["queued", "processing", "reporting", "success"]
+    assert sorted(harness.receiver.ops()) == [("added", "1"), ("added", "2"), ("added", "3")]
+    assert harness.receiver.rows[0]["data"] == {
+        "id": 1,
+        "email_address": "u1@example.com",
+        "source": "crm",
+    }
+
+    harness.receiver.rows.clear()
+    await harness.send("upsert", [user(1, "new@example.com"), user(2, plan="pro"), user(3)])
+    await harness.send("delete", [{"id": 3}])
+    run = await harness.run()
+    # user 2 changed only an unreferenced column; user 3 was deleted.
+    assert harness.receiver.ops() == [("changed", "1"), ("removed", "3")]
+    removed = harness.receiver.rows[1]
+    assert removed["data"] == {"id": 3, "email_address": "u3@example.com", "source": "crm"}
+    assert run.planned_rows.changed_count == 1
+    assert run.planned_rows.removed_count == 1
+    assert run.successful_rows.total == 2
+    assert await harness.store.pending_counts() == {}
+
+    harness.receiver.rows.clear()
+    run = await harness.run()
+    assert harness.receiver.rows == []
+    assert run.planned_rows.total == 0
+
+
+async def test_upsert_mode_does_not_send_removed_rows(harness: Harness) -> None:
+    await harness.setup(mode="upsert")
+    await harness.send("upsert", [user(1)])
+    await harness.run()
+    await harness.send("delete", [{"id": 1}])
+    run = await harness.run()
+    assert harness.receiver.ops() == [("added", "1")]
+    assert run.planned_rows.total == 0
+    assert await harness.store.pending_counts() == {}
+
+
+async def test_batches_respect_batch_size(harness: Harness) -> None:
+    await harness.setup(batchSize=2)
+    await harness.send("upsert", [user(i) for i in range(5)])
+    run = await harness.run()
+    sizes = [len(r.json["rows"]) for r in harness.receiver.requests]
+    assert sizes == [2, 2, 1]
+    batch_ids = {r.json["batchId"] for r in harness.receiver.requests}
+    assert len(batch_ids) == 3
+    assert {r.json["runId"] for r in harness.receiver.requests} == {run.id}
+    assert {r.json["syncId"] for r in harness.receiver.requests} == {"7"}
+
+
+async def test_503_then_200_delivers_after_a_retry(harness: Harness) -> None:
+    await harness.setup()
+    harness.receiver.replies = [(503, {"error": "busy"}, {"Retry-After": "0"})]
+    await harness.send("upsert", [user(1), user(2)])
+    run = await harness.run()
+    assert run.status is RunStatus.SUCCESS
+    assert len(harness.receiver.requests) == 2
+    assert sorted(harness.receiver.ops()) == [("added", "1"), ("added", "2")]
+    retries = harness.metrics.registry.get_sample_value(
+        "sync_destination_retries_total", {"destination_type": "webhook"}
+    )
+    assert retries == 1
+
+
+async def test_400_keeps_rows_pending_with_the_error_until_a_later_run(harness: Harness) -> None:
+    await harness.setup()
+    harness.receiver.replies = [(400, {"message": "bad field"}, {})]
+    await harness.send("upsert", [user(1), user(2)])
+    run = await harness.run()
+    assert run.status is RunStatus.WARNING
+    assert run.failed_rows.added_count == 2
+    assert harness.receiver.rows == []
+    page = await harness.store.pending_page("7", 0, 10**9, 10)
+    assert [(r.key, r.attempts) for r in page] == [("1", 1), ("2", 1)]
+    assert all(r.error and "HTTP 400" in r.error and "bad field" in r.error for r in page)
+    assert harness.delivered("added", "failed") == 2
+
+    run = await harness.run()
+    assert run.status is RunStatus.SUCCESS
+    assert sorted(harness.receiver.ops()) == [("added", "1"), ("added", "2")]
+    assert await harness.store.pending_counts() == {}
+
+
+async def test_rows_rejected_in_a_2xx_body_stay_pending_alone(harness: Harness) -> None:
+    await harness.setup()
+    harness.receiver.replies = [(200, {"rejected": [{"key": "2", "error": "invalid email"}]}, {})]
+    await harness.send("upsert", [user(1), user(2), user(3)])
+    run = await harness.run()
+    assert run.status is RunStatus.WARNING
+    assert run.successful_rows.added_count == 2
+    assert run.failed_rows.added_count == 1
+    page = await harness.store.pending_page("7", 0, 10**9, 10)
+    assert [(r.key, r.error) for r in page] == [("2", "invalid email")]
+
+
+async def test_401_fails_the_run_and_keeps_every_row(harness: Harness) -> None:
+    await harness.setup(batchSize=1)
+    harness.receiver.default = (401, {"message": "token expired"}, {})
+    await harness.send("upsert", [user(1), user(2)])
+    run = await harness.run()
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None
+    assert "HTTP 401" in run.error
+    # The run stops at the first refused batch: the second row is not even attempted.
+    assert len(harness.receiver.requests) == 1
+    assert (await harness.store.pending_counts()) == {"7": 2}
+
+
+async def test_unreachable_after_retries_fails_the_run(harness: Harness) -> None:
+    await harness.setup()
+    harness.receiver.default = (503, {}, {})
+    await harness.send("upsert", [user(1)])
+    run = await harness.run()
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None
+    assert "gave up after 3 attempts" in run.error
+    assert len(harness.receiver.requests) == 3
+    page = await harness.store.pending_page("7", 0, 10**9, 10)
+    assert [r.key for r in page] == ["1"]
+
+
+async def test_signature_header_is_hmac_of_the_body(harness: Harness) -> None:
+    await harness.setup(secret="s3cret", headers={"X-Api-Key": "abc"})
+    await harness.send("upsert", [user(1)])
+    await harness.run()
+    request = harness.receiver.requests[0]
+    expected = hmac.new(b"s3cret", request.body, hashlib.sha256).hexdigest()
+    assert request.headers["X-Sync-Signature"] == f"sha256={expected}"
+    assert request.headers["X-Api-Key"] == "abc"
+
+
+async def test_newer_version_arriving_during_delivery_stays_pending(harness: Harness) -> None:
+    await harness.setup()
+    await harness.send("upsert", [user(1)])
+    page = await harness.store.pending_page("7", 0, 10**9, 10)
+    # A newer version of key 1 lands after the runner read the page and sent it.
+    await harness.send("upsert", [user(1, "newer@example.com")])
+    sent = RowChange("added", "1", {"id": 1}, page[0].seq, page[0].row_hash)
+    await harness.store.record_outcomes("7", RowOutcomes(delivered=[sent]), 0.0)
+    left = await harness.store.pending_page("7", 0, 10**9, 10)
+    assert len(left) == 1
+    assert left[0].seq > page[0].seq
+    run = await harness.run()
+    assert harness.receiver.ops() == [("changed", "1")]
+    assert run.successful_rows.changed_count == 1

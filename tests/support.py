@@ -1,0 +1,106 @@
+"""Test support: a real aiohttp webhook receiver, and polling without fixed sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+Reply = tuple[int, dict[str, Any] | None, dict[str, str]]
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """`replies` are used in order, then `default`; `rows` lists every row of 2xx requests
+    that the reply did not reject."""
+
+    url: str = ""
+    requests: list[Received] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    default: Reply = (200, {}, {})
+    reply_with: Callable[[dict[str, Any]], Reply] | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> Receiver:
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/hook", self._hook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        received = Received(dict(request.headers), body)
+        self.requests.append(received)
+        payload = received.json
+        if self.replies:
+            status, reply, headers = self.replies.pop(0)
+        elif self.reply_with is not None:
+            status, reply, headers = self.reply_with(payload)
+        else:
+            status, reply, headers = self.default
+        if 200 <= status < 300:
+            refused = {str(r["key"]) for r in (reply or {}).get("rejected", [])}
+            self.rows.extend(r for r in payload["rows"] if r["key"] not in refused)
+        self.changed.set()
+        return web.json_response(reply or {}, status=status, headers=headers)
+
+    def ops(self) -> list[tuple[str, str]]:
+        return [(r["op"], r["key"]) for r in self.rows]
+
+    async def wait_rows(self, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
+        """Wait until at least n rows were accepted."""
+
+        async def enough() -> None:
+            while len(self.rows) < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+        try:
+            await asyncio.wait_for(enough(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"expected {n} rows within {timeout}s, got {self.ops()}") from None
+        return self.rows
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 20.0,  # noqa: ASYNC109
+    what: str = "condition",
+) -> None:
+    """Poll `check` until true; fail with `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
