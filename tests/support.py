@@ -72,7 +72,7 @@ class Receiver:
     def ops(self) -> list[tuple[str, str]]:
         return [(r["op"], r["key"]) for r in self.rows]
 
-    async def wait_rows(self, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
+    async def wait_rows(self, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Wait until at least n rows were accepted."""
 
         async def enough() -> None:
@@ -89,7 +89,7 @@ class Receiver:
 
 async def wait_for(
     check: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    timeout: float = 20.0,  # noqa: ASYNC109
+    timeout: float = 20.0,
     what: str = "condition",
 ) -> None:
     """Poll `check` until true; fail with `what` after `timeout` seconds."""

@@ -1,0 +1,181 @@
+"""End to end: events on a real broker reach a real webhook as exactly the rows that changed."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from tests.e2e.conftest import SYNC_SERVICE, Harness, resources
+from tests.support import wait_for
+
+pytestmark = pytest.mark.kafka
+
+
+def user(i: int, email: str | None = None, **extra: object) -> dict[str, object]:
+    return {
+        "id": i,
+        "email": email or f"u{i}@example.com",
+        "first": "Ada",
+        "last": f"L{i}",
+        **extra,
+    }
+
+
+async def read_topic(kafka: str, topic: str, n: int, timeout: float = 20.0) -> list:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                records.extend(messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_changed_rows_reach_the_webhook_exactly(e2e: Harness) -> None:
+    await e2e.service()
+    await e2e.event("upsert", [user(1), user(2), user(3)], emittedAt="2026-01-01T00:00:00Z")
+    rows = await e2e.receiver.wait_rows(3)
+    assert sorted(r["key"] for r in rows) == ["1", "2", "3"]
+    assert {r["op"] for r in rows} == {"added"}
+    one = next(r for r in rows if r["key"] == "1")
+    # Only mapped fields, under their destination names.
+    assert one["data"] == {"id": 1, "email_address": "u1@example.com", "name": "Ada L1"}
+
+    # 1: a referenced column changes; 2: only an unreferenced column; 3: deleted.
+    await e2e.event("upsert", [user(1, "new@example.com"), user(2, plan="pro")])
+    await e2e.event("delete", [{"id": 3}])
+    await e2e.event("upsert", [user(4)])  # a marker: once it arrives, everything before has too
+    await e2e.receiver.wait_rows(6)
+    await asyncio.sleep(0.5)
+    assert e2e.receiver.ops()[3:] == [("changed", "1"), ("removed", "3"), ("added", "4")]
+    assert e2e.receiver.rows[3]["data"]["email_address"] == "new@example.com"
+    assert e2e.receiver.rows[4]["data"] == {
+        "id": 3,
+        "email_address": "u3@example.com",
+        "name": "Ada L3",
+    }
+
+    # Every status a run enters is published as a CloudEvent keyed by sync id.
+    events = await read_topic(e2e.kafka, e2e.status_topic, 4)
+    first = orjson.loads(events[0].value)
+    assert events[0].key == b"1"
+    assert first["specversion"] == "1.0"
+    assert first["source"] == "/syncs/1"
+    assert first["type"] == "sync.run.queued"
+    assert first["datacontenttype"] == "application/json"
+    assert first["data"]["syncId"] == "1"
+    types = [orjson.loads(e.value)["type"] for e in events[:4]]
+    assert types == [
+        "sync.run.queued",
+        "sync.run.processing",
+        "sync.run.reporting",
+        "sync.run.success",
+    ]
+
+    service = e2e.services[0]
+    assert (
+        await service.metric(
+            "sync_rows_delivered_total",
+            {"destination_type": "webhook", "op": "added", "outcome": "delivered"},
+        )
+        == 4
+    )
+    assert await service.metric("sync_event_to_delivery_seconds_count") >= 1
+
+
+async def test_poison_events_go_to_the_dlq_and_later_events_flow(e2e: Harness) -> None:
+    await e2e.service()
+    await e2e.produce(b"{not json")
+    await e2e.produce({"modelId": "1", "op": "explode", "rows": []})
+    await e2e.produce({"modelId": "2", "op": "upsert", "rows": []}, key=b"1")
+    await e2e.event("upsert", [user(1)])
+    await e2e.receiver.wait_rows(1)
+
+    dead = await read_topic(e2e.kafka, e2e.dlq_topic, 3)
+    assert dead[0].value == b"{not json"
+    headers = [dict(d.headers) for d in dead]
+    for h in headers:
+        assert set(h) >= {
+            "error.class",
+            "error.message",
+            "original.topic",
+            "original.partition",
+            "original.offset",
+        }
+        assert h["original.topic"] == e2e.events_topic.encode()
+    assert [h["original.offset"] for h in headers] == [b"0", b"1", b"2"]
+    assert b"JSON" in headers[0]["error.message"]
+    assert b"op" in headers[1]["error.message"]
+    assert b"modelId" in headers[2]["error.message"]
+    service = e2e.services[0]
+    assert await service.metric("sync_events_invalid_total", {"reason": "schema"}) == 1
+
+
+async def test_restart_resends_nothing_and_new_rows_flow(e2e: Harness) -> None:
+    service = await e2e.service()
+    await e2e.event("upsert", [user(1), user(2)])
+    await e2e.receiver.wait_rows(2)
+
+    started = time.monotonic()
+    assert await service.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+
+    # The same rows again while the service is down, plus one new row.
+    await e2e.event("upsert", [user(1), user(2), user(3)])
+    await e2e.service()
+    await e2e.receiver.wait_rows(3)
+    await e2e.event("upsert", [user(4)])
+    await e2e.receiver.wait_rows(4)
+    await asyncio.sleep(0.5)
+    assert e2e.receiver.ops() == [("added", "1"), ("added", "2"), ("added", "3"), ("added", "4")]
+
+
+async def test_refused_batch_stays_pending_and_goes_in_a_later_run(e2e: Harness) -> None:
+    e2e.receiver.replies = [(400, {"message": "schema mismatch"}, {})]
+    service = await e2e.service()
+    await e2e.event("upsert", [user(1)])
+    # First attempt refused; the continuous sync retries the row on a later run.
+    await e2e.receiver.wait_rows(1)
+    assert len(e2e.receiver.requests) == 2
+    assert e2e.receiver.ops() == [("added", "1")]
+    await wait_for(
+        lambda: service.metric("sync_runs_total", {"status": "warning"}), what="a warning run"
+    )
+
+
+async def test_503_then_200_delivers_once_it_recovers(e2e: Harness) -> None:
+    e2e.receiver.replies = [(503, {}, {}), (503, {}, {"Retry-After": "1"})]
+    await e2e.service()
+    await e2e.event("upsert", [user(1), user(2)])
+    await e2e.receiver.wait_rows(2)
+    assert len(e2e.receiver.requests) == 3
+    assert sorted(e2e.receiver.ops()) == [("added", "1"), ("added", "2")]
+
+
+async def test_invalid_resources_file_exits_2_naming_file_and_field(e2e: Harness) -> None:
+    bad = resources(e2e.receiver.url)
+    bad["syncs"][0]["schedule"] = {
+        "type": "interval",
+        "schedule": {"interval": {"quantity": 5, "unit": "year"}},
+    }
+    e2e.write_resources(bad)
+    proc = await asyncio.create_subprocess_exec(
+        SYNC_SERVICE, "serve", env=e2e.env, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    message = err.decode()
+    assert str(e2e.config_file) in message
+    assert "syncs[0].schedule" in message
