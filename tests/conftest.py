@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from blockbuster import blockbuster_ctx
 
 from tests.support import Receiver
 
@@ -35,6 +36,13 @@ def kafka_bootstrap() -> str:
     except Exception as exc:
         pytest.fail(f"no Kafka broker at {address} ({exc!r}); run `make kafka-up`", pytrace=False)
     return address
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[None]:
+    """Fail any test in which a blocking call runs inside the event loop."""
+    with blockbuster_ctx("service") as bb:
+        yield bb
 
 
 @pytest.fixture

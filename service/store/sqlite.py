@@ -54,7 +54,7 @@ class SqliteStore(Store):
 
     async def open(self) -> None:
         if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(Path(self._path).parent.mkdir, parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self._path, isolation_level=None)
         await self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed ingest transaction survives power loss before offsets are committed.
