@@ -24,7 +24,7 @@ from service.core.models import (
     utcnow,
 )
 from service.destinations.registry import validate_configuration
-from service.store.base import Store
+from service.store.base import CatalogItem, Conflict, Store
 
 MAX_FILE_BYTES = 10 << 20
 
@@ -160,8 +160,8 @@ async def apply_resources(store: Store, resources: ResourcesFile, path: Path) ->
     sources = {s.id: s for s in await store.list_sources()}
     syncs = {s.id: s for s in await store.list_syncs()}
 
-    for spec in resources.sources:
-        await _upsert(store.upsert_source, Source, sources.get(spec.id), spec, ws)
+    for i, spec in enumerate(resources.sources):
+        await _upsert(store, Source, sources.get(spec.id), spec, ws, f"{path}: sources[{i}]")
     for i, spec in enumerate(resources.models):
         if (
             spec.source_id
@@ -169,9 +169,11 @@ async def apply_resources(store: Store, resources: ResourcesFile, path: Path) ->
             and not any(s.id == spec.source_id for s in resources.sources)
         ):
             raise ResourcesError(f"{path}: models[{i}].sourceId: no source {spec.source_id}")
-        models[spec.id] = await _upsert(store.upsert_model, Model, models.get(spec.id), spec, ws)
-    for spec in resources.destinations:
-        await _upsert(store.upsert_destination, Destination, destinations.get(spec.id), spec, ws)
+        where = f"{path}: models[{i}]"
+        models[spec.id] = await _upsert(store, Model, models.get(spec.id), spec, ws, where)
+    for i, spec in enumerate(resources.destinations):
+        where = f"{path}: destinations[{i}]"
+        await _upsert(store, Destination, destinations.get(spec.id), spec, ws, where)
     for i, spec in enumerate(resources.syncs):
         model = models.get(spec.model_id)
         if model is None:
@@ -185,15 +187,16 @@ async def apply_resources(store: Store, resources: ResourcesFile, path: Path) ->
             "primary_key": model.primary_key,
             "referenced_columns": referenced_columns(model.primary_key, config),
         }
-        await _upsert(store.upsert_sync, Sync, syncs.get(spec.id), spec, ws, derived)
+        await _upsert(store, Sync, syncs.get(spec.id), spec, ws, f"{path}: syncs[{i}]", derived)
 
 
 async def _upsert(
-    write: Any,
-    cls: type[BaseModel],
+    store: Store,
+    cls: type[CatalogItem],
     existing: BaseModel | None,
     spec: BaseModel,
     workspace_id: str,
+    where: str,
     derived: dict[str, Any] | None = None,
 ) -> Any:
     fields = {**spec.model_dump(), **(derived or {}), "workspace_id": workspace_id}
@@ -204,5 +207,8 @@ async def _upsert(
         fields["created_at"] = current["created_at"]
         fields["updated_at"] = utcnow()
     obj = cls.model_validate(fields)
-    await write(obj)
+    try:
+        await store.upsert(obj)
+    except Conflict as exc:
+        raise ResourcesError(f"{where}.{exc.field}: {exc}") from None
     return obj

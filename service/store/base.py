@@ -4,12 +4,46 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
 
 from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncStatus
 from service.core.rows import PendingRow, PendingWrite, RowOutcomes, SyncedRow
 
-CatalogKind = Literal["models", "destinations", "syncs", "sources"]
+CatalogItem = Model | Destination | Sync | Source
+T = TypeVar("T", Model, Destination, Sync, Source)
+
+#: Table of each catalog kind.
+TABLES: dict[type[CatalogItem], str] = {
+    Source: "sources",
+    Model: "models",
+    Destination: "destinations",
+    Sync: "syncs",
+}
+
+
+class Conflict(Exception):
+    """A write that would break a rule of the catalog: a slug used twice in a workspace, or
+    deleting something another resource still refers to. `field` names what is at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class RunQuery:
+    """Which runs of one sync to list; newest first unless `ascending`."""
+
+    sync_id: str
+    run_id: str | None = None
+    after: datetime | None = None  # createdAt strictly after
+    before: datetime | None = None  # createdAt strictly before
+    limit: int = 5
+    offset: int = 0
+    order_by: str = "createdAt"  # createdAt | startedAt | finishedAt | id
+    ascending: bool = False
 
 
 class Store(ABC):
@@ -38,49 +72,61 @@ class Store(ABC):
         """Grows on every catalog change, so readers can tell when to reload."""
 
     @abstractmethod
-    async def upsert_model(self, model: Model) -> None: ...
+    async def upsert(self, item: CatalogItem) -> None:
+        """Insert or replace by id. A sync's status and lastRunAt survive a replace (they are
+        the runs' to write), except that disabling shows `disabled` and enabling `pending`.
+        Raises Conflict("slug", ...) when another item of the workspace has the slug."""
 
     @abstractmethod
-    async def upsert_destination(self, destination: Destination) -> None: ...
+    async def create(self, item: T) -> T:
+        """Insert with the next free numeric id (the item's own id is ignored); returns the
+        stored item. Raises Conflict("slug", ...) like `upsert`."""
 
     @abstractmethod
-    async def upsert_source(self, source: Source) -> None: ...
+    async def get(self, kind: type[T], item_id: str, workspace_id: str | None = None) -> T | None:
+        """The item, or None when it does not exist or belongs to another workspace."""
 
     @abstractmethod
-    async def upsert_sync(self, sync: Sync) -> None:
-        """Insert or replace the sync's definition; status and lastRunAt survive a replace."""
+    async def list(self, kind: type[T], workspace_id: str | None = None) -> list[T]:
+        """Every item of that kind (of one workspace), by numeric id."""
 
     @abstractmethod
-    async def get_model(self, model_id: str) -> Model | None: ...
-
-    @abstractmethod
-    async def get_destination(self, destination_id: str) -> Destination | None: ...
-
-    @abstractmethod
-    async def get_sync(self, sync_id: str) -> Sync | None: ...
-
-    @abstractmethod
-    async def list_models(self) -> list[Model]: ...
-
-    @abstractmethod
-    async def list_destinations(self) -> list[Destination]: ...
-
-    @abstractmethod
-    async def list_sources(self) -> list[Source]: ...
-
-    @abstractmethod
-    async def list_syncs(self) -> list[Sync]: ...
+    async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
+        """False when there was no such item. Raises Conflict when a sync still uses the model
+        or destination, or a model the source. Deleting a sync drops its rows and runs."""
 
     @abstractmethod
     async def set_sync_status(
-        self, sync_id: str, status: SyncStatus, last_run_at: object | None = None
+        self, sync_id: str, status: SyncStatus, last_run_at: datetime | None = None
     ) -> None: ...
+
+    async def get_model(self, model_id: str) -> Model | None:
+        return await self.get(Model, model_id)
+
+    async def get_destination(self, destination_id: str) -> Destination | None:
+        return await self.get(Destination, destination_id)
+
+    async def get_sync(self, sync_id: str) -> Sync | None:
+        return await self.get(Sync, sync_id)
+
+    async def list_models(self) -> list[Model]:
+        return await self.list(Model)
+
+    async def list_destinations(self) -> list[Destination]:
+        return await self.list(Destination)
+
+    async def list_sources(self) -> list[Source]:
+        return await self.list(Source)
+
+    async def list_syncs(self) -> list[Sync]:
+        return await self.list(Sync)
 
     # rows ------------------------------------------------------------------------------
 
     @abstractmethod
     async def write_pending(self, rows: Sequence[PendingWrite]) -> None:
-        """Keep `rows` as the newest pending version of each (sync, key); one transaction."""
+        """Keep `rows` as the newest pending version of each (sync, key); one transaction.
+        Each row gets a `seq` greater than any before it."""
 
     @abstractmethod
     async def pending_counts(self) -> dict[str, int]:
@@ -111,8 +157,9 @@ class Store(ABC):
     async def next_run_id(self) -> str: ...
 
     @abstractmethod
-    async def save_run(self, run: SyncRun) -> None: ...
+    async def save_run(self, run: SyncRun) -> None:
+        """Insert or replace the run record by id."""
 
     @abstractmethod
-    async def list_runs(self, sync_id: str, limit: int = 5) -> list[SyncRun]:
-        """Newest first."""
+    async def list_runs(self, query: RunQuery) -> tuple[list[SyncRun], bool]:
+        """The runs the query selects, and whether more follow the page."""

@@ -12,7 +12,7 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             doc TEXT NOT NULL, UNIQUE (workspace_id, slug))""",
         """CREATE TABLE models (
             id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, slug TEXT NOT NULL,
-            doc TEXT NOT NULL, UNIQUE (workspace_id, slug))""",
+            source_id TEXT, doc TEXT NOT NULL, UNIQUE (workspace_id, slug))""",
         """CREATE TABLE destinations (
             id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, slug TEXT NOT NULL,
             doc TEXT NOT NULL, UNIQUE (workspace_id, slug))""",
@@ -30,8 +30,8 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             sync_id TEXT NOT NULL, key TEXT NOT NULL, row_hash BLOB NOT NULL, data BLOB NOT NULL,
             PRIMARY KEY (sync_id, key)) WITHOUT ROWID""",
         """CREATE TABLE sync_runs (
-            id INTEGER PRIMARY KEY, sync_id TEXT NOT NULL, created_at TEXT NOT NULL,
-            doc TEXT NOT NULL)""",
-        "CREATE INDEX sync_runs_by_sync ON sync_runs (sync_id, id)",
+            id INTEGER PRIMARY KEY, sync_id TEXT NOT NULL, created_at REAL NOT NULL,
+            started_at REAL, finished_at REAL, doc TEXT NOT NULL)""",
+        "CREATE INDEX sync_runs_by_sync ON sync_runs (sync_id, created_at)",
     ],
 ]

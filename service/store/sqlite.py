@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 import orjson
-from pydantic import BaseModel
 
-from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncStatus
+from service.core.models import Sync, SyncRun, SyncStatus
 from service.core.rows import PendingRow, PendingWrite, RowOutcomes, SyncedRow
-from service.store.base import Store
+from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
 from service.store.schema import SQLITE_MIGRATIONS
-
-T = TypeVar("T", bound=BaseModel)
+from service.store.sql import (
+    REFERENCE_CHECKS,
+    SAVE_RUN,
+    SYNC_STATUS_AFTER_WRITE,
+    catalog_columns,
+    item_from_row,
+    run_columns,
+    select_items,
+    select_runs,
+)
 
 _IN_CHUNK = 500  # keys per IN (...) list, well under SQLite's variable limit
 
@@ -127,93 +135,77 @@ class SqliteStore(Store):
         rows = await self._fetchall("SELECT value FROM meta WHERE name = 'catalog_version'")
         return rows[0][0] if rows else 0
 
-    async def _upsert_doc(
-        self, table: str, obj: BaseModel, extra: dict[str, Any], *then: tuple[str, Sequence[Any]]
-    ) -> None:
-        columns = ["id", "workspace_id", "slug", "doc", *extra]
-        values = [obj.id, obj.workspace_id, obj.slug, obj.model_dump_json(by_alias=True)]  # type: ignore[attr-defined]
-        values.extend(extra.values())
+    async def upsert(self, item: CatalogItem) -> None:
+        async with self._tx() as db:
+            await self._write_item(db, item)
+
+    async def create(self, item: T) -> T:
+        table = TABLES[type(item)]
+        async with self._tx() as db:
+            async with db.execute(
+                f"SELECT COALESCE(MAX(CAST(id AS INTEGER)), 0) FROM {table}"
+            ) as cur:
+                row = await cur.fetchone()
+            created = item.model_copy(update={"id": str((row[0] if row else 0) + 1)})
+            await self._write_item(db, created)
+        return created
+
+    async def _write_item(self, db: aiosqlite.Connection, item: CatalogItem) -> None:
+        table = TABLES[type(item)]
+        values = catalog_columns(item)
+        columns = list(values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
         sql = (
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
             f"ON CONFLICT (id) DO UPDATE SET {updates}"
         )
+        try:
+            await db.execute(sql, list(values.values()))
+        except sqlite3.IntegrityError as exc:
+            raise Conflict("slug", f"slug {item.slug!r} is already used in this workspace") from exc
+        if isinstance(item, Sync):
+            await db.execute(SYNC_STATUS_AFTER_WRITE, (item.disabled, item.id))
+        await db.execute("UPDATE meta SET value = value + 1 WHERE name = 'catalog_version'")
+
+    async def get(self, kind: type[T], item_id: str, workspace_id: str | None = None) -> T | None:
+        sql, params = select_items(kind, workspace_id)
+        rows = await self._fetchall(sql + " AND id = ?", (*params, item_id))
+        return item_from_row(kind, rows[0]) if rows else None
+
+    async def list(self, kind: type[T], workspace_id: str | None = None) -> list[T]:
+        sql, params = select_items(kind, workspace_id)
+        rows = await self._fetchall(sql + " ORDER BY CAST(id AS INTEGER)", params)
+        return [item_from_row(kind, r) for r in rows]
+
+    async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
+        table = TABLES[kind]
         async with self._tx() as db:
-            await db.execute(sql, values)
-            for statement, params in then:
-                await db.execute(statement, params)
+            for check, field, what in REFERENCE_CHECKS.get(kind, ()):
+                async with db.execute(check, (item_id,)) as cur:
+                    used = await cur.fetchone()
+                if used:
+                    raise Conflict(field, f"{what} {used[0]} still uses it")
+            cur = await db.execute(
+                f"DELETE FROM {table} WHERE id = ? AND workspace_id = ?", (item_id, workspace_id)
+            )
+            if cur.rowcount == 0:
+                return False
+            if kind is Sync:
+                for child in ("pending_rows", "synced_rows", "sync_runs"):
+                    await db.execute(f"DELETE FROM {child} WHERE sync_id = ?", (item_id,))
             await db.execute("UPDATE meta SET value = value + 1 WHERE name = 'catalog_version'")
-
-    async def upsert_model(self, model: Model) -> None:
-        await self._upsert_doc("models", model, {})
-
-    async def upsert_destination(self, destination: Destination) -> None:
-        await self._upsert_doc("destinations", destination, {})
-
-    async def upsert_source(self, source: Source) -> None:
-        await self._upsert_doc("sources", source, {})
-
-    async def upsert_sync(self, sync: Sync) -> None:
-        # status and lastRunAt live in their own columns, written by runs; a replace keeps them
-        # except that disabling shows as `disabled` and enabling again as `pending`.
-        await self._upsert_doc(
-            "syncs",
-            sync,
-            {"model_id": sync.model_id, "destination_id": sync.destination_id},
-            (
-                "UPDATE syncs SET status = CASE WHEN ? THEN 'disabled' "
-                "WHEN status IS NULL OR status = 'disabled' THEN 'pending' ELSE status END "
-                "WHERE id = ?",
-                (sync.disabled, sync.id),
-            ),
-        )
-
-    async def _get(self, table: str, cls: type[T], item_id: str) -> T | None:
-        rows = await self._fetchall(f"SELECT doc FROM {table} WHERE id = ?", (item_id,))
-        return cls.model_validate_json(rows[0][0]) if rows else None
-
-    async def _list(self, table: str, cls: type[T]) -> list[T]:
-        rows = await self._fetchall(f"SELECT doc FROM {table} ORDER BY CAST(id AS INTEGER)")
-        return [cls.model_validate_json(r[0]) for r in rows]
-
-    async def get_model(self, model_id: str) -> Model | None:
-        return await self._get("models", Model, model_id)
-
-    async def get_destination(self, destination_id: str) -> Destination | None:
-        return await self._get("destinations", Destination, destination_id)
-
-    async def get_sync(self, sync_id: str) -> Sync | None:
-        rows = await self._fetchall(
-            "SELECT doc, status, last_run_at FROM syncs WHERE id = ?", (sync_id,)
-        )
-        return _sync_from_row(rows[0]) if rows else None
-
-    async def list_models(self) -> list[Model]:
-        return await self._list("models", Model)
-
-    async def list_destinations(self) -> list[Destination]:
-        return await self._list("destinations", Destination)
-
-    async def list_sources(self) -> list[Source]:
-        return await self._list("sources", Source)
-
-    async def list_syncs(self) -> list[Sync]:
-        rows = await self._fetchall(
-            "SELECT doc, status, last_run_at FROM syncs ORDER BY CAST(id AS INTEGER)"
-        )
-        return [_sync_from_row(r) for r in rows]
+        return True
 
     async def set_sync_status(
-        self, sync_id: str, status: SyncStatus, last_run_at: object | None = None
+        self, sync_id: str, status: SyncStatus, last_run_at: datetime | None = None
     ) -> None:
         async with self._tx() as db:
             if last_run_at is None:
                 await db.execute("UPDATE syncs SET status = ? WHERE id = ?", (status, sync_id))
             else:
-                stamp = last_run_at.isoformat() if isinstance(last_run_at, datetime) else None
                 await db.execute(
                     "UPDATE syncs SET status = ?, last_run_at = ? WHERE id = ?",
-                    (status, stamp, sync_id),
+                    (status, last_run_at.isoformat(), sync_id),
                 )
 
     # rows ------------------------------------------------------------------------------
@@ -311,23 +303,10 @@ class SqliteStore(Store):
 
     async def save_run(self, run: SyncRun) -> None:
         async with self._tx() as db:
-            await db.execute(
-                "INSERT INTO sync_runs (id, sync_id, created_at, doc) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-                (int(run.id), run.sync_id, run.created_at.isoformat(), run.model_dump_json()),
-            )
+            await db.execute(SAVE_RUN, run_columns(run))
 
-    async def list_runs(self, sync_id: str, limit: int = 5) -> list[SyncRun]:
-        rows = await self._fetchall(
-            "SELECT doc FROM sync_runs WHERE sync_id = ? ORDER BY id DESC LIMIT ?",
-            (sync_id, limit),
-        )
-        return [SyncRun.model_validate_json(r[0]) for r in rows]
-
-
-def _sync_from_row(row: Sequence[Any]) -> Sync:
-    sync = Sync.model_validate_json(row[0])
-    if row[1] is not None:
-        sync.status = SyncStatus(row[1])
-    sync.last_run_at = datetime.fromisoformat(row[2]) if row[2] else None
-    return sync
+    async def list_runs(self, query: RunQuery) -> tuple[list[SyncRun], bool]:
+        sql, params = select_runs(query)
+        rows = await self._fetchall(sql, params)
+        runs = [SyncRun.model_validate_json(r[0]) for r in rows[: query.limit]]
+        return runs, len(rows) > query.limit

@@ -66,8 +66,8 @@ class Harness:
     async def setup(self, mode: str = "mirror", **destination: Any) -> None:
         model = Model(id="1", name="users", slug="users", primary_key="id")
         config = {"url": self.receiver.url, **destination}
-        await self.store.upsert_model(model)
-        await self.store.upsert_destination(
+        await self.store.upsert(model)
+        await self.store.upsert(
             Destination(id="1", name="crm", slug="crm", type="webhook", configuration=config)
         )
         configuration = {"mode": mode, "mappings": MAPPINGS}
@@ -82,7 +82,7 @@ class Harness:
             primary_key="id",
             referenced_columns=referenced_columns("id", parsed),
         )
-        await self.store.upsert_sync(self.sync)
+        await self.store.upsert(self.sync)
 
     async def send(self, op: str, rows: list[dict[str, Any]]) -> None:
         event = ChangeEvent.model_validate({"modelId": "1", "op": op, "rows": rows})

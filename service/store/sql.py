@@ -1,0 +1,113 @@
+"""SQL shared by the SQLite and PostgreSQL stores, written with `?` placeholders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncStatus
+from service.store.base import TABLES, CatalogItem, RunQuery, T
+
+#: After a sync is written: disabling shows as `disabled`, enabling again as `pending`; any
+#: other status is the runs' and stays.
+SYNC_STATUS_AFTER_WRITE = (
+    "UPDATE syncs SET status = CASE WHEN ? THEN 'disabled' "
+    "WHEN status IS NULL OR status = 'disabled' THEN 'pending' ELSE status END WHERE id = ?"
+)
+
+#: Per kind: (query returning a referring id, field at fault, what refers).
+REFERENCE_CHECKS: dict[type[CatalogItem], tuple[tuple[str, str, str], ...]] = {
+    Model: (("SELECT id FROM syncs WHERE model_id = ? LIMIT 1", "modelId", "sync"),),
+    Destination: (
+        ("SELECT id FROM syncs WHERE destination_id = ? LIMIT 1", "destinationId", "sync"),
+    ),
+    Source: (("SELECT id FROM models WHERE source_id = ? LIMIT 1", "sourceId", "model"),),
+}
+
+_RUN_ORDER = {
+    "createdAt": "created_at",
+    "startedAt": "started_at",
+    "finishedAt": "finished_at",
+    "id": "id",
+}
+
+
+def catalog_columns(item: CatalogItem) -> dict[str, Any]:
+    """Column values of one catalog row: the JSON document plus the columns queries use."""
+    columns: dict[str, Any] = {
+        "id": item.id,
+        "workspace_id": item.workspace_id,
+        "slug": item.slug,
+        "doc": item.model_dump_json(by_alias=True),
+    }
+    if isinstance(item, Sync):
+        columns["model_id"] = item.model_id
+        columns["destination_id"] = item.destination_id
+    elif isinstance(item, Model):
+        columns["source_id"] = item.source_id
+    return columns
+
+
+def select_items(kind: type[CatalogItem], workspace_id: str | None) -> tuple[str, tuple[Any, ...]]:
+    """SELECT of a kind's rows, ending in a WHERE clause the caller may extend with AND."""
+    table = TABLES[kind]
+    extra = ", status, last_run_at" if kind is Sync else ""
+    sql = f"SELECT doc{extra} FROM {table} WHERE 1 = 1"
+    if workspace_id is None:
+        return sql, ()
+    return sql + " AND workspace_id = ?", (workspace_id,)
+
+
+def item_from_row(kind: type[T], row: Any) -> T:
+    item = kind.model_validate_json(row[0])
+    if isinstance(item, Sync):
+        if row[1] is not None:
+            item.status = SyncStatus(row[1])
+        item.last_run_at = _timestamp(row[2])
+    return item
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+def run_columns(run: SyncRun) -> tuple[Any, ...]:
+    """(id, sync_id, created_at, started_at, finished_at, doc); times as epoch seconds."""
+    return (
+        int(run.id),
+        run.sync_id,
+        run.created_at.timestamp(),
+        run.started_at.timestamp() if run.started_at else None,
+        run.finished_at.timestamp() if run.finished_at else None,
+        run.model_dump_json(),
+    )
+
+
+SAVE_RUN = (
+    "INSERT INTO sync_runs (id, sync_id, created_at, started_at, finished_at, doc) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "started_at = excluded.started_at, finished_at = excluded.finished_at, doc = excluded.doc"
+)
+
+
+def select_runs(query: RunQuery) -> tuple[str, list[Any]]:
+    """One page of runs plus one row, to tell whether more follow."""
+    sql = "SELECT doc FROM sync_runs WHERE sync_id = ?"
+    params: list[Any] = [query.sync_id]
+    if query.run_id is not None:
+        sql += " AND id = ?"
+        params.append(int(query.run_id))
+    if query.after is not None:
+        sql += " AND created_at > ?"
+        params.append(query.after.timestamp())
+    if query.before is not None:
+        sql += " AND created_at < ?"
+        params.append(query.before.timestamp())
+    column = _RUN_ORDER.get(query.order_by, "created_at")
+    direction = "ASC" if query.ascending else "DESC"
+    nulls = "NULLS LAST" if column != "id" else ""
+    sql += f" ORDER BY {column} {direction} {nulls}, id {direction} LIMIT ? OFFSET ?"
+    params.extend([query.limit + 1, query.offset])
+    return sql, params
