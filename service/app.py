@@ -38,6 +38,10 @@ GAUGE_POLL_SECONDS = 5.0
 
 
 def open_store(settings: Settings) -> Store:
+    if settings.database_url.startswith(("postgresql://", "postgres://")):
+        from service.store.postgres import PostgresStore  # only PostgreSQL users need asyncpg
+
+        return PostgresStore(settings.database_url)
     return SqliteStore(settings.database_url)
 
 
