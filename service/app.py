@@ -7,16 +7,23 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from service import __version__
+from service.api.auth import TokenTable
 from service.api.health import FATAL, METRICS, READINESS, Readiness, add_routes
+from service.api.http import RUNS, STORE, TOKENS, api_middleware
+from service.api.openapi import build_openapi
+from service.api.routes import add_api_routes
 from service.config import Settings
-from service.core.interfaces import SystemClock
+from service.core.interfaces import RunRequest, SystemClock
 from service.core.metrics import Metrics
+from service.core.models import RunStatus, Sync, SyncRun
 from service.core.rows import RouteIndex
 from service.destinations.registry import open_destination
 from service.ingest import Ingest
@@ -27,12 +34,11 @@ from service.runner.runner import SyncRunner
 from service.scheduler import Scheduler
 from service.source.kafka import EventBatch, KafkaSource
 from service.status import StatusReporter
-from service.store.base import Store
+from service.store.base import RunQuery, Store
 from service.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 1 << 20
 CATALOG_POLL_SECONDS = 1.0
 GAUGE_POLL_SECONDS = 5.0
 
@@ -54,6 +60,7 @@ class Pipeline:
     source: KafkaSource
     ingest: Ingest
     scheduler: Scheduler
+    reporter: StatusReporter
     metrics: Metrics
     routes: RouteIndex
     catalog_version: int = -1
@@ -115,6 +122,53 @@ class Pipeline:
             since_gauge += CATALOG_POLL_SECONDS
 
 
+class PipelineRunControl:
+    """RunControl for the API: runs are queued in the scheduler, recorded by the reporter."""
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None
+        self._lock = asyncio.Lock()
+
+    def _running(self) -> Pipeline:
+        if self.pipeline is None:
+            raise RuntimeError("the pipeline is not running")
+        return self.pipeline
+
+    async def trigger(self, sync: Sync, *, full_resync: bool) -> str:
+        pipeline = self._running()
+        async with self._lock:
+            if not pipeline.scheduler.knows(sync.id):
+                await pipeline.refresh_catalog()  # created a moment ago
+            queued = pipeline.scheduler.queued_trigger(sync.id)
+            if queued is not None and queued.run_id is not None:
+                queued.full_resync |= full_resync
+                return queued.run_id
+            run = SyncRun(
+                id=await pipeline.store.next_run_id(), sync_id=sync.id, full_resync=full_resync
+            )
+            await pipeline.reporter.report(sync, run)
+            request = RunRequest(
+                "trigger", requested_at=run.created_at, run_id=run.id, full_resync=full_resync
+            )
+            pipeline.scheduler.trigger(sync.id, request)
+            return run.id
+
+    async def cancel(self, sync: Sync, run_id: str) -> bool:
+        pipeline = self._running()
+        async with self._lock:
+            outcome = pipeline.scheduler.cancel(sync.id, run_id)
+            if outcome != "queued":
+                return outcome == "running"
+            runs, _ = await pipeline.store.list_runs(RunQuery(sync.id, run_id=run_id, limit=1))
+            if runs:
+                run = runs[0]
+                run.status = RunStatus.CANCELLED
+                run.finished_at = datetime.now(UTC)
+                run.error = "cancelled through the API before it started"
+                await pipeline.reporter.report(sync, run)
+            return True
+
+
 async def ensure_topics(settings: Settings) -> None:
     """Create the topics the service uses when the broker allows it; existing ones are kept."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
@@ -132,17 +186,28 @@ async def ensure_topics(settings: Settings) -> None:
         await admin.close()
 
 
-def build_app(settings: Settings, resources: ResourcesFile | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+def build_app(
+    settings: Settings,
+    resources: ResourcesFile | None = None,
+    tokens: dict[str, str] | None = None,
+) -> web.Application:
+    app = web.Application(client_max_size=settings.api_max_body_bytes, middlewares=[api_middleware])
     metrics = Metrics()
+    store = open_store(settings)
+    run_control = PipelineRunControl()
     app[METRICS] = metrics
     app[READINESS] = readiness = Readiness()
     app[FATAL] = fatal = asyncio.Event()
+    app[STORE] = store
+    app[TOKENS] = TokenTable(tokens or {})
+    app[RUNS] = run_control
     add_routes(app)
+    add_api_routes(app, lambda: build_openapi(__version__))
+    if not tokens:
+        log.warning("no API tokens configured (SYNC_API_TOKENS): the API refuses every request")
 
     async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         clock = SystemClock()
-        store = open_store(settings)
         await store.open()
         stack = contextlib.AsyncExitStack()
         stack.push_async_callback(store.close)
@@ -190,9 +255,10 @@ def build_app(settings: Settings, resources: ResourcesFile | None = None) -> web
                 retry_base=settings.failed_rows_retry_seconds,
             )
             pipeline = Pipeline(
-                settings, store, source, Ingest(store, metrics), scheduler, metrics, {}
+                settings, store, source, Ingest(store, metrics), scheduler, reporter, metrics, {}
             )
             await pipeline.refresh_catalog()
+            run_control.pipeline = pipeline
             await consumer.start()
             stack.push_async_callback(consumer.stop)
             scheduler.notify_pending((await store.pending_counts()).keys())

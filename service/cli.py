@@ -10,6 +10,7 @@ import sys
 
 from aiohttp import web
 
+from service.api.auth import TokenError, load_tokens
 from service.api.health import FATAL
 from service.app import build_app, open_store
 from service.config import Settings, SettingsError, load_settings
@@ -30,8 +31,8 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-async def serve(settings: Settings, resources: ResourcesFile | None) -> int:
-    app = build_app(settings, resources)
+async def serve(settings: Settings, resources: ResourcesFile | None, tokens: dict[str, str]) -> int:
+    app = build_app(settings, resources, tokens)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return asyncio.run(migrate(settings))
 
+    try:
+        tokens = load_tokens(
+            settings.api_tokens.get_secret_value() if settings.api_tokens else None,
+            settings.api_tokens_file,
+        )
+    except TokenError as exc:
+        print(f"sync-service: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     resources = None
     if settings.config_file is not None:
         try:
@@ -93,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from service.demo import run_demo
 
-        return asyncio.run(run_demo(settings, resources))
-    return asyncio.run(serve(settings, resources))
+        return asyncio.run(run_demo(settings, resources, tokens))
+    return asyncio.run(serve(settings, resources, tokens))
 
 
 if __name__ == "__main__":

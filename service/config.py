@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=1, le=65535)
     config_file: Path | None = None
     api_tokens: SecretStr | None = None
+    api_tokens_file: Path | None = None
+    #: Largest accepted API request body, in bytes; larger ones answer 413.
+    api_max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     log_level: str = "INFO"
 
     #: Seconds a stopping service gives the run in flight before interrupting it.

@@ -103,7 +103,9 @@ async def _produce(settings: Settings, model_id: str, stop: asyncio.Event) -> No
         await producer.stop()
 
 
-async def run_demo(settings: Settings, resources: ResourcesFile | None) -> int:
+async def run_demo(
+    settings: Settings, resources: ResourcesFile | None, tokens: dict[str, str]
+) -> int:
     if resources is None:
         settings = settings.model_copy(update={"config_file": EXAMPLE})
         resources = parse_resources(EXAMPLE)
@@ -112,7 +114,9 @@ async def run_demo(settings: Settings, resources: ResourcesFile | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     receiver = await _receiver()
-    service = web.AppRunner(build_app(settings, resources), handle_signals=False, access_log=None)
+    service = web.AppRunner(
+        build_app(settings, resources, tokens), handle_signals=False, access_log=None
+    )
     await service.setup()
     await web.TCPSite(service, settings.http_host, settings.http_port).start()
     _say(

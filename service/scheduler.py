@@ -14,6 +14,7 @@ from service.core.models import (
     IntervalSchedule,
     RunStatus,
     Sync,
+    SyncRun,
 )
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,11 @@ def next_run_at(sync: Sync, last_run: float | None, now: float) -> float | None:
         every = schedule.schedule.interval.seconds
         return now if last_run is None else last_run + every
     return None
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 @dataclass(slots=True)
@@ -58,6 +64,8 @@ class _SyncState:
     blocked: bool = False
     running: bool = False
     task: asyncio.Task[None] | None = None
+    current: RunRequest | None = None
+    current_run: asyncio.Task[SyncRun] | None = None
 
 
 class Scheduler:
@@ -108,17 +116,41 @@ class Scheduler:
                 state.pending = True
                 state.wake.set()
 
-    def trigger(self, sync_id: str, *, full_resync: bool = False) -> bool:
-        """Queue one run; triggers during a run coalesce into the next one."""
+    def knows(self, sync_id: str) -> bool:
+        return sync_id in self._states
+
+    def queued_trigger(self, sync_id: str) -> RunRequest | None:
+        """The triggered run waiting to start, which further triggers join."""
+        state = self._states.get(sync_id)
+        return state.trigger if state is not None else None
+
+    def trigger(self, sync_id: str, request: RunRequest) -> bool:
+        """Queue one run (after the one in flight, if any)."""
         state = self._states.get(sync_id)
         if state is None:
             return False
         if state.trigger is None:
-            state.trigger = RunRequest("trigger", full_resync=full_resync)
+            state.trigger = request
         else:
-            state.trigger.full_resync |= full_resync
+            state.trigger.full_resync |= request.full_resync
         state.wake.set()
         return True
+
+    def cancel(self, sync_id: str, run_id: str) -> str | None:
+        """`queued` when the run had not started (it never will), `running` when it was
+        interrupted, None when no such run is queued or running."""
+        state = self._states.get(sync_id)
+        if state is None:
+            return None
+        if state.trigger is not None and state.trigger.run_id == run_id:
+            state.trigger = None
+            return "queued"
+        current = state.current
+        if current is not None and current.run_id == run_id and state.current_run is not None:
+            current.cancelled = True
+            state.current_run.cancel()
+            return "running"
+        return None
 
     async def stop(self, grace: float) -> None:
         """Stop starting runs; give runs in flight `grace` seconds, then interrupt them."""
@@ -149,14 +181,17 @@ class Scheduler:
             state.running = True
             try:
                 async with self._slots:
-                    run = await self._executor.run(state.sync, request)
+                    run = await self._execute(state, request)
             except asyncio.CancelledError:
-                raise
+                if not request.cancelled or _being_cancelled():
+                    raise
+                continue  # cancelled through the API: the run recorded itself
             except Exception:
                 log.exception("sync %s: run could not be executed", state.sync.id)
                 run = None
             finally:
                 state.running = False
+                state.current = state.current_run = None
             state.blocked = run is None or run.status is RunStatus.FAILED
             # Continuous syncs retry failed rows on their own; others on their next run.
             retries = isinstance(state.sync.schedule, ContinuousSchedule)
@@ -167,6 +202,12 @@ class Scheduler:
             else:
                 state.backoff.reset()
                 state.retry_at = None
+
+    async def _execute(self, state: _SyncState, request: RunRequest) -> SyncRun:
+        # The run gets a task of its own, so a cancel request can stop it alone.
+        state.current = request
+        state.current_run = asyncio.create_task(self._executor.run(state.sync, request))
+        return await state.current_run
 
     async def _next_request(self, state: _SyncState) -> RunRequest | None:
         """Wait until the sync should run and say how."""

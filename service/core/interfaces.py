@@ -66,16 +66,32 @@ class RunRequest:
 
     reason: str
     requested_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: Set when the run record already exists (a trigger answered with its id).
+    run_id: str | None = None
     full_resync: bool = False
     window: float = 0.0
     linger: float = 0.0
     should_stop: Callable[[], bool] = _never
+    #: Set by a cancel request: the run then ends `cancelled`, not `interrupted`.
+    cancelled: bool = False
 
 
 class SyncExecutor(Protocol):
     """Runs a sync once, start to finish; returns the finished run record."""
 
     async def run(self, sync: Sync, request: RunRequest) -> SyncRun: ...
+
+
+class RunControl(Protocol):
+    """What the API may ask of the pipeline: start a run, or cancel one."""
+
+    async def trigger(self, sync: Sync, *, full_resync: bool) -> str:
+        """Queue a run and return its id; a trigger while one is queued joins it."""
+        ...
+
+    async def cancel(self, sync: Sync, run_id: str) -> bool:
+        """Cancel a queued or running run; False when it is not queued or running."""
+        ...
 
 
 class RunReporter(Protocol):

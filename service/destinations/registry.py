@@ -36,6 +36,51 @@ def validate_configuration(type_name: str, configuration: dict[str, Any]) -> Bas
     return kind.config_model.model_validate(configuration)
 
 
+MASK = "********"
+
+
+def mask_configuration(type_name: str, configuration: dict[str, Any]) -> dict[str, Any]:
+    """The configuration as it may be shown: secret values and every header value masked."""
+    kind = DESTINATION_TYPES.get(type_name)
+    secret = kind.secret_fields if kind else frozenset()
+    shown: dict[str, Any] = {}
+    for key, value in configuration.items():
+        if key in secret and value is not None:
+            shown[key] = MASK
+        elif key == "headers" and isinstance(value, dict):
+            shown[key] = dict.fromkeys(value, MASK)
+        elif key == "dsn" and isinstance(value, str):
+            shown[key] = mask_dsn(value)
+        else:
+            shown[key] = value
+    return shown
+
+
+def mask_dsn(dsn: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:********@host/db"""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or "@" not in rest:
+        return dsn
+    credentials, _, host = rest.rpartition("@")
+    user, has_password, _ = credentials.partition(":")
+    return f"{scheme}://{user}:{MASK}@{host}" if has_password else dsn
+
+
+def unmask_configuration(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """A configuration sent back with masked values keeps the stored secrets in their place."""
+    merged = dict(new)
+    for key, value in new.items():
+        if value == MASK and key in old:
+            merged[key] = old[key]
+        elif key == "headers" and isinstance(value, dict) and isinstance(old.get(key), dict):
+            merged[key] = {h: old[key].get(h, v) if v == MASK else v for h, v in value.items()}
+        elif key == "dsn" and isinstance(value, str) and MASK in value:
+            old_dsn = old.get("dsn")
+            if isinstance(old_dsn, str) and mask_dsn(old_dsn) == value:
+                merged[key] = old_dsn
+    return merged
+
+
 def open_destination(destination: Destination) -> DestinationWriter:
     """A writer for the destination (not yet opened)."""
     try:

@@ -60,12 +60,13 @@ class SyncRunner:
 
     async def run(self, sync: Sync, request: RunRequest) -> SyncRun:
         run = SyncRun(
-            id=await self._store.next_run_id(),
+            id=request.run_id or await self._store.next_run_id(),
             sync_id=sync.id,
             created_at=request.requested_at,
             full_resync=request.full_resync,
         )
-        await self._enter(sync, run, RunStatus.QUEUED)
+        if request.run_id is None:  # a triggered run was reported as queued already
+            await self._enter(sync, run, RunStatus.QUEUED)
         try:
             await self._enter(sync, run, RunStatus.PROCESSING)
             run.started_at = datetime.now(UTC)
@@ -75,8 +76,13 @@ class SyncRunner:
             await self._finish(sync, run, RunStatus.FAILED)
         except asyncio.CancelledError:
             # Rows not yet recorded stay pending and go in the next run.
-            run.error = "the service stopped during the run"
-            await asyncio.shield(self._finish(sync, run, RunStatus.INTERRUPTED))
+            if request.cancelled:
+                run.error = "cancelled through the API"
+                final = RunStatus.CANCELLED
+            else:
+                run.error = "the service stopped during the run"
+                final = RunStatus.INTERRUPTED
+            await asyncio.shield(self._finish(sync, run, final))
             raise
         except Exception as exc:
             log.exception("run %s of sync %s failed", run.id, sync.id)

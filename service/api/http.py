@@ -1,0 +1,126 @@
+"""Request plumbing shared by every API route: keys, JSON in and out, errors, auth."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from service.api.auth import TokenTable
+from service.core.interfaces import RunControl
+from service.store.base import Store
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STORE = web.AppKey("store", Store)
+TOKENS = web.AppKey("tokens", TokenTable)
+RUNS = web.AppKey("runs", RunControl)
+
+API_PREFIX = "/api/v1"
+#: Routes under the prefix that authenticate by other means (a signed webhook).
+OPEN_API_PATHS: frozenset[str] = frozenset()
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, message: str, details: dict[str, str] | str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "Not found", f"no {what} with that id in this workspace")
+
+
+def invalid(details: dict[str, str]) -> ApiError:
+    return ApiError(422, "Validation failed", details)
+
+
+def conflict(details: dict[str, str]) -> ApiError:
+    return ApiError(409, "Validation failed", details)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    if isinstance(body, BaseModel):
+        payload = body.model_dump_json(by_alias=True).encode()
+    else:
+        payload = orjson.dumps(body)
+    return web.Response(body=payload, status=status, content_type="application/json")
+
+
+def validation_details(exc: ValidationError, prefix: str = "") -> dict[str, str]:
+    details: dict[str, str] = {}
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+        field = ".".join([prefix, *loc] if prefix else loc) or prefix or "body"
+        details.setdefault(field, error["msg"])
+    return details
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()  # over client_max_size: aiohttp answers 413
+    if not raw.strip():
+        raise ApiError(400, "Malformed request", "the request needs a JSON body")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "Malformed request", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "Malformed request", "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(validation_details(exc)) from None
+
+
+def read_query(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise invalid(validation_details(exc)) from None
+
+
+def workspace(request: web.Request) -> str:
+    return request["workspace_id"]
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors as JSON bodies (never a stack trace) and bearer auth on /api/v1."""
+    try:
+        if request.path.startswith(API_PREFIX) and request.path not in OPEN_API_PATHS:
+            found = request.app[TOKENS].workspace_for(request.headers.get("Authorization"))
+            if found is None:
+                raise ApiError(
+                    401,
+                    "Authentication error",
+                    "send Authorization: Bearer <token> with a valid API token",
+                )
+            request["workspace_id"] = found
+        return await handler(request)
+    except ApiError as exc:
+        body: dict[str, Any] = {"message": exc.message}
+        if exc.details is not None:
+            body["details"] = exc.details
+        return json_response(body, exc.status)
+    except web.HTTPRequestEntityTooLarge:
+        return json_response(
+            {"message": "Request too large", "details": "the body exceeds the size limit"}, 413
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_response({"message": exc.reason}, exc.status)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return json_response({"message": "Internal error"}, 500)

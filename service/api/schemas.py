@@ -1,0 +1,138 @@
+"""Request and response bodies of the REST API (Hightouch API v1 shapes, camelCase)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from service.core.models import NumericId, Slug, SyncSchedule
+
+T = TypeVar("T")
+
+
+class Body(BaseModel):
+    """A request body: camelCase; fields Hightouch clients send that mean nothing here are
+    ignored rather than refused, so those clients work unchanged."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class SourceConfiguration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class SourceCreate(Body):
+    name: str = Field(min_length=1, max_length=200)
+    slug: Slug
+    type: Literal["kafka"] = "kafka"
+    configuration: SourceConfiguration
+
+
+class SourcePatch(Body):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    slug: Slug | None = None
+    configuration: SourceConfiguration | None = None
+
+
+class ModelCreate(Body):
+    name: str = Field(min_length=1, max_length=200)
+    slug: Slug
+    primary_key: str = Field(min_length=1, max_length=200)
+    source_id: NumericId | None = None
+
+
+class ModelPatch(Body):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    slug: Slug | None = None
+    primary_key: str | None = Field(default=None, min_length=1, max_length=200)
+    source_id: NumericId | None = None
+
+
+class DestinationCreate(Body):
+    name: str = Field(min_length=1, max_length=200)
+    slug: Slug
+    type: str = Field(min_length=1, max_length=50)
+    configuration: dict[str, Any]
+
+
+class DestinationPatch(Body):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    slug: Slug | None = None
+    configuration: dict[str, Any] | None = None
+
+
+class SyncCreate(Body):
+    slug: Slug
+    model_id: NumericId
+    destination_id: NumericId
+    disabled: bool = False
+    schedule: SyncSchedule
+    configuration: dict[str, Any]
+
+
+class SyncPatch(Body):
+    slug: Slug | None = None
+    disabled: bool | None = None
+    schedule: SyncSchedule | None = None
+    configuration: dict[str, Any] | None = None
+
+
+class TriggerBody(Body):
+    full_resync: bool = False
+
+
+class TriggerBySyncBody(Body):
+    sync_id: NumericId | None = None
+    sync_slug: Slug | None = None
+    full_resync: bool = False
+
+
+class TriggerAnswer(Body):
+    id: str
+
+
+class ErrorBody(BaseModel):
+    message: str
+    details: dict[str, str] | str | None = None
+
+
+class Page(Body, Generic[T]):
+    data: list[T]
+    has_more: bool
+
+
+# --- query strings ---------------------------------------------------------------------
+
+
+class Query(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class CatalogQuery(Query):
+    name: str | None = None
+    slug: str | None = None
+    order_by: Literal["id", "name", "slug", "createdAt", "updatedAt"] = "id"
+
+
+class SyncQuery(Query):
+    slug: str | None = None
+    model_id: NumericId | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+    order_by: Literal["id", "slug", "createdAt", "updatedAt", "lastRunAt"] = "id"
+
+
+class RunsQuery(Query):
+    limit: int = Field(default=5, ge=1, le=1000)
+    run_id: NumericId | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+    within: int | None = Field(default=None, ge=1, le=525_600)
+    order_by: Literal["id", "createdAt", "startedAt", "finishedAt"] = "createdAt"
