@@ -92,6 +92,8 @@ class Pipeline:
         delay = 0.5
         while True:
             try:
+                # A sync created a moment ago gets every event fetched after its creation.
+                await self.refresh_catalog()
                 result = await self.ingest.write(batch.events, self.routes)
                 break
             except Exception:

@@ -34,6 +34,8 @@ class Receiver:
     default: Reply = (200, {}, {})
     reply_with: Callable[[dict[str, Any]], Reply] | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: Seconds each request waits before its answer (a slow endpoint).
+    delay: float = 0.0
     _runner: web.AppRunner | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -56,6 +58,9 @@ class Receiver:
         body = await request.read()
         received = Received(dict(request.headers), body)
         self.requests.append(received)
+        self.changed.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         payload = received.json
         if self.replies:
             status, reply, headers = self.replies.pop(0)

@@ -22,6 +22,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STORE = web.AppKey("store", Store)
 TOKENS = web.AppKey("tokens", TokenTable)
 RUNS = web.AppKey("runs", RunControl)
+WORKSPACE = web.RequestKey("workspace_id", str)
 
 API_PREFIX = "/api/v1"
 #: Routes under the prefix that authenticate by other means (a signed webhook).
@@ -91,7 +92,7 @@ def read_query(request: web.Request, model: type[M]) -> M:
 
 
 def workspace(request: web.Request) -> str:
-    return request["workspace_id"]
+    return request[WORKSPACE]
 
 
 @web.middleware
@@ -106,7 +107,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
                     "Authentication error",
                     "send Authorization: Bearer <token> with a valid API token",
                 )
-            request["workspace_id"] = found
+            request[WORKSPACE] = found
         return await handler(request)
     except ApiError as exc:
         body: dict[str, Any] = {"message": exc.message}

@@ -180,6 +180,11 @@ class SqliteStore(Store):
     async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
         table = TABLES[kind]
         async with self._tx() as db:
+            async with db.execute(
+                f"SELECT 1 FROM {table} WHERE id = ? AND workspace_id = ?", (item_id, workspace_id)
+            ) as cur:
+                if await cur.fetchone() is None:
+                    return False  # another workspace's item is not even there to conflict
             for check, field, what in REFERENCE_CHECKS.get(kind, ()):
                 async with db.execute(check, (item_id,)) as cur:
                     used = await cur.fetchone()

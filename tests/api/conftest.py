@@ -1,0 +1,122 @@
+"""A live service (in this process, real broker, real store) and HTTP clients per workspace."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from service.app import build_app
+from service.config import Settings
+
+TOKENS = {"token-workspace-one": "1", "token-workspace-two": "2"}
+POSTGRES_URL = os.environ.get(
+    "SYNC_TEST_POSTGRES_URL", "postgresql://sync:sync@127.0.0.1:55432/sync"
+)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api:
+    def __init__(self, base: str, session: aiohttp.ClientSession, token: str | None) -> None:
+        self.base = base
+        self.session = session
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, **query: Any
+    ) -> tuple[int, Any]:
+        kwargs: dict[str, Any] = {"headers": self.headers, "params": query or None}
+        if raw is not None:
+            kwargs["data"] = raw
+        elif body is not None:
+            kwargs["json"] = body
+        async with self.session.request(method, f"{self.base}/api/v1{path}", **kwargs) as r:
+            text = await r.text()
+            payload = await r.json(content_type=None) if text else None
+            return r.status, payload
+
+
+class Service:
+    def __init__(
+        self, base: str, session: aiohttp.ClientSession, producer: AIOKafkaProducer, topic: str
+    ) -> None:
+        self.base = base
+        self.session = session
+        self.producer = producer
+        self.topic = topic
+        self.one = Api(base, session, "token-workspace-one")
+        self.two = Api(base, session, "token-workspace-two")
+        self.anonymous = Api(base, session, None)
+
+    async def produce(self, event: dict[str, Any]) -> None:
+        await self.producer.send_and_wait(
+            self.topic, orjson.dumps(event), key=event["modelId"].encode()
+        )
+
+    async def metric_at_least(self, name: str, value: float) -> bool:
+        async with self.session.get(f"{self.base}/metrics") as r:
+            text = await r.text()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1]) >= value
+        return False
+
+
+async def _reset_postgres(url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def service(
+    request: pytest.FixtureRequest, tmp_path: Path, kafka_bootstrap: str, uid: str
+) -> AsyncIterator[Service]:
+    if request.param == "postgres":
+        try:
+            await _reset_postgres(POSTGRES_URL)
+        except Exception as exc:
+            pytest.fail(f"no PostgreSQL at {POSTGRES_URL} ({exc!r}); run `make pg-up`")
+        database_url = POSTGRES_URL
+    else:
+        database_url = f"sqlite:///{tmp_path / 'store.db'}"
+    port = _port()
+    settings = Settings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        events_topics=[f"api-events-{uid}"],
+        status_topic=f"api-status-{uid}",
+        dlq_topic=f"api-dlq-{uid}",
+        consumer_group=f"api-{uid}",
+        database_url=database_url,
+        http_port=port,
+        api_max_body_bytes=64 * 1024,
+    )
+    app = build_app(settings, None, TOKENS)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Service(f"http://127.0.0.1:{port}", session, producer, settings.events_topics[0])
+    finally:
+        await producer.stop()
+        await runner.cleanup()
