@@ -51,12 +51,16 @@ def conflict(details: dict[str, str]) -> ApiError:
     return ApiError(409, "Validation failed", details)
 
 
-def json_response(body: Any, status: int = 200) -> web.Response:
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     if isinstance(body, BaseModel):
         payload = body.model_dump_json(by_alias=True).encode()
     else:
         payload = orjson.dumps(body)
-    return web.Response(body=payload, status=status, content_type="application/json")
+    return web.Response(
+        body=payload, status=status, content_type="application/json", headers=headers
+    )
 
 
 def validation_details(exc: ValidationError, prefix: str = "") -> dict[str, str]:
@@ -121,7 +125,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_response({"message": exc.reason}, exc.status)
+        kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return json_response({"message": exc.reason}, exc.status, kept)
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return json_response({"message": "Internal error"}, 500)

@@ -74,7 +74,7 @@ def build_openapi(version: str) -> dict[str, Any]:
             responses[str(route.status)] = {"description": "Done"}
         responses["400"] = _error("Malformed request")
         responses["401"] = _error("Authentication error")
-        if "{" in route.path:
+        if "{" in route.path or route.handler.__name__ == "trigger_sync_by":
             responses["404"] = _error("Not found in this workspace")
         if route.body is not None or route.method == "DELETE" or "cancel" in route.path:
             responses["409"] = _error("Conflict (slug in use, still referenced, run finished)")

@@ -536,4 +536,6 @@ def add_api_routes(app: web.Application, openapi: Callable[[], dict[str, Any]]) 
 
     app.router.add_get(f"{API_PREFIX}/openapi.json", openapi_json)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        # Ids are numeric, so /syncs/trigger never reads as the sync "trigger".
+        path = route.path.replace("{id}", r"{id:\d+}").replace("{runId}", r"{runId:\d+}")
+        app.router.add_route(route.method, path, route.handler)
