@@ -388,3 +388,41 @@ async def run_status(service: Service, sync_id: str, run_id: str, status: str) -
 async def run_finished(service: Service, sync_id: str, run_id: str) -> bool:
     _, runs = await service.one.call("GET", f"/syncs/{sync_id}/runs", runId=run_id)
     return bool(runs["data"]) and runs["data"][0]["finishedAt"] is not None
+
+
+async def test_a_source_added_through_the_api_is_consumed(
+    service: Service, receiver: Receiver
+) -> None:
+    topic = f"{service.topic}-orders"
+    status, source = await service.one.call(
+        "POST",
+        "/sources",
+        {"name": "orders", "slug": "orders", "type": "kafka", "configuration": {"topic": topic}},
+    )
+    assert status == 200
+    _, model = await service.one.call(
+        "POST",
+        "/models",
+        {"name": "orders", "slug": "orders", "primaryKey": "id", "sourceId": source["id"]},
+    )
+    _, dest = await service.one.call(
+        "POST",
+        "/destinations",
+        {"name": "crm", "slug": "crm", "type": "webhook", "configuration": {"url": receiver.url}},
+    )
+    status, _ = await service.one.call(
+        "POST",
+        "/syncs",
+        {
+            "slug": "orders",
+            "modelId": model["id"],
+            "destinationId": dest["id"],
+            "schedule": {"type": "continuous", "schedule": {"lingerMs": 10}},
+            "configuration": {"mappings": [{"from": "id", "to": "id"}]},
+        },
+    )
+    assert status == 200
+    event = {"modelId": model["id"], "op": "upsert", "rows": [{"id": 7}]}
+    await service.producer.send_and_wait(topic, orjson.dumps(event), key=model["id"].encode())
+    rows = await receiver.wait_rows(1, timeout=30)
+    assert rows[0]["key"] == "7"
