@@ -7,27 +7,57 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cronsim import CronSim
 
 from service.core.interfaces import Clock, RunRequest, SyncExecutor
 from service.core.models import (
     ContinuousSchedule,
+    CronSchedule,
     IntervalSchedule,
     RunStatus,
     Sync,
     SyncRun,
+    SyncSchedule,
+    VisualExpression,
+    VisualSchedule,
 )
 
 log = logging.getLogger(__name__)
 
 
-def next_run_at(sync: Sync, last_run: float | None, now: float) -> float | None:
-    """When the sync's schedule next asks for a run (clock seconds), None if it never does on
-    its own. `last_run` is when the previous scheduled run started."""
-    schedule = sync.schedule
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def next_run_at(
+    schedule: SyncSchedule, now: datetime, last_run: datetime | None
+) -> datetime | None:
+    """When the schedule next asks for a run (UTC), None if it never does on its own.
+
+    interval: `last_run` + the interval, or now when that moment has passed or there was no
+    run yet; cron and visual: the first matching minute after `now`; dbt-cloud, manual and
+    continuous: None (webhooks, triggers and arriving rows start those)."""
     if isinstance(schedule, IntervalSchedule):
-        every = schedule.schedule.interval.seconds
-        return now if last_run is None else last_run + every
+        if last_run is None:
+            return now
+        return max(now, last_run + timedelta(seconds=schedule.schedule.interval.seconds))
+    if isinstance(schedule, CronSchedule):
+        return next(iter(CronSim(schedule.schedule.expression, now)))
+    if isinstance(schedule, VisualSchedule):
+        return min(_next_visual(e, now) for e in schedule.schedule.expressions)
     return None
+
+
+def _next_visual(expression: VisualExpression, now: datetime) -> datetime:
+    hour, minute = (int(part) for part in expression.time.split(":"))
+    days = {i for i, name in enumerate(_WEEKDAYS) if expression.days.get(name)}  # type: ignore[call-overload]
+    today = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    for ahead in range(8):
+        candidate = today + timedelta(days=ahead)
+        if candidate.weekday() in days and candidate > now:
+            return candidate
+    return datetime.max.replace(tzinfo=UTC)  # no day selected: never
 
 
 def _being_cancelled() -> bool:
@@ -59,7 +89,9 @@ class _SyncState:
     pending: bool = False
     trigger: RunRequest | None = None
     retry_at: float | None = None
-    last_scheduled: float | None = None
+    #: The next run the schedule asks for (UTC), computed once and kept until it is due.
+    next_due: datetime | None = None
+    last_scheduled: datetime | None = None
     #: The last run failed outright: new rows wait for the retry too, not only failed ones.
     blocked: bool = False
     running: bool = False
@@ -105,8 +137,10 @@ class Scheduler:
                 self._states[sync_id] = state
                 state.task = asyncio.create_task(self._loop(state), name=f"sync-{sync_id}")
             else:
+                if state.sync.schedule != sync.schedule:
+                    state.next_due = None
                 state.sync = sync
-                state.wake.set()  # the schedule may have changed
+                state.wake.set()
 
     def notify_pending(self, sync_ids: Iterable[str]) -> None:
         """Rows became pending for these syncs (continuous syncs run on this)."""
@@ -229,12 +263,19 @@ class Scheduler:
             return RunRequest(
                 "continuous", window=self._window, linger=linger, should_stop=lambda: self._stopping
             )
-        due = next_run_at(sync, state.last_scheduled, now)
-        if due is not None and now >= due:
-            state.last_scheduled = now
+        wall = datetime.fromtimestamp(self._clock.time(), UTC)
+        if state.next_due is None:
+            state.next_due = next_run_at(
+                sync.schedule, wall, state.last_scheduled or sync.last_run_at
+            )
+        if state.next_due is not None and wall >= state.next_due:
+            state.last_scheduled, state.next_due = wall, None
             return RunRequest("schedule")
-        wakeups = [t for t in (due, state.retry_at) if t is not None]
-        timeout = max(0.0, min(wakeups) - now) if wakeups else None
+        wakeups = [t - now for t in (state.retry_at,) if t is not None]
+        if state.next_due is not None:
+            wakeups.append((state.next_due - wall).total_seconds())
+        # Capped, so a far-off schedule is looked at again now and then (clock changes).
+        timeout = min(3600.0, max(0.0, min(wakeups))) if wakeups else None
         state.wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.wake.wait(), timeout)

@@ -8,6 +8,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
+from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -92,9 +93,13 @@ class CronSpec(ApiModel):
 
     @field_validator("expression")
     @classmethod
-    def _five_fields(cls, value: str) -> str:
+    def _parses(cls, value: str) -> str:
         if len(value.split()) != 5:
             raise ValueError("a cron expression has five fields: minute hour day month weekday")
+        try:
+            CronSim(value, datetime(2000, 1, 1, tzinfo=UTC))
+        except CronSimError as exc:
+            raise ValueError(f"not a valid cron expression: {exc}") from None
         return value
 
 
