@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from service import __version__
 from service.api.auth import TokenTable
@@ -171,14 +171,45 @@ class PipelineRunControl:
             return True
 
 
+class KafkaUnavailable(Exception):
+    """The cluster did not answer within SYNC_KAFKA_CONNECT_TIMEOUT_SECONDS at start."""
+
+
+async def connect_kafka(settings: Settings, start: Callable[[], Awaitable[None]]) -> None:
+    """Retry `start` with backoff while the cluster is unreachable (it may still be booting)."""
+    deadline = asyncio.get_running_loop().time() + settings.kafka_connect_timeout_seconds
+    delay = 0.5
+    while True:
+        try:
+            await start()
+            return
+        except KafkaConnectionError as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise KafkaUnavailable(
+                    f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
+                    f"{settings.kafka_connect_timeout_seconds:.0f}s "
+                    "(SYNC_KAFKA_BOOTSTRAP_SERVERS, SYNC_KAFKA_CONNECT_TIMEOUT_SECONDS)"
+                ) from exc
+            log.warning("Kafka not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def ensure_topics(settings: Settings) -> None:
     """Create the topics the service uses when the broker allows it; existing ones are kept."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
+    await connect_kafka(settings, admin.start)
     try:
         existing = set(await admin.list_topics())
         names = {*settings.events_topics, settings.status_topic, settings.dlq_topic}
-        missing = [NewTopic(n, num_partitions=1, replication_factor=1) for n in names - existing]
+        missing = [
+            NewTopic(
+                n,
+                num_partitions=settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+            )
+            for n in names - existing
+        ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
@@ -224,7 +255,7 @@ def build_app(
                 acks="all",
                 linger_ms=5,
             )
-            await producer.start()
+            await connect_kafka(settings, producer.start)
             stack.push_async_callback(producer.stop)
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -261,7 +292,7 @@ def build_app(
             )
             await pipeline.refresh_catalog()
             run_control.pipeline = pipeline
-            await consumer.start()
+            await connect_kafka(settings, consumer.start)
             stack.push_async_callback(consumer.stop)
             scheduler.notify_pending((await store.pending_counts()).keys())
 

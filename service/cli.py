@@ -12,7 +12,7 @@ from aiohttp import web
 
 from service.api.auth import TokenError, load_tokens
 from service.api.health import FATAL
-from service.app import build_app, open_store
+from service.app import KafkaUnavailable, build_app, open_store
 from service.config import Settings, SettingsError, load_settings
 from service.resources import ResourcesError, ResourcesFile, parse_resources
 
@@ -43,6 +43,9 @@ async def serve(settings: Settings, resources: ResourcesFile | None, tokens: dic
     except ResourcesError as exc:
         print(f"sync-service: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except KafkaUnavailable as exc:
+        print(f"sync-service: {exc}", file=sys.stderr)
+        return 1
     try:
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     #: First delay before a continuous sync retries rows that failed; doubles up to 10 min.
     failed_rows_retry_seconds: float = Field(default=10.0, gt=0, le=3600)
     max_concurrent_runs: int = Field(default=16, ge=1, le=1024)
+    #: Partitions and replication of the topics the service creates when they are missing.
+    topic_partitions: int = Field(default=6, ge=1, le=10_000)
+    topic_replication_factor: int = Field(default=1, ge=1, le=32)
+    #: How long start-up waits for the Kafka cluster to answer before giving up.
+    kafka_connect_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     #: Most records per fetch; also the most events one ingest transaction covers.
     fetch_max_records: int = Field(default=2000, ge=1, le=100_000)
 
