@@ -20,6 +20,7 @@ from service.api.health import FATAL, METRICS, READINESS, Readiness, add_routes
 from service.api.http import RUNS, STORE, TOKENS, api_middleware
 from service.api.openapi import build_openapi
 from service.api.routes import add_api_routes
+from service.api.webhooks import DBT_SECRET
 from service.config import Settings
 from service.core.interfaces import RunRequest, SystemClock
 from service.core.metrics import Metrics
@@ -234,6 +235,8 @@ def build_app(
     app[STORE] = store
     app[TOKENS] = TokenTable(tokens or {})
     app[RUNS] = run_control
+    if settings.dbt_cloud_webhook_secret is not None:
+        app[DBT_SECRET] = settings.dbt_cloud_webhook_secret
     add_routes(app)
     add_api_routes(app, lambda: build_openapi(__version__))
     if not tokens:

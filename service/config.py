@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     config_file: Path | None = None
     api_tokens: SecretStr | None = None
     api_tokens_file: Path | None = None
+    #: Shared secret of the dbt Cloud webhook (POST /api/v1/webhooks/dbt-cloud).
+    dbt_cloud_webhook_secret: SecretStr | None = None
     #: Largest accepted API request body, in bytes; larger ones answer 413.
     api_max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     log_level: str = "INFO"
@@ -82,6 +84,6 @@ def load_settings() -> Settings:
         error = exc.errors()[0]
         name = "SYNC_" + str(error["loc"][0]).upper() if error["loc"] else "SYNC_*"
         value = error.get("input")
-        secret = any(word in name for word in ("TOKEN", "DATABASE_URL"))
+        secret = any(word in name for word in ("TOKEN", "DATABASE_URL", "SECRET"))
         shown = "" if isinstance(value, dict) or secret else f" (got {value!r})"
         raise SettingsError(f"{name}: {error['msg']}{shown}") from None

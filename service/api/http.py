@@ -26,7 +26,7 @@ WORKSPACE = web.RequestKey("workspace_id", str)
 
 API_PREFIX = "/api/v1"
 #: Routes under the prefix that authenticate by other means (a signed webhook).
-OPEN_API_PATHS: frozenset[str] = frozenset()
+OPEN_API_PATHS: frozenset[str] = frozenset({f"{API_PREFIX}/webhooks/dbt-cloud"})
 
 
 class ApiError(Exception):

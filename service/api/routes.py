@@ -41,6 +41,7 @@ from service.api.schemas import (
     TriggerBody,
     TriggerBySyncBody,
 )
+from service.api.webhooks import DBT_CLOUD_PATH, dbt_cloud
 from service.core.errors import ConfigurationError
 from service.core.models import (
     Destination,
@@ -535,6 +536,7 @@ def add_api_routes(app: web.Application, openapi: Callable[[], dict[str, Any]]) 
         return json_response(document)
 
     app.router.add_get(f"{API_PREFIX}/openapi.json", openapi_json)
+    app.router.add_post(DBT_CLOUD_PATH, dbt_cloud)
     for route in ROUTES:
         # Ids are numeric, so /syncs/trigger never reads as the sync "trigger".
         path = route.path.replace("{id}", r"{id:\d+}").replace("{runId}", r"{runId:\d+}")

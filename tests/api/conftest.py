@@ -18,6 +18,7 @@ from service.app import build_app
 from service.config import Settings
 
 TOKENS = {"token-workspace-one": "1", "token-workspace-two": "2"}
+DBT_SECRET = "dbt-webhook-secret"
 POSTGRES_URL = os.environ.get(
     "SYNC_TEST_POSTGRES_URL", "postgresql://sync:sync@127.0.0.1:55432/sync"
 )
@@ -107,6 +108,7 @@ async def service(
         database_url=database_url,
         http_port=port,
         api_max_body_bytes=64 * 1024,
+        dbt_cloud_webhook_secret=DBT_SECRET,
     )
     app = build_app(settings, None, TOKENS)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.api.conftest import Service
+from tests.api.conftest import DBT_SECRET, Service
 from tests.support import Receiver, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -426,3 +428,51 @@ async def test_a_source_added_through_the_api_is_consumed(
     await service.producer.send_and_wait(topic, orjson.dumps(event), key=model["id"].encode())
     rows = await receiver.wait_rows(1, timeout=30)
     assert rows[0]["key"] == "7"
+
+
+async def test_dbt_cloud_job_success_triggers_its_syncs(
+    service: Service, receiver: Receiver
+) -> None:
+    schedule = {
+        "type": "dbt-cloud",
+        "schedule": {"account": {"id": "43"}, "job": {"id": "7"}, "dbtCredentialId": "1"},
+    }
+    sync_id = await make_catalog(service, receiver.url, schedule)
+    await service.produce({"modelId": "1", "op": "upsert", "rows": [{"id": 1, "email": "a@x"}]})
+    await wait_for(lambda: service.metric_at_least("sync_rows_ingested_total", 1), what="ingest")
+
+    async def post(event: dict[str, Any], secret: str = DBT_SECRET) -> tuple[int, Any]:
+        body = orjson.dumps(event)
+        signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        async with service.session.post(
+            f"{service.base}/api/v1/webhooks/dbt-cloud",
+            data=body,
+            headers={"Authorization": signature, "Content-Type": "application/json"},
+        ) as r:
+            return r.status, await r.json()
+
+    def run(status_code: int, job: int = 7) -> dict[str, Any]:
+        return {
+            "eventType": "job.run.completed",
+            "data": {
+                "accountId": "43",
+                "jobId": str(job),
+                "runStatusCode": status_code,
+                "runStatus": "Success" if status_code == 10 else "Errored",
+            },
+        }
+
+    status, body = await post(run(10), secret="wrong")
+    assert status == 401
+    status, body = await post(run(20))
+    assert (status, body) == (200, {"triggered": []})
+    status, body = await post(run(10, job=8))
+    assert (status, body) == (200, {"triggered": []})
+    assert receiver.rows == []
+    status, body = await post(run(10))
+    assert status == 200
+    assert [t["syncId"] for t in body["triggered"]] == [sync_id]
+    await receiver.wait_rows(1)
+    await wait_for(
+        lambda: run_finished(service, sync_id, body["triggered"][0]["runId"]), what="run"
+    )
