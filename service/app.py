@@ -33,6 +33,7 @@ from service.router import build_routes
 from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
 from service.scheduler import Scheduler
+from service.source.invalid_rate import InvalidRateMonitor
 from service.source.kafka import EventBatch, KafkaSource
 from service.status import StatusReporter
 from service.store.base import RunQuery, Store
@@ -268,7 +269,12 @@ def build_app(
                 metadata_max_age_ms=5000,
             )
             source = KafkaSource(
-                consumer, producer, settings.dlq_topic, metrics, settings.fetch_max_records
+                consumer,
+                producer,
+                settings.dlq_topic,
+                metrics,
+                settings.fetch_max_records,
+                InvalidRateMonitor(settings.dlq_alert_ratio, settings.dlq_alert_window),
             )
             reporter = StatusReporter(store, producer, settings.status_topic, metrics)
             runner = SyncRunner(

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     topic_replication_factor: int = Field(default=1, ge=1, le=32)
     #: How long start-up waits for the Kafka cluster to answer before giving up.
     kafka_connect_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    #: A partition whose recent events (about the last `window`) are more than `ratio`
+    #: invalid raises an alarm: an error log line and the sync_dlq_alarm gauge.
+    dlq_alert_ratio: float = Field(default=0.5, gt=0, le=1)
+    dlq_alert_window: int = Field(default=1000, ge=10, le=1_000_000)
     #: Most records per fetch; also the most events one ingest transaction covers.
     fetch_max_records: int = Field(default=2000, ge=1, le=100_000)
 

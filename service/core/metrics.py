@@ -24,6 +24,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.invalid_ratio = Gauge(
+            "sync_events_invalid_ratio",
+            "Share of invalid events over the partition's recent events.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.dlq_alarm = Gauge(
+            "sync_dlq_alarm",
+            "1 while the partition's invalid share is over SYNC_DLQ_ALERT_RATIO.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.events_unrouted = Counter(
             "sync_events_unrouted", "Events for a model with no enabled sync.", registry=r
         )

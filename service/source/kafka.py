@@ -12,6 +12,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from service.core.events import ChangeEvent, InvalidEvent
 from service.core.metrics import Metrics
 from service.source.decode import decode_event
+from service.source.invalid_rate import InvalidRateMonitor
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class KafkaSource:
         dlq_topic: str,
         metrics: Metrics,
         max_records: int = 2000,
+        invalid_rate: InvalidRateMonitor | None = None,
     ) -> None:
         self._consumer = consumer
         self._dlq = dlq
@@ -55,6 +57,7 @@ class KafkaSource:
         self._metrics = metrics
         self._max_records = max_records
         self._membership = _Membership()
+        self._invalid_rate = invalid_rate or InvalidRateMonitor(threshold=0.5, window=1000)
         self._topics: frozenset[str] = frozenset()
 
     @property
@@ -79,12 +82,14 @@ class KafkaSource:
         for tp, messages in records.items():
             self._metrics.events_consumed.labels(tp.topic).inc(len(messages))
             batch.records += len(messages)
+            dead_before = len(pending_dlq)
             for message in messages:
                 try:
                     batch.events.append(decode_event(message.key, message.value))
                 except InvalidEvent as exc:
                     invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
                     pending_dlq.append(await self._send_to_dlq(message, exc))
+            self._watch_invalid_rate(tp, len(messages), len(pending_dlq) - dead_before)
             batch.offsets[tp] = messages[-1].offset + 1
             highwater = self._consumer.highwater(tp)
             if highwater is not None:
@@ -96,6 +101,21 @@ class KafkaSource:
                 self._metrics.events_invalid.labels(reason).inc(n)
             log.warning("sent %d invalid events to %s", len(pending_dlq), self._dlq_topic)
         return batch
+
+    def _watch_invalid_rate(self, tp: TopicPartition, events: int, invalid: int) -> None:
+        monitor = self._invalid_rate
+        if monitor.observe(tp.topic, tp.partition, events, invalid):
+            log.error(
+                "%s[%d]: %.0f%% of recent events are invalid and go to the DLQ %s; "
+                "check the producer",
+                tp.topic,
+                tp.partition,
+                100 * monitor.ratio(tp.topic, tp.partition),
+                self._dlq_topic,
+            )
+        labels = (tp.topic, str(tp.partition))
+        self._metrics.invalid_ratio.labels(*labels).set(monitor.ratio(tp.topic, tp.partition))
+        self._metrics.dlq_alarm.labels(*labels).set(monitor.alarmed(tp.topic, tp.partition))
 
     async def _send_to_dlq(self, message: object, exc: InvalidEvent) -> asyncio.Future[object]:
         headers = [

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import Receiver
 
@@ -111,15 +112,15 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-6000:]
 
     async def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """The sum of the samples of `name` whose labels include `labels`."""
         async with aiohttp.ClientSession() as session, session.get(f"{self.base}/metrics") as r:
             text = await r.text()
-        want = "{" + ",".join(f'{k}="{v}"' for k, v in (labels or {}).items()) + "}"
-        for line in text.splitlines():
-            if line.startswith(name + (want if labels else "")) and not line.startswith("#"):
-                head, _, value = line.rpartition(" ")
-                if labels or head == name:
-                    return float(value)
-        return 0.0
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and (labels or {}).items() <= sample.labels.items():
+                    total += sample.value
+        return total
 
 
 class Harness:

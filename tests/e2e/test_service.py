@@ -6,6 +6,7 @@ import asyncio
 import signal
 import time
 
+import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -179,3 +180,20 @@ async def test_invalid_resources_file_exits_2_naming_file_and_field(e2e: Harness
     message = err.decode()
     assert str(e2e.config_file) in message
     assert "syncs[0].schedule" in message
+
+
+async def test_a_flood_of_invalid_events_raises_the_alarm_not_the_service(e2e: Harness) -> None:
+    e2e.env["SYNC_DLQ_ALERT_WINDOW"] = "100"
+    service = await e2e.service()
+    for i in range(80):
+        await e2e.produce(b"garbage %d" % i)
+
+    await wait_for(
+        lambda: service.metric("sync_dlq_alarm", {"topic": e2e.events_topic}),
+        what="the DLQ alarm",
+    )
+    assert "of recent events are invalid" in service.log()
+    async with aiohttp.ClientSession() as session, session.get(f"{service.base}/readyz") as r:
+        assert r.status == 200
+    await e2e.event("upsert", [user(1)])
+    await e2e.receiver.wait_rows(1)
