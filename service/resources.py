@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.core.errors import ConfigurationError
 from service.core.models import (
@@ -15,52 +15,40 @@ from service.core.models import (
     Destination,
     Model,
     NumericId,
-    Slug,
     Source,
     Sync,
     SyncConfiguration,
-    SyncSchedule,
     referenced_columns,
     utcnow,
 )
+from service.core.specs import DestinationCreate, ModelCreate, SourceCreate, SyncCreate
 from service.destinations.registry import validate_configuration
 from service.store.base import CatalogItem, Conflict, Store
 
 MAX_FILE_BYTES = 10 << 20
 
 
-class SourceSpec(ApiModel):
+_STRICT = ConfigDict(extra="forbid")  # a typo in a file is an error, not ignored
+
+
+class SourceSpec(SourceCreate):
+    model_config = _STRICT
     id: NumericId
-    name: str = Field(min_length=1)
-    slug: Slug
-    type: str = "kafka"
-    configuration: dict[str, Any]
 
 
-class ModelSpec(ApiModel):
+class ModelSpec(ModelCreate):
+    model_config = _STRICT
     id: NumericId
-    name: str = Field(min_length=1)
-    slug: Slug
-    primary_key: str = Field(min_length=1)
-    source_id: NumericId | None = None
 
 
-class DestinationSpec(ApiModel):
+class DestinationSpec(DestinationCreate):
+    model_config = _STRICT
     id: NumericId
-    name: str = Field(min_length=1)
-    slug: Slug
-    type: str
-    configuration: dict[str, Any]
 
 
-class SyncSpec(ApiModel):
+class SyncSpec(SyncCreate):
+    model_config = _STRICT
     id: NumericId
-    slug: Slug
-    model_id: NumericId
-    destination_id: NumericId
-    disabled: bool = False
-    schedule: SyncSchedule
-    configuration: dict[str, Any]
 
 
 class ResourcesFile(ApiModel):

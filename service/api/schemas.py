@@ -9,40 +9,27 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from service.core.models import NumericId, Slug, SyncSchedule
+from service.core.specs import (
+    DestinationCreate,
+    ModelCreate,
+    SourceConfiguration,
+    SourceCreate,
+    Spec,
+    SyncCreate,
+)
+
+__all__ = ["DestinationCreate", "ModelCreate", "SourceCreate", "SyncCreate"]
 
 T = TypeVar("T")
 
 
-class Body(BaseModel):
-    """A request body: camelCase; fields Hightouch clients send that mean nothing here are
-    ignored rather than refused, so those clients work unchanged."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-
-class SourceConfiguration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
-
-
-class SourceCreate(Body):
-    name: str = Field(min_length=1, max_length=200)
-    slug: Slug
-    type: Literal["kafka"] = "kafka"
-    configuration: SourceConfiguration
+Body = Spec
 
 
 class SourcePatch(Body):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     slug: Slug | None = None
     configuration: SourceConfiguration | None = None
-
-
-class ModelCreate(Body):
-    name: str = Field(min_length=1, max_length=200)
-    slug: Slug
-    primary_key: str = Field(min_length=1, max_length=200)
-    source_id: NumericId | None = None
 
 
 class ModelPatch(Body):
@@ -52,26 +39,10 @@ class ModelPatch(Body):
     source_id: NumericId | None = None
 
 
-class DestinationCreate(Body):
-    name: str = Field(min_length=1, max_length=200)
-    slug: Slug
-    type: str = Field(min_length=1, max_length=50)
-    configuration: dict[str, Any]
-
-
 class DestinationPatch(Body):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     slug: Slug | None = None
     configuration: dict[str, Any] | None = None
-
-
-class SyncCreate(Body):
-    slug: Slug
-    model_id: NumericId
-    destination_id: NumericId
-    disabled: bool = False
-    schedule: SyncSchedule
-    configuration: dict[str, Any]
 
 
 class SyncPatch(Body):

@@ -236,37 +236,30 @@ class SyncConfiguration(ApiModel):
 # --- catalog resources ---------------------------------------------------------------------
 
 
-class Source(ApiModel):
+class CatalogResource(ApiModel):
+    """What sources, models and destinations share."""
+
     id: NumericId
     name: str = Field(min_length=1, max_length=200)
     slug: Slug
+    workspace_id: NumericId = "1"
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Source(CatalogResource):
     type: Literal["kafka"] = "kafka"
     configuration: dict[str, Any]
-    workspace_id: NumericId = "1"
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
 
 
-class Model(ApiModel):
-    id: NumericId
-    name: str = Field(min_length=1, max_length=200)
-    slug: Slug
+class Model(CatalogResource):
     primary_key: str = Field(min_length=1, max_length=200)
     source_id: NumericId | None = None
-    workspace_id: NumericId = "1"
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
 
 
-class Destination(ApiModel):
-    id: NumericId
-    name: str = Field(min_length=1, max_length=200)
-    slug: Slug
+class Destination(CatalogResource):
     type: str = Field(min_length=1, max_length=50)
     configuration: dict[str, Any]
-    workspace_id: NumericId = "1"
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class Sync(ApiModel):
