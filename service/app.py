@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from service.core.interfaces import RunRequest, SystemClock
 from service.core.metrics import Metrics
 from service.core.models import RunStatus, Sync, SyncRun
 from service.core.rows import RouteIndex
-from service.destinations.registry import open_destination
+from service.destinations.registry import DestinationContext, open_destination
 from service.ingest import Ingest
 from service.resources import ResourcesFile, apply_resources
 from service.router import build_routes
@@ -277,9 +278,10 @@ def build_app(
                 InvalidRateMonitor(settings.dlq_alert_ratio, settings.dlq_alert_window),
             )
             reporter = StatusReporter(store, producer, settings.status_topic, metrics)
+            context = DestinationContext(settings.kafka_bootstrap_servers)
             runner = SyncRunner(
                 store,
-                open_destination,
+                functools.partial(open_destination, context=context),
                 reporter,
                 metrics,
                 clock,

@@ -11,19 +11,34 @@ from pydantic import BaseModel, ValidationError
 from service.core.errors import ConfigurationError
 from service.core.interfaces import DestinationWriter
 from service.core.models import Destination
+from service.destinations.kafka import KafkaDestination, KafkaDestinationConfig
 from service.destinations.webhook import WebhookConfig, WebhookDestination
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationContext:
+    """What a destination may take from the service's own settings."""
+
+    kafka_bootstrap_servers: str
 
 
 @dataclass(frozen=True, slots=True)
 class DestinationType:
     config_model: type[BaseModel]
-    factory: Callable[[Any], DestinationWriter]
+    factory: Callable[[Any, DestinationContext], DestinationWriter]
     #: Configuration keys whose values are secrets: masked in API responses and logs.
     secret_fields: frozenset[str] = frozenset()
 
 
 DESTINATION_TYPES: dict[str, DestinationType] = {
-    "webhook": DestinationType(WebhookConfig, WebhookDestination, frozenset({"secret"})),
+    "webhook": DestinationType(
+        WebhookConfig, lambda config, _: WebhookDestination(config), frozenset({"secret"})
+    ),
+    "kafka": DestinationType(
+        KafkaDestinationConfig,
+        lambda config, context: KafkaDestination(config, context.kafka_bootstrap_servers),
+        frozenset({"saslPassword"}),
+    ),
 }
 
 
@@ -81,10 +96,10 @@ def unmask_configuration(new: dict[str, Any], old: dict[str, Any]) -> dict[str, 
     return merged
 
 
-def open_destination(destination: Destination) -> DestinationWriter:
+def open_destination(destination: Destination, context: DestinationContext) -> DestinationWriter:
     """A writer for the destination (not yet opened)."""
     try:
         config = validate_configuration(destination.type, destination.configuration)
     except ValidationError as exc:
         raise ConfigurationError(f"destination {destination.id}: {exc}") from exc
-    return DESTINATION_TYPES[destination.type].factory(config)
+    return DESTINATION_TYPES[destination.type].factory(config, context)

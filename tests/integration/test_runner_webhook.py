@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from service.core.models import (
     referenced_columns,
 )
 from service.core.rows import RowChange, RowOutcomes
-from service.destinations.registry import open_destination
+from service.destinations.registry import DestinationContext, open_destination
 from service.ingest import Ingest
 from service.router import build_routes
 from service.runner.retry import RetryPolicy
@@ -55,7 +56,7 @@ class Harness:
         self.ingest = Ingest(store, self.metrics)
         self.runner = SyncRunner(
             store,
-            open_destination,
+            functools.partial(open_destination, context=DestinationContext("127.0.0.1:9")),
             self.reporter,
             self.metrics,
             SystemClock(),
