@@ -82,6 +82,24 @@ class Metrics:
             ["destination_type"],
             registry=r,
         )
+        self.concurrency_limit = Gauge(
+            "sync_destination_concurrency_limit",
+            "Requests the adaptive concurrency limit allows in flight, per destination.",
+            ["destination_type"],
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "sync_destination_requests_in_flight",
+            "Destination requests in flight.",
+            ["destination_type"],
+            registry=r,
+        )
+        self.rate_limit_waits = Counter(
+            "sync_destination_rate_limit_waits",
+            "Requests that waited for the destination's rate limit.",
+            ["destination_type"],
+            registry=r,
+        )
         self.event_to_delivery_seconds = Histogram(
             "sync_event_to_delivery_seconds",
             "Freshness: from an event's emittedAt to the delivery of its row; one observation "

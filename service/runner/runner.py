@@ -8,12 +8,13 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from service.core.errors import DestinationError, DestinationUnavailable, RetriableError
+from service.core.errors import DestinationError
 from service.core.interfaces import Batch, Clock, DestinationWriter, RunReporter, RunRequest
 from service.core.metrics import Metrics
 from service.core.models import Destination, RunStatus, Sync, SyncRun
 from service.core.rows import RowChange, RowFailure, RowOutcomes
 from service.runner.batcher import Batcher
+from service.runner.delivery import Delivery
 from service.runner.mapping import RowMapper, compile_mappings
 from service.runner.planner import plan_changes
 from service.runner.retry import RetryPolicy
@@ -50,13 +51,13 @@ class SyncRunner:
         self._clock = clock
         self._retry = retry or RetryPolicy()
         self._page_size = page_size
-        self._writers: dict[str, tuple[datetime, DestinationWriter]] = {}
+        self._deliveries: dict[str, tuple[datetime, Delivery]] = {}
         self._mappers: dict[str, tuple[datetime, RowMapper]] = {}
 
     async def close(self) -> None:
-        writers, self._writers = self._writers, {}
-        for _, writer in writers.values():
-            await writer.close()
+        deliveries, self._deliveries = self._deliveries, {}
+        for _, delivery in deliveries.values():
+            await delivery.writer.close()
 
     async def run(self, sync: Sync, request: RunRequest) -> SyncRun:
         run = SyncRun(
@@ -110,23 +111,40 @@ class SyncRunner:
         if destination is None:
             raise _RunAborted(DestinationError(f"destination {sync.destination_id} not found"))
         try:
-            writer = await self._writer(destination)
+            delivery = await self._delivery(destination)
         except DestinationError as exc:
             raise _RunAborted(exc) from exc
+        sending = _Sending(self, sync, run, delivery)
+        try:
+            await self._plan_and_send(sync, run, request, delivery, sending)
+            await sending.finish()
+        finally:
+            await sending.cancel()
+
+    async def _plan_and_send(
+        self,
+        sync: Sync,
+        run: SyncRun,
+        request: RunRequest,
+        delivery: Delivery,
+        sending: _Sending,
+    ) -> None:
+        """Read pending rows page by page, plan them, and hand full batches to `sending`.
+        Reading waits while the destination's batches in flight are at their limit, so a
+        slow destination leaves rows in the store, not in memory."""
         mapper = self._mapper(sync)
         mode = sync.parsed_configuration.mode
         batcher: Batcher[RowChange] = Batcher(
-            writer.batch_size, float("inf"), self._clock.monotonic
+            delivery.writer.batch_size, float("inf"), self._clock.monotonic
         )
         deadline = self._clock.monotonic() + request.window
         upto = await self._store.max_pending_seq(sync.id)
-        cursor, batch_no = 0, 0
+        cursor = 0
         while True:
             page = await self._store.pending_page(sync.id, cursor, upto, self._page_size)
             if not page:
                 while batch := batcher.drain(force=True):
-                    batch_no += 1
-                    await self._deliver(sync, run, writer, batch, batch_no)
+                    await sending.dispatch(batch)
                 if (
                     request.window
                     and self._clock.monotonic() < deadline
@@ -159,56 +177,25 @@ class SyncRunner:
                 )
             batcher.add(plan.changes)
             while batch := batcher.drain():
-                batch_no += 1
-                await self._deliver(sync, run, writer, batch, batch_no)
+                await sending.dispatch(batch)
 
     async def _deliver(
-        self, sync: Sync, run: SyncRun, writer: DestinationWriter, rows: list[RowChange], n: int
-    ) -> None:
-        batch = Batch(sync.id, run.id, f"{run.id}-{n}", rows)
-        kind = writer.type_name
+        self, sync: Sync, run: SyncRun, delivery: Delivery, rows: list[RowChange], n: int
+    ) -> DestinationError | None:
+        """Send one batch and record what became of each row; returns a fatal error."""
         self._metrics.batch_rows.observe(len(rows))
-        attempt = 1
-        fatal: DestinationError | None = None
-        while True:
-            started = self._clock.monotonic()
-            try:
-                result = await writer.write(batch)
-            except RetriableError as exc:
-                self._observe_request(kind, started)
-                if attempt >= self._retry.max_attempts:
-                    fatal = DestinationUnavailable(f"{exc} (gave up after {attempt} attempts)")
-                    rejected = dict.fromkeys((r.key for r in rows), str(fatal))
-                    break
-                self._metrics.destination_retries.labels(kind).inc()
-                await self._clock.sleep(self._retry.delay(attempt, exc.retry_after))
-                attempt += 1
-            except DestinationError as exc:
-                self._observe_request(kind, started)
-                rejected = dict.fromkeys((r.key for r in rows), str(exc))
-                fatal = exc if exc.fatal else None
-                break
-            else:
-                self._observe_request(kind, started)
-                rejected = result.rejected
-                break
-
+        result = await delivery.send(Batch(sync.id, run.id, f"{run.id}-{n}", rows))
         outcomes = RowOutcomes()
         for row in rows:
-            error = rejected.get(row.key)
+            error = result.rejected.get(row.key)
             if error is None:
                 outcomes.delivered.append(row)
             else:
                 outcomes.failed.append(RowFailure(row.key, row.seq, row.op, error))
         now = self._clock.time()
         await self._store.record_outcomes(sync.id, outcomes, now)
-        self._count(run, kind, outcomes, now)
-        if fatal is not None:
-            raise _RunAborted(fatal)
-
-    def _observe_request(self, kind: str, started: float) -> None:
-        elapsed = self._clock.monotonic() - started
-        self._metrics.destination_request_seconds.labels(kind).observe(elapsed)
+        self._count(run, delivery.writer.type_name, outcomes, now)
+        return result.fatal
 
     def _count(self, run: SyncRun, kind: str, outcomes: RowOutcomes, now: float) -> None:
         delivered = Counter(r.op for r in outcomes.delivered)
@@ -231,17 +218,18 @@ class SyncRunner:
                 outcomes.failed[0].error,
             )
 
-    async def _writer(self, destination: Destination) -> DestinationWriter:
-        cached = self._writers.get(destination.id)
+    async def _delivery(self, destination: Destination) -> Delivery:
+        cached = self._deliveries.get(destination.id)
         if cached is not None and cached[0] == destination.updated_at:
             return cached[1]
         if cached is not None:
-            await cached[1].close()
-            del self._writers[destination.id]
+            await cached[1].writer.close()
+            del self._deliveries[destination.id]
         writer = self._open_destination(destination)
         await writer.open()
-        self._writers[destination.id] = (destination.updated_at, writer)
-        return writer
+        delivery = Delivery(writer, self._retry, self._clock, self._metrics)
+        self._deliveries[destination.id] = (destination.updated_at, delivery)
+        return delivery
 
     def _mapper(self, sync: Sync) -> RowMapper:
         cached = self._mappers.get(sync.id)
@@ -250,3 +238,59 @@ class SyncRunner:
         mapper = compile_mappings(sync.parsed_configuration)
         self._mappers[sync.id] = (sync.updated_at, mapper)
         return mapper
+
+
+class _Sending:
+    """The batches of one run in flight at once, up to the destination's adaptive concurrency
+    limit. A fatal error stops new batches; the ones in flight finish and record their rows."""
+
+    def __init__(self, runner: SyncRunner, sync: Sync, run: SyncRun, delivery: Delivery) -> None:
+        self._runner = runner
+        self._sync = sync
+        self._run = run
+        self._delivery = delivery
+        self._tasks: set[asyncio.Task[DestinationError | None]] = set()
+        self._fatal: DestinationError | None = None
+        self._count = 0
+
+    def _collect(self) -> None:
+        for task in [t for t in self._tasks if t.done()]:
+            self._tasks.discard(task)
+            fatal = task.result()  # an unexpected error (the store) ends the run here
+            if fatal is not None and self._fatal is None:
+                self._fatal = fatal
+
+    async def dispatch(self, rows: list[RowChange]) -> None:
+        limiter = self._delivery.limiter
+        await limiter.acquire()
+        self._collect()
+        if self._fatal is not None:
+            await limiter.release()
+            raise _RunAborted(self._fatal)
+        self._count += 1
+        task = asyncio.create_task(self._send(rows, self._count))
+        self._tasks.add(task)
+
+    async def _send(self, rows: list[RowChange], n: int) -> DestinationError | None:
+        try:
+            fatal = await self._runner._deliver(self._sync, self._run, self._delivery, rows, n)
+            if fatal is not None and self._fatal is None:
+                self._fatal = fatal  # before the slot frees, so no further batch starts
+            return fatal
+        finally:
+            await asyncio.shield(self._delivery.limiter.release())
+
+    async def finish(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        self._collect()
+        if self._fatal is not None:
+            raise _RunAborted(self._fatal)
+
+    async def cancel(self) -> None:
+        """Stop whatever is still in flight (shutdown, cancel); those rows stay pending."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        self._tasks.clear()

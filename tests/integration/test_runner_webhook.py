@@ -185,10 +185,12 @@ async def test_503_then_200_delivers_after_a_retry(harness: Harness) -> None:
 
 async def test_400_keeps_rows_pending_with_the_error_until_a_later_run(harness: Harness) -> None:
     await harness.setup()
-    harness.receiver.replies = [(400, {"message": "bad field"}, {})]
+    harness.receiver.default = (400, {"message": "bad field"}, {})
     await harness.send("upsert", [user(1), user(2)])
     run = await harness.run()
     assert run.status is RunStatus.WARNING
+    # The batch, then each half (one row each), were refused.
+    assert len(harness.receiver.requests) == 3
     assert run.failed_rows.added_count == 2
     assert harness.receiver.rows == []
     page = await harness.store.pending_page("7", 0, 10**9, 10)
@@ -196,10 +198,35 @@ async def test_400_keeps_rows_pending_with_the_error_until_a_later_run(harness: 
     assert all(r.error and "HTTP 400" in r.error and "bad field" in r.error for r in page)
     assert harness.delivered("added", "failed") == 2
 
+    harness.receiver.default = (200, {}, {})
     run = await harness.run()
     assert run.status is RunStatus.SUCCESS
     assert sorted(harness.receiver.ops()) == [("added", "1"), ("added", "2")]
     assert await harness.store.pending_counts() == {}
+
+
+async def test_split_retries_isolate_one_bad_row_in_a_batch_of_100(harness: Harness) -> None:
+    await harness.setup()
+
+    def refuse_37(payload: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if any(r["key"] == "37" for r in payload["rows"]):
+            return 422, {"message": "row 37 is invalid"}, {}
+        return 200, {}, {}
+
+    harness.receiver.reply_with = refuse_37
+    await harness.send("upsert", [user(i) for i in range(100)])
+    run = await harness.run()
+    assert run.status is RunStatus.WARNING
+    assert run.successful_rows.added_count == 99
+    assert run.failed_rows.added_count == 1
+    assert sorted(int(k) for _, k in harness.receiver.ops()) == [i for i in range(100) if i != 37]
+    page = await harness.store.pending_page("7", 0, 10**9, 10)
+    assert [r.key for r in page] == ["37"]
+    assert page[0].error is not None
+    assert page[0].error.startswith("HTTP 422")
+    assert "row 37 is invalid" in page[0].error
+    # log2(100) halvings on the path to the bad row, each with a sibling half: few requests.
+    assert len(harness.receiver.requests) <= 1 + 2 * 7
 
 
 async def test_rows_rejected_in_a_2xx_body_stay_pending_alone(harness: Harness) -> None:
@@ -264,3 +291,45 @@ async def test_newer_version_arriving_during_delivery_stays_pending(harness: Har
     run = await harness.run()
     assert harness.receiver.ops() == [("changed", "1")]
     assert run.successful_rows.changed_count == 1
+
+
+async def test_adaptive_concurrency_rises_when_fast_and_falls_on_429_and_slowness(
+    harness: Harness,
+) -> None:
+    await harness.setup(batchSize=10, maxConcurrency=16)
+    harness.receiver.delay = 0.01
+    seen: list[tuple[str, int]] = []  # (phase, limit) at every request the endpoint gets
+    phase = {"name": "fast", "429s": 0}
+
+    def limit() -> int:
+        value = harness.metrics.registry.get_sample_value(
+            "sync_destination_concurrency_limit", {"destination_type": "webhook"}
+        )
+        return int(value or 1)
+
+    def reply(payload: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        seen.append((phase["name"], limit()))
+        if phase["name"] == "429" and phase["429s"] < 6:
+            phase["429s"] += 1
+            return 429, {}, {"Retry-After": "0"}
+        return 200, {}, {}
+
+    harness.receiver.reply_with = reply
+
+    async def run_phase(name: str, first: int) -> list[int]:
+        phase["name"] = name
+        await harness.send("upsert", [user(i) for i in range(first, first + 400)])
+        assert (await harness.run()).status is RunStatus.SUCCESS
+        return [v for n, v in seen if n == name]
+
+    fast = await run_phase("fast", 0)
+    after_429 = await run_phase("429", 1000)
+    harness.receiver.delay = 0.25  # the endpoint slows down 25-fold
+    slow = await run_phase("slow", 2000)
+    print("\nconcurrency limit at each request:")
+    for name, values in (("fast", fast), ("429", after_429), ("slow", slow)):
+        print(f"  {name:>4}: {values}")
+    assert fast[0] == 1
+    assert max(fast) >= 8  # rises while the endpoint keeps up
+    assert min(after_429) < fast[-1]  # 429s cut it
+    assert min(slow) < after_429[-1]  # so does a jump in latency
