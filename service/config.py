@@ -63,10 +63,8 @@ class Settings(BaseSettings):
         if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
             return value
         if value.startswith(("postgresql://", "postgres://")):
-            raise ValueError(
-                "the PostgreSQL store is not available in this version; use sqlite:///"
-            )
-        raise ValueError("expected sqlite:///path/to/file.db")
+            return value
+        raise ValueError("expected sqlite:///path/to/file.db or postgresql://user@host/db")
 
     @field_validator("log_level")
     @classmethod

@@ -90,9 +90,9 @@ def parse_resources(path: Path) -> ResourcesFile:
         else:
             raw = yaml.safe_load(raw_bytes)
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ResourcesError(
-            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
-        ) from None
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        detail = " ".join(str(exc).split())  # one line, even for YAML's pointer to the column
+        raise ResourcesError(f"{path}: not valid {kind}: {detail}") from None
     if raw is None:
         raw = {}
     try:

@@ -198,6 +198,18 @@ class TemplateMapping(ApiModel):
     to: str = Field(min_length=1)
     template: str = Field(min_length=1, max_length=10_000)
 
+    @field_validator("template")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from liquid import parse
+        from liquid.exceptions import LiquidError
+
+        try:
+            parse(value)
+        except LiquidError as exc:
+            raise ValueError(f"not a valid Liquid template: {' '.join(str(exc).split())}") from None
+        return value
+
 
 Mapping = Annotated[StandardMapping | StaticMapping | TemplateMapping, Field(discriminator="type")]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -22,7 +23,8 @@ class Batcher(Generic[T]):
         self._max_age = max_age
         self._clock = clock
         self._items: list[T] = []
-        self._first_at: float | None = None
+        #: [arrival time, rows still waiting] per `add`, oldest first.
+        self._arrivals: deque[list[float]] = deque()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -30,13 +32,13 @@ class Batcher(Generic[T]):
     def add(self, items: Iterable[T]) -> None:
         before = len(self._items)
         self._items.extend(items)
-        if before == 0 and self._items:
-            self._first_at = self._clock()
+        if len(self._items) > before:
+            self._arrivals.append([self._clock(), len(self._items) - before])
 
     def is_ready(self) -> bool:
         if len(self._items) >= self._max_rows:
             return True
-        return bool(self._items) and self._clock() - (self._first_at or 0.0) >= self._max_age
+        return bool(self._arrivals) and self._clock() - self._arrivals[0][0] >= self._max_age
 
     def drain(self, *, force: bool = False) -> list[T]:
         """One batch if ready (or anything waiting, with `force`); else an empty list."""
@@ -44,5 +46,12 @@ class Batcher(Generic[T]):
             return []
         batch = self._items[: self._max_rows]
         del self._items[: self._max_rows]
-        self._first_at = self._clock() if self._items else None
+        taken = len(batch)
+        while taken:
+            oldest = self._arrivals[0]
+            used = min(taken, int(oldest[1]))
+            oldest[1] -= used
+            taken -= used
+            if not oldest[1]:
+                self._arrivals.popleft()
         return batch

@@ -36,7 +36,7 @@ def compile_mappings(configuration: SyncConfiguration) -> RowMapper:
             out.update(static)
         for to, template in templates:
             try:
-                out[to] = template.render(**row)
+                out[to] = template.render(row)  # a dict: a column may be called "self"
             except Exception as exc:
                 raise MappingError(f"template for {to!r} failed: {exc}") from exc
         return out

@@ -1,0 +1,96 @@
+"""load_settings: SYNC_* environment -> Settings, or one clear SettingsError line."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import SettingsError, load_settings
+
+
+def test_defaults_match_the_process_interface(clean_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.kafka_bootstrap_servers == "localhost:9092"
+    assert settings.events_topics == ["model-changes"]
+    assert settings.status_topic == "sync-status"
+    assert settings.dlq_topic == "sync-dlq"
+    assert settings.consumer_group == "sync-service"
+    assert settings.database_url == "sqlite:///./sync-service.db"
+    assert settings.http_port == 8080
+    assert settings.config_file is None
+    assert settings.api_tokens is None
+
+
+def test_settings_are_read_from_sync_variables(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SYNC_KAFKA_BOOTSTRAP_SERVERS", "k1:9093,k2:9093")
+    clean_env.setenv("SYNC_STATUS_TOPIC", "status")
+    clean_env.setenv("SYNC_DLQ_TOPIC", "dlq")
+    clean_env.setenv("SYNC_CONSUMER_GROUP", "group")
+    clean_env.setenv("SYNC_DATABASE_URL", "sqlite:///tmp/x.db")
+    clean_env.setenv("SYNC_HTTP_PORT", "9000")
+    settings = load_settings()
+    assert settings.kafka_bootstrap_servers == "k1:9093,k2:9093"
+    assert (settings.status_topic, settings.dlq_topic) == ("status", "dlq")
+    assert settings.consumer_group == "group"
+    assert settings.database_url == "sqlite:///tmp/x.db"
+    assert settings.http_port == 9000
+
+
+def test_events_topics_are_comma_separated(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SYNC_EVENTS_TOPICS", "a, b,,c ")
+    assert load_settings().events_topics == ["a", "b", "c"]
+
+
+def test_a_single_events_topic_is_a_list_of_one(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SYNC_EVENTS_TOPICS", "orders")
+    assert load_settings().events_topics == ["orders"]
+
+
+def test_no_events_topic_at_all_is_an_error(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SYNC_EVENTS_TOPICS", " , ")
+    with pytest.raises(SettingsError, match=r"^SYNC_EVENTS_TOPICS: "):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SYNC_HTTP_PORT", "notaport"),
+        ("SYNC_HTTP_PORT", "0"),
+        ("SYNC_HTTP_PORT", "70000"),
+        ("SYNC_STATUS_TOPIC", ""),
+        ("SYNC_LOG_LEVEL", "chatty"),
+    ],
+)
+def test_a_bad_value_names_its_setting_first(
+    clean_env: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(f"{name}: ")
+    assert "\n" not in message
+
+
+def test_a_bad_port_shows_the_value_given(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SYNC_HTTP_PORT", "notaport")
+    with pytest.raises(SettingsError, match="notaport"):
+        load_settings()
+
+
+def test_a_bad_database_url_is_named_but_its_value_never_echoed(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("SYNC_DATABASE_URL", "mysql://admin:hunter2@db.internal/app")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith("SYNC_DATABASE_URL: ")
+    assert "hunter2" not in message
+    assert "db.internal" not in message
+
+
+def test_a_postgresql_database_url_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
+    url = "postgresql://sync:pw@127.0.0.1:5432/sync"
+    clean_env.setenv("SYNC_DATABASE_URL", url)
+    assert load_settings().database_url == url
