@@ -42,7 +42,7 @@ class Receiver:
     async def start(self) -> Receiver:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/hook", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -197,3 +197,25 @@ async def test_a_flood_of_invalid_events_raises_the_alarm_not_the_service(e2e: H
         assert r.status == 200
     await e2e.event("upsert", [user(1)])
     await e2e.receiver.wait_rows(1)
+
+
+async def test_a_run_cut_short_by_sigterm_is_interrupted_and_its_rows_go_next_time(
+    e2e: Harness,
+) -> None:
+    e2e.env["SYNC_SHUTDOWN_GRACE_SECONDS"] = "1"
+    e2e.receiver.delay = 60.0  # the endpoint hangs
+    service = await e2e.service()
+    await e2e.event("upsert", [user(1), user(2)])
+    await wait_for(lambda: len(e2e.receiver.requests) >= 1, what="a delivery to start")
+    started = time.monotonic()
+    assert await service.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    statuses = [
+        orjson.loads(r.value)["type"] for r in await read_topic(e2e.kafka, e2e.status_topic, 3)
+    ]
+    assert statuses[-1] == "sync.run.interrupted"
+
+    e2e.receiver.delay = 0.0
+    await e2e.service()
+    rows = await e2e.receiver.wait_rows(2)
+    assert sorted(r["key"] for r in rows) == ["1", "2"]
