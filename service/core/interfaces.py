@@ -43,9 +43,10 @@ class DestinationWriter(ABC):
     type_name: str
     #: Most rows per `write`; the runner never sends more.
     batch_size: int = 100
-    #: Ceiling of the adaptive concurrency limit (requests in flight), and a rate limit.
+    #: Ceiling of the adaptive concurrency limit (batches in flight), and rate limits.
     max_concurrency: int = 1
     max_requests_per_second: float | None = None
+    max_rows_per_second: float | None = None
 
     async def open(self) -> None:  # noqa: B027 - most destinations have nothing to open
         """Connect; may raise `DestinationError`."""

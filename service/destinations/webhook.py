@@ -35,6 +35,7 @@ class WebhookConfig(BaseModel):
     batch_size: int = Field(default=100, ge=1, le=10_000)
     timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     max_requests_per_second: float | None = Field(default=None, gt=0)
+    max_rows_per_second: float | None = Field(default=None, gt=0)
     max_concurrency: int = Field(default=16, ge=1, le=256)
 
 
@@ -92,6 +93,7 @@ class WebhookDestination(DestinationWriter):
         self.batch_size = config.batch_size
         self.max_concurrency = config.max_concurrency
         self.max_requests_per_second = config.max_requests_per_second
+        self.max_rows_per_second = config.max_rows_per_second
         self._session: aiohttp.ClientSession | None = None
         self._headers = {"Content-Type": "application/json"}
         self._headers.update({k: v.get_secret_value() for k, v in config.headers.items()})

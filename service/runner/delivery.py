@@ -36,8 +36,9 @@ class Delivery:
         self._metrics = metrics
         self._kind = writer.type_name
         self.limiter = AdaptiveConcurrency(writer.max_concurrency)
-        rate = writer.max_requests_per_second
-        self._rate = RateLimit(rate, clock.monotonic, clock.sleep) if rate else None
+        requests, rows = writer.max_requests_per_second, writer.max_rows_per_second
+        self._requests = RateLimit(requests, clock.monotonic, clock.sleep) if requests else None
+        self._rows = RateLimit(rows, clock.monotonic, clock.sleep) if rows else None
 
     async def send(self, batch: Batch) -> DeliveryResult:
         """Deliver with retries. A batch refused as a whole (a 4xx) is split in halves and the
@@ -73,7 +74,12 @@ class Delivery:
 
     async def _request(self, batch: Batch) -> BatchResult:
         """One call of the destination, paced by the rate limit; its time steers the limiter."""
-        if self._rate is not None and await self._rate.acquire():
+        waited = 0.0
+        if self._requests is not None:
+            waited += await self._requests.acquire()
+        if self._rows is not None:
+            waited += await self._rows.acquire(len(batch.rows))
+        if waited:
             self._metrics.rate_limit_waits.labels(self._kind).inc()
         self._metrics.requests_in_flight.labels(self._kind).inc()
         started = self._clock.monotonic()

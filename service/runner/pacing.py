@@ -81,7 +81,8 @@ class AdaptiveConcurrency:
 
 
 class RateLimit:
-    """A token bucket: at most `rate` requests a second, bursts up to `rate`."""
+    """A token bucket: at most `rate` tokens a second (requests, or rows), bursts up to `rate`
+    (or up to one request's cost, when a single request costs more than that)."""
 
     def __init__(
         self,
@@ -96,16 +97,17 @@ class RateLimit:
         self._at = clock()
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> float:
-        """Take one token; returns the seconds waited for it."""
+    async def acquire(self, cost: float = 1.0) -> float:
+        """Take `cost` tokens; returns the seconds waited for them."""
         async with self._lock:
             now = self._clock()
-            self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+            capacity = max(self._rate, cost)
+            self._tokens = min(capacity, self._tokens + (now - self._at) * self._rate)
             self._at = now
-            if self._tokens >= 1:
-                self._tokens -= 1
+            if self._tokens >= cost:
+                self._tokens -= cost
                 return 0.0
-            wait = (1 - self._tokens) / self._rate
+            wait = (cost - self._tokens) / self._rate
             await self._sleep(wait)
             self._tokens = 0.0
             self._at = self._clock()

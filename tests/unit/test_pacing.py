@@ -93,3 +93,11 @@ async def test_rate_limit_allows_a_burst_then_paces() -> None:
     clock.now += 10  # idle time refills the bucket, up to the burst
     assert [await rate.acquire() for _ in range(4)] == [0.0] * 4
     assert await rate.acquire() > 0
+
+
+async def test_a_rows_budget_charges_each_request_its_row_count() -> None:
+    clock = FakeClock()
+    rows = RateLimit(100, clock.monotonic, clock.sleep)
+    assert await rows.acquire(60) == 0.0
+    assert abs(await rows.acquire(60) - 0.2) < 1e-9  # 20 rows short at 100 rows/s
+    assert abs(await rows.acquire(250) - 2.5) < 1e-9  # one request larger than the burst
