@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help venv kafka-up kafka-down lint format test test-unit demo clean
+.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean
 
 help:
 	@echo "make demo        run the service with a demo receiver and sample events"
@@ -28,6 +28,12 @@ kafka-up:
 kafka-down:
 	scripts/kafka/kafka.sh down
 
+pg-up:
+	scripts/postgres.sh up
+
+pg-down:
+	scripts/postgres.sh down
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -37,7 +43,7 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: venv kafka-up lint
+test: venv kafka-up pg-up lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -45,6 +51,13 @@ test-unit: venv
 
 demo: venv
 	scripts/demo.sh
+
+# The benchmark harness (bench/README.md): results in bench/results/. BENCH_ARGS passes options.
+bench: venv kafka-up pg-up
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-quick: venv kafka-up pg-up
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .ruff_cache

@@ -11,8 +11,11 @@ from pydantic import BaseModel, ValidationError
 from service.core.errors import ConfigurationError
 from service.core.interfaces import DestinationWriter
 from service.core.models import Destination
+from service.destinations.blackhole import BlackholeConfig, BlackholeDestination
 from service.destinations.kafka import KafkaDestination, KafkaDestinationConfig
+from service.destinations.postgres import PostgresDestination, PostgresDestinationConfig
 from service.destinations.webhook import WebhookConfig, WebhookDestination
+from service.store.pgconnect import mask_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,12 @@ class DestinationType:
 DESTINATION_TYPES: dict[str, DestinationType] = {
     "webhook": DestinationType(
         WebhookConfig, lambda config, _: WebhookDestination(config), frozenset({"secret"})
+    ),
+    "postgres": DestinationType(
+        PostgresDestinationConfig, lambda config, _: PostgresDestination(config), frozenset()
+    ),
+    "blackhole": DestinationType(
+        BlackholeConfig, lambda config, _: BlackholeDestination(config), frozenset()
     ),
     "kafka": DestinationType(
         KafkaDestinationConfig,
@@ -73,12 +82,7 @@ def mask_configuration(type_name: str, configuration: dict[str, Any]) -> dict[st
 
 def mask_dsn(dsn: str) -> str:
     """postgresql://user:secret@host/db -> postgresql://user:********@host/db"""
-    scheme, sep, rest = dsn.partition("://")
-    if not sep or "@" not in rest:
-        return dsn
-    credentials, _, host = rest.rpartition("@")
-    user, has_password, _ = credentials.partition(":")
-    return f"{scheme}://{user}:{MASK}@{host}" if has_password else dsn
+    return mask_url(dsn, MASK)
 
 
 def unmask_configuration(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:

@@ -35,3 +35,48 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX sync_runs_by_sync ON sync_runs (sync_id, created_at)",
     ],
 ]
+
+# The same tables for PostgreSQL. Run ids and pending-row `seq` come from sequences, so
+# replicas sharing the database never hand out the same one; times of runs stay epoch seconds
+# (double precision) so the shared run queries work unchanged.
+POSTGRES_MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+        "INSERT INTO meta (name, value) VALUES ('catalog_version', 0)",
+        "CREATE SEQUENCE pending_seq AS BIGINT",
+        "CREATE SEQUENCE run_ids AS BIGINT",
+        """CREATE TABLE sources (
+            id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, slug TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            CONSTRAINT sources_slug_unique UNIQUE (workspace_id, slug))""",
+        """CREATE TABLE models (
+            id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, slug TEXT NOT NULL,
+            source_id TEXT, doc TEXT NOT NULL,
+            CONSTRAINT models_slug_unique UNIQUE (workspace_id, slug))""",
+        "CREATE INDEX models_by_source ON models (source_id)",
+        """CREATE TABLE destinations (
+            id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, slug TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            CONSTRAINT destinations_slug_unique UNIQUE (workspace_id, slug))""",
+        """CREATE TABLE syncs (
+            id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, slug TEXT NOT NULL,
+            model_id TEXT NOT NULL, destination_id TEXT NOT NULL, doc TEXT NOT NULL,
+            status TEXT, last_run_at TIMESTAMPTZ,
+            CONSTRAINT syncs_slug_unique UNIQUE (workspace_id, slug))""",
+        "CREATE INDEX syncs_by_model ON syncs (model_id)",
+        "CREATE INDEX syncs_by_destination ON syncs (destination_id)",
+        """CREATE TABLE pending_rows (
+            sync_id TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, op TEXT NOT NULL,
+            data BYTEA, row_hash BYTEA, emitted_at DOUBLE PRECISION,
+            attempts INTEGER NOT NULL DEFAULT 0, error TEXT, last_attempt_at DOUBLE PRECISION,
+            PRIMARY KEY (sync_id, key))""",
+        "CREATE INDEX pending_rows_by_seq ON pending_rows (sync_id, seq)",
+        """CREATE TABLE synced_rows (
+            sync_id TEXT NOT NULL, key TEXT NOT NULL, row_hash BYTEA NOT NULL,
+            data BYTEA NOT NULL, PRIMARY KEY (sync_id, key))""",
+        """CREATE TABLE sync_runs (
+            id BIGINT PRIMARY KEY, sync_id TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            started_at DOUBLE PRECISION, finished_at DOUBLE PRECISION, doc TEXT NOT NULL)""",
+        "CREATE INDEX sync_runs_by_sync ON sync_runs (sync_id, created_at)",
+    ],
+]

@@ -39,6 +39,9 @@ ON CONFLICT (sync_id, key) DO UPDATE SET
 """
 
 
+_SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+
+
 def sqlite_path(url: str) -> str:
     """`sqlite:///relative.db`, `sqlite:////absolute.db` or `sqlite:///:memory:`."""
     prefix = "sqlite:///"
@@ -78,14 +81,16 @@ class SqliteStore(Store):
     async def _migrate(self) -> None:
         db = self._conn
         await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        async with db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version") as cur:
-            row = await cur.fetchone()
-        current = row[0] if row else 0
         for version, script in enumerate(SQLITE_MIGRATIONS, start=1):
-            if version <= current:
-                continue
             await db.execute("BEGIN IMMEDIATE")
             try:
+                # Read under the write lock: another process opening the same file at the same
+                # time may have applied this version while we waited.
+                async with db.execute(_SCHEMA_VERSION) as cur:
+                    row = await cur.fetchone()
+                if (row[0] if row else 0) >= version:
+                    await db.execute("COMMIT")
+                    continue
                 for statement in script:
                     await db.execute(statement)
                 await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))

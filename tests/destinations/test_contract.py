@@ -7,11 +7,13 @@ single rows refuses only those."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -89,7 +91,41 @@ async def kafka_state(kafka: str, topic: str) -> State:
     return state
 
 
-@pytest.fixture(params=["memory", "webhook", "kafka", "kafka-tombstone"])
+POSTGRES_URL = os.environ.get(
+    "SYNC_TEST_POSTGRES_URL", "postgresql://sync:sync@127.0.0.1:55432/sync"
+)
+
+
+async def postgres_table(table: str) -> Callable[[], Awaitable[State]]:
+    """A fresh table whose CHECK refuses rows with `reject`, and a reader of its rows."""
+    try:
+        conn = await asyncpg.connect(POSTGRES_URL)
+    except Exception as exc:
+        pytest.fail(f"no PostgreSQL at {POSTGRES_URL} ({exc!r}); run `make pg-up`")
+    try:
+        await conn.execute(
+            f"CREATE TABLE {table} (id bigint PRIMARY KEY, name text, "
+            "reject boolean CHECK (reject IS NOT TRUE))"
+        )
+    finally:
+        await conn.close()
+
+    async def read() -> State:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            rows = await conn.fetch(f"SELECT row_to_json(t)::text AS j FROM {table} t")
+        finally:
+            await conn.close()
+        state: State = {}
+        for row in rows:
+            data = {k: v for k, v in orjson.loads(row["j"]).items() if v is not None}
+            state[str(data["id"])] = data
+        return state
+
+    return read
+
+
+@pytest.fixture(params=["memory", "webhook", "kafka", "kafka-tombstone", "postgres"])
 async def subject(
     request: pytest.FixtureRequest, receiver: Receiver, kafka_bootstrap: str
 ) -> AsyncIterator[Subject]:
@@ -111,9 +147,14 @@ async def subject(
         ]
         return 200, {"rejected": bad}, {}
 
+    read_table = None
     if kind == "webhook":
         receiver.reply_with = rejecting
         configuration: dict[str, Any] = {"url": receiver.url}
+    elif kind == "postgres":
+        table = f"contract_{uuid.uuid4().hex[:8]}"
+        read_table = await postgres_table(table)
+        configuration = {"dsn": POSTGRES_URL, "table": table, "keyColumn": "id"}
     else:
         topic = f"contract-{uuid.uuid4().hex[:8]}"
         removed_as = "tombstone" if kind == "kafka-tombstone" else "event"
@@ -127,10 +168,12 @@ async def subject(
     async def read() -> State:
         if kind == "webhook":
             return receiver_state(receiver)
+        if read_table is not None:
+            return await read_table()
         return await kafka_state(kafka_bootstrap, configuration["topic"])
 
     try:
-        yield Subject(writer, read, rejects_rows=kind in ("webhook",))
+        yield Subject(writer, read, rejects_rows=kind in ("webhook", "postgres"))
     finally:
         await writer.close()
 

@@ -1,0 +1,226 @@
+"""The postgres destination: upserts rows into a table by its key column, deletes removed ones.
+
+A batch is one statement per operation (`json_populate_recordset` turns the JSON rows into the
+table's own column types). When the database refuses the batch for the data in it, each row
+is written again in a savepoint of its own, so only the rows at fault are refused."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import asyncpg
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic.alias_generators import to_camel
+
+from service.core.errors import DestinationError, RetriableError
+from service.core.interfaces import Batch, BatchResult, DestinationWriter
+from service.core.rows import RowChange
+from service.store.pgconnect import create_pool
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+#: Errors about the connection: worth retrying.
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+#: Errors about the table or the rights on it: no row can succeed until someone fixes them.
+_SCHEMA_ERRORS = (
+    asyncpg.UndefinedTableError,
+    asyncpg.UndefinedColumnError,
+    asyncpg.InvalidColumnReferenceError,
+    asyncpg.InsufficientPrivilegeError,
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+)
+
+
+class SchemaError(DestinationError):
+    """The table cannot take these rows at all (missing, no such column, no unique key)."""
+
+    fatal = True
+
+
+def quote_table(name: str) -> str:
+    return ".".join(f'"{part}"' for part in name.split("."))
+
+
+class PostgresDestinationConfig(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    dsn: SecretStr
+    table: str
+    key_column: str = "id"
+    create_table: bool = False
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    max_concurrency: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("dsn")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("a PostgreSQL URL: postgresql://user:password@host:5432/db")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) > 2 or not all(_IDENTIFIER.match(p) for p in parts):
+            raise ValueError("a table name, or schema.table, of letters, digits and _")
+        return value
+
+    @field_validator("key_column")
+    @classmethod
+    def _column_name(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("a column name of letters, digits and _")
+        return value
+
+
+def _column_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint"
+    if isinstance(value, float):
+        return "double precision"
+    if isinstance(value, dict | list):
+        return "jsonb"
+    return "text"
+
+
+class PostgresDestination(DestinationWriter):
+    type_name = "postgres"
+
+    def __init__(self, config: PostgresDestinationConfig) -> None:
+        self._config = config
+        self.batch_size = config.batch_size
+        self.max_concurrency = config.max_concurrency
+        self._table = quote_table(config.table)
+        self._key = config.key_column
+        self._pool: asyncpg.Pool | None = None
+        self._table_ready = not config.create_table
+
+    async def open(self) -> None:
+        try:
+            self._pool = await create_pool(
+                self._config.dsn.get_secret_value(),
+                max_size=self._config.max_concurrency,
+                command_timeout=60,
+            )
+        except ConnectionError as exc:  # the message carries the masked URL only
+            raise RetriableError(str(exc)) from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def write(self, batch: Batch) -> BatchResult:
+        if self._pool is None:
+            raise DestinationError("the postgres destination is not open")
+        upserts = [self._record(r) for r in batch.rows if r.op != "removed"]
+        removals = [self._record(r) for r in batch.rows if r.op == "removed"]
+        try:
+            async with self._pool.acquire() as conn:
+                if not self._table_ready:
+                    await self._create_table(conn, upserts or removals)
+                try:
+                    async with conn.transaction():
+                        await self._write_all(conn, upserts, removals)
+                    return BatchResult()
+                except _SCHEMA_ERRORS:
+                    raise
+                except asyncpg.PostgresError:
+                    pass  # a row the table refuses: find it below
+                return await self._row_by_row(conn, batch.rows)
+        except _CONNECTION_ERRORS as exc:
+            raise RetriableError(f"PostgreSQL connection lost: {type(exc).__name__}") from exc
+        except _SCHEMA_ERRORS as exc:
+            raise SchemaError(f"{self._config.table}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            if "no unique or exclusion constraint" in str(exc):
+                raise SchemaError(
+                    f"{self._config.table}: {self._key} needs a unique index"
+                ) from exc
+            raise
+
+    def _record(self, row: RowChange) -> dict[str, Any]:
+        if self._key in row.data:
+            return row.data
+        return {**row.data, self._key: row.key}
+
+    async def _write_all(
+        self,
+        conn: asyncpg.Connection,
+        upserts: list[dict[str, Any]],
+        removals: list[dict[str, Any]],
+    ) -> None:
+        if upserts:
+            await conn.execute(self._upsert_sql(upserts), orjson.dumps(upserts).decode())
+        if removals:
+            await conn.execute(self._delete_sql(), orjson.dumps(removals).decode())
+
+    async def _row_by_row(self, conn: asyncpg.Connection, rows: list[RowChange]) -> BatchResult:
+        rejected: dict[str, str] = {}
+        async with conn.transaction():
+            for row in rows:
+                record = [self._record(row)]
+                try:
+                    async with conn.transaction():  # a savepoint per row
+                        if row.op == "removed":
+                            await self._write_all(conn, [], record)
+                        else:
+                            await self._write_all(conn, record, [])
+                except _SCHEMA_ERRORS:
+                    raise
+                except asyncpg.PostgresError as exc:
+                    rejected[row.key] = f"{type(exc).__name__}: {exc}"
+        return BatchResult(rejected)
+
+    def _upsert_sql(self, records: list[dict[str, Any]]) -> str:
+        columns = sorted({c for r in records for c in r})
+        for column in columns:
+            if not _IDENTIFIER.match(column):
+                raise SchemaError(f"{column!r} cannot be a column name")
+        names = ", ".join(f'"{c}"' for c in columns)
+        updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in columns if c != self._key)
+        action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+        return (
+            f"INSERT INTO {self._table} ({names}) "
+            f"SELECT {names} FROM json_populate_recordset(NULL::{self._table}, $1::json) "
+            f'ON CONFLICT ("{self._key}") {action}'
+        )
+
+    def _delete_sql(self) -> str:
+        return (
+            f"DELETE FROM {self._table} t "
+            f"USING json_populate_recordset(NULL::{self._table}, $1::json) r "
+            f'WHERE t."{self._key}" = r."{self._key}"'
+        )
+
+    async def _create_table(self, conn: asyncpg.Connection, records: list[dict[str, Any]]) -> None:
+        """CREATE TABLE IF NOT EXISTS, with column types guessed from the first rows."""
+        types: dict[str, str] = {}
+        for record in records:
+            for column, value in record.items():
+                if value is not None and column not in types:
+                    types[column] = _column_type(value)
+                types.setdefault(column, "text")
+        for column in types:
+            if not _IDENTIFIER.match(column):
+                raise SchemaError(f"{column!r} cannot be a column name")
+        columns = ", ".join(
+            f'"{c}" {t}{" PRIMARY KEY" if c == self._key else ""}' for c, t in types.items()
+        )
+        if self._key not in types:
+            columns = f'"{self._key}" text PRIMARY KEY, {columns}'
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {self._table} ({columns})")
+        self._table_ready = True

@@ -1,0 +1,391 @@
+"""The PostgreSQL store: asyncpg, a connection pool, one transaction per method.
+
+Several replicas may share one database: pending-row `seq` and run ids come from sequences,
+`create` locks the table it picks the next id from, slugs are unique by constraint, migrations
+run under an advisory lock. The URL's password never appears in a log line or an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncStatus
+from service.core.rows import PendingRow, PendingWrite, RowOutcomes, SyncedRow
+from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
+from service.store.pgconnect import create_pool, mask_url, scrub
+from service.store.schema import POSTGRES_MIGRATIONS
+from service.store.sql import (
+    REFERENCE_CHECKS,
+    SAVE_RUN,
+    SYNC_STATUS_AFTER_WRITE,
+    catalog_columns,
+    item_from_row,
+    run_columns,
+    select_items,
+    select_runs,
+)
+
+log = logging.getLogger(__name__)
+
+#: pg_advisory_lock key held while migrating ("syncsvc" + 1), so replicas starting together
+#: apply each migration once.
+MIGRATION_LOCK = int.from_bytes(b"syncsvc\x01", "big")
+
+_PING_TIMEOUT = 5.0
+_CLOSE_TIMEOUT = 5.0
+
+#: Per kind: the table whose rows may refer to it (see REFERENCE_CHECKS).
+_REFERRERS: dict[type[CatalogItem], str] = {
+    Model: "syncs",
+    Destination: "syncs",
+    Source: "models",
+}
+
+# Rows of one statement come from arrays, one round trip per batch. A key written twice in a
+# batch is sent once (its last version): ON CONFLICT may not touch a row twice.
+_UPSERT_PENDING = """
+INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash, emitted_at)
+SELECT t.sync_id, t.key, nextval('pending_seq'), t.op, t.data, t.row_hash, t.emitted_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::float8[])
+  WITH ORDINALITY AS t(sync_id, key, op, data, row_hash, emitted_at, n)
+ORDER BY t.n
+ON CONFLICT (sync_id, key) DO UPDATE SET
+  seq = nextval('pending_seq'), op = excluded.op, data = excluded.data,
+  row_hash = excluded.row_hash, emitted_at = excluded.emitted_at,
+  attempts = 0, error = NULL, last_attempt_at = NULL
+"""
+# `seq = nextval(...)` on conflict rather than excluded.seq: a writer that waited for another
+# replica's lock on the row still ends with a seq above the one that replica committed.
+
+_UPSERT_SYNCED = """
+INSERT INTO synced_rows (sync_id, key, row_hash, data)
+SELECT $1, t.key, t.row_hash, t.data
+FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS t(key, row_hash, data)
+ON CONFLICT (sync_id, key) DO UPDATE SET row_hash = excluded.row_hash, data = excluded.data
+"""
+
+_DELETE_SYNCED = "DELETE FROM synced_rows WHERE sync_id = $1 AND key = ANY($2::text[])"
+
+_DELETE_PENDING = """
+DELETE FROM pending_rows AS p
+USING unnest($2::text[], $3::bigint[]) AS d(key, seq)
+WHERE p.sync_id = $1 AND p.key = d.key AND p.seq = d.seq
+"""
+
+_FAIL_PENDING = """
+UPDATE pending_rows AS p
+SET error = f.error, attempts = p.attempts + 1, last_attempt_at = $2
+FROM unnest($3::text[], $4::bigint[], $5::text[]) AS f(key, seq, error)
+WHERE p.sync_id = $1 AND p.key = f.key AND p.seq = f.seq
+"""
+
+_BUMP_CATALOG = "UPDATE meta SET value = value + 1 WHERE name = 'catalog_version'"
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+@functools.lru_cache(maxsize=256)
+def pg(sql: str) -> str:
+    """The shared `?`-placeholder SQL with PostgreSQL's `$1, $2, ...` (no `?` in literals)."""
+    numbers = itertools.count(1)
+    return _PLACEHOLDER.sub(lambda _: f"${next(numbers)}", sql)
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("a PostgreSQL URL looks like postgresql://user:password@host/db")
+        self._url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._open_pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({mask_url(self._url)!r})"
+
+    def _scrub(self, text: str) -> str:
+        return scrub(self._url, text)
+
+    # lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._open_pool = await create_pool(
+            self._url, min_size=self._min_size, max_size=self._max_size
+        )
+        try:
+            version = await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+        log.info("PostgreSQL store at %s, schema version %d", mask_url(self._url), version)
+
+    async def _migrate(self) -> int:
+        async with self._conn() as conn:
+            # Session lock: a second replica waits here until the first has migrated.
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
+                )
+                current = await conn.fetchval(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+                )
+                for version, script in enumerate(POSTGRES_MIGRATIONS, start=1):
+                    if version <= current:
+                        continue
+                    async with conn.transaction():
+                        for statement in script:
+                            await conn.execute(statement)
+                        await conn.execute(
+                            "INSERT INTO schema_version (version) VALUES ($1)", version
+                        )
+                    log.info("store schema migrated to version %d", version)
+                    current = version
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        return current
+
+    async def close(self) -> None:
+        pool, self._open_pool = self._open_pool, None
+        if pool is None:
+            return
+        try:
+            # Waits for connections still in use; shutdown must not hang on one of them.
+            await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.warning("PostgreSQL connections still busy after %.0fs: closed", _CLOSE_TIMEOUT)
+            pool.terminate()
+
+    @property
+    def _pool(self) -> asyncpg.Pool:
+        if self._open_pool is None:
+            raise RuntimeError("the store is not open")
+        return self._open_pool
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._pool.acquire() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """One statement, so one transaction of its own."""
+        return await self._pool.fetch(pg(sql), *args)
+
+    async def ping(self) -> bool:
+        if self._open_pool is None:
+            return False
+        try:
+            async with self._open_pool.acquire(timeout=_PING_TIMEOUT) as conn:
+                await conn.fetchval("SELECT 1", timeout=_PING_TIMEOUT)
+        except Exception:
+            return False
+        return True
+
+    # catalog ---------------------------------------------------------------------------
+
+    async def catalog_version(self) -> int:
+        value = await self._pool.fetchval("SELECT value FROM meta WHERE name = 'catalog_version'")
+        return int(value or 0)
+
+    async def upsert(self, item: CatalogItem) -> None:
+        async with self._tx() as conn:
+            await self._write_item(conn, item)
+
+    async def create(self, item: T) -> T:
+        table = TABLES[type(item)]
+        async with self._tx() as conn:
+            # Creates of one kind queue here, and so do upserts into the table: no other
+            # transaction can take the id read below before this one commits.
+            await conn.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+            top = await conn.fetchval(f"SELECT COALESCE(MAX(CAST(id AS NUMERIC)), 0) FROM {table}")
+            created = item.model_copy(update={"id": str(int(top) + 1)})
+            await self._write_item(conn, created)
+        return created
+
+    async def _write_item(self, conn: asyncpg.Connection, item: CatalogItem) -> None:
+        table = TABLES[type(item)]
+        values = catalog_columns(item)
+        columns = list(values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+        placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
+            f"ON CONFLICT (id) DO UPDATE SET {updates}"
+        )
+        try:
+            await conn.execute(sql, *values.values())
+        except asyncpg.UniqueViolationError as exc:
+            if not (exc.constraint_name or "").endswith("_slug_unique"):
+                raise
+            raise Conflict("slug", f"slug {item.slug!r} is already used in this workspace") from exc
+        if isinstance(item, Sync):
+            await conn.execute(pg(SYNC_STATUS_AFTER_WRITE), item.disabled, item.id)
+        await conn.execute(_BUMP_CATALOG)
+
+    async def get(self, kind: type[T], item_id: str, workspace_id: str | None = None) -> T | None:
+        sql, params = select_items(kind, workspace_id)
+        rows = await self._fetch(sql + " AND id = ?", *params, item_id)
+        return item_from_row(kind, rows[0]) if rows else None
+
+    async def list(self, kind: type[T], workspace_id: str | None = None) -> list[T]:
+        sql, params = select_items(kind, workspace_id)
+        rows = await self._fetch(sql + " ORDER BY CAST(id AS NUMERIC)", *params)
+        return [item_from_row(kind, r) for r in rows]
+
+    async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
+        table = TABLES[kind]
+        async with self._tx() as conn:
+            referrer = _REFERRERS.get(kind)
+            if referrer is not None:
+                # Nobody may add a reference between the check below and the delete.
+                await conn.execute(f"LOCK TABLE {referrer} IN SHARE MODE")
+            exists = await conn.fetchval(
+                f"SELECT 1 FROM {table} WHERE id = $1 AND workspace_id = $2", item_id, workspace_id
+            )
+            if exists is None:
+                return False  # another workspace's item is not even there to conflict
+            for check, field, what in REFERENCE_CHECKS.get(kind, ()):
+                used = await conn.fetchval(pg(check), item_id)
+                if used is not None:
+                    raise Conflict(field, f"{what} {used} still uses it")
+            status = await conn.execute(
+                f"DELETE FROM {table} WHERE id = $1 AND workspace_id = $2", item_id, workspace_id
+            )
+            if status == "DELETE 0":
+                return False
+            if kind is Sync:
+                for child in ("pending_rows", "synced_rows", "sync_runs"):
+                    await conn.execute(f"DELETE FROM {child} WHERE sync_id = $1", item_id)
+            await conn.execute(_BUMP_CATALOG)
+        return True
+
+    async def set_sync_status(
+        self, sync_id: str, status: SyncStatus, last_run_at: datetime | None = None
+    ) -> None:
+        if last_run_at is None:
+            await self._pool.execute(
+                "UPDATE syncs SET status = $1 WHERE id = $2", str(status), sync_id
+            )
+        else:
+            await self._pool.execute(
+                "UPDATE syncs SET status = $1, last_run_at = $2 WHERE id = $3",
+                str(status),
+                last_run_at,
+                sync_id,
+            )
+
+    # rows ------------------------------------------------------------------------------
+
+    async def write_pending(self, rows: Sequence[PendingWrite]) -> None:
+        if not rows:
+            return
+        latest: dict[tuple[str, str], PendingWrite] = {}
+        for row in rows:
+            latest.pop((row.sync_id, row.key), None)  # re-inserted last: seq follows the order
+            latest[(row.sync_id, row.key)] = row
+        batch = list(latest.values())
+        await self._pool.execute(
+            _UPSERT_PENDING,
+            [r.sync_id for r in batch],
+            [r.key for r in batch],
+            [r.op for r in batch],
+            [r.data for r in batch],
+            [r.row_hash for r in batch],
+            [r.emitted_at for r in batch],
+        )
+
+    async def pending_counts(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")
+        return {r[0]: r[1] for r in rows}
+
+    async def max_pending_seq(self, sync_id: str) -> int:
+        value = await self._pool.fetchval(
+            "SELECT COALESCE(MAX(seq), 0) FROM pending_rows WHERE sync_id = $1", sync_id
+        )
+        return int(value)
+
+    async def pending_page(
+        self, sync_id: str, after_seq: int, upto_seq: int, limit: int
+    ) -> list[PendingRow]:
+        rows = await self._fetch(
+            "SELECT key, seq, op, data, row_hash, emitted_at, attempts, error FROM pending_rows "
+            "WHERE sync_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            sync_id,
+            after_seq,
+            upto_seq,
+            limit,
+        )
+        return [PendingRow(*r) for r in rows]
+
+    async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]:
+        if not keys:
+            return {}
+        rows = await self._fetch(
+            "SELECT key, row_hash, data FROM synced_rows WHERE sync_id = $1 "
+            "AND key = ANY($2::text[])",
+            sync_id,
+            list(keys),
+        )
+        return {key: SyncedRow(key, row_hash, data) for key, row_hash, data in rows}
+
+    async def record_outcomes(self, sync_id: str, outcomes: RowOutcomes, now: float) -> None:
+        if not outcomes:
+            return
+        kept = {r.key: r for r in outcomes.delivered if r.op != "removed"}
+        removed = list(dict.fromkeys(r.key for r in outcomes.delivered if r.op == "removed"))
+        done = [(r.key, r.seq) for r in outcomes.delivered]
+        done.extend(outcomes.dropped)
+        async with self._tx() as conn:
+            if kept:
+                await conn.execute(
+                    _UPSERT_SYNCED,
+                    sync_id,
+                    list(kept),
+                    [r.row_hash for r in kept.values()],
+                    [orjson.dumps(r.data) for r in kept.values()],
+                )
+            if removed:
+                await conn.execute(_DELETE_SYNCED, sync_id, removed)
+            if done:
+                await conn.execute(
+                    _DELETE_PENDING, sync_id, [k for k, _ in done], [s for _, s in done]
+                )
+            if outcomes.failed:
+                await conn.execute(
+                    _FAIL_PENDING,
+                    sync_id,
+                    now,
+                    [f.key for f in outcomes.failed],
+                    [f.seq for f in outcomes.failed],
+                    [f.error for f in outcomes.failed],
+                )
+
+    # runs ------------------------------------------------------------------------------
+
+    async def next_run_id(self) -> str:
+        return str(await self._pool.fetchval("SELECT nextval('run_ids')"))
+
+    async def save_run(self, run: SyncRun) -> None:
+        await self._pool.execute(pg(SAVE_RUN), *run_columns(run))
+
+    async def list_runs(self, query: RunQuery) -> tuple[list[SyncRun], bool]:
+        sql, params = select_runs(query)
+        rows = await self._fetch(sql, *params)
+        runs = [SyncRun.model_validate_json(r[0]) for r in rows[: query.limit]]
+        return runs, len(rows) > query.limit
