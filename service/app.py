@@ -120,6 +120,8 @@ class Pipeline:
                 if since_gauge >= GAUGE_POLL_SECONDS:
                     counts = await self.store.pending_counts()
                     self.metrics.pending_rows.set(sum(counts.values()))
+                    failed = await self.store.failed_counts()
+                    self.metrics.failed_rows.set(sum(failed.values()))
                     since_gauge = 0.0
             except Exception:
                 log.exception("catalog refresh failed")
@@ -139,7 +141,7 @@ class PipelineRunControl:
             raise RuntimeError("the pipeline is not running")
         return self.pipeline
 
-    async def trigger(self, sync: Sync, *, full_resync: bool) -> str:
+    async def trigger(self, sync: Sync, *, full_resync: bool, reset_cdc: bool = False) -> str:
         pipeline = self._running()
         async with self._lock:
             if not pipeline.scheduler.knows(sync.id):
@@ -147,13 +149,18 @@ class PipelineRunControl:
             queued = pipeline.scheduler.queued_trigger(sync.id)
             if queued is not None and queued.run_id is not None:
                 queued.full_resync |= full_resync
+                queued.reset_cdc |= reset_cdc
                 return queued.run_id
             run = SyncRun(
                 id=await pipeline.store.next_run_id(), sync_id=sync.id, full_resync=full_resync
             )
             await pipeline.reporter.report(sync, run)
             request = RunRequest(
-                "trigger", requested_at=run.created_at, run_id=run.id, full_resync=full_resync
+                "trigger",
+                requested_at=run.created_at,
+                run_id=run.id,
+                full_resync=full_resync,
+                reset_cdc=reset_cdc,
             )
             pipeline.scheduler.trigger(sync.id, request)
             return run.id

@@ -167,6 +167,7 @@ class Scheduler:
             state.trigger = request
         else:
             state.trigger.full_resync |= request.full_resync
+            state.trigger.reset_cdc |= request.reset_cdc
         state.wake.set()
         return True
 

@@ -31,6 +31,8 @@ from service.api.schemas import (
     ModelCreate,
     ModelPatch,
     Page,
+    PendingRowOut,
+    RowsQuery,
     RunsQuery,
     SourceCreate,
     SourcePatch,
@@ -360,17 +362,19 @@ async def delete_sync(request: web.Request) -> web.Response:
     return await _delete(request, Sync, "sync")
 
 
-async def _trigger(request: web.Request, sync: Sync, full_resync: bool) -> web.Response:
+async def _trigger(request: web.Request, sync: Sync, body: TriggerBody) -> web.Response:
     if sync.disabled:
         raise invalid({"syncId": "the sync is disabled; enable it to run it"})
-    run_id = await request.app[RUNS].trigger(sync, full_resync=full_resync)
+    run_id = await request.app[RUNS].trigger(
+        sync, full_resync=body.full_resync, reset_cdc=body.reset_cdc
+    )
     return json_response({"id": run_id})
 
 
 async def trigger_sync(request: web.Request) -> web.Response:
     sync = await _get(request, Sync, "sync", key="id")
     body = await read_body(request, TriggerBody) if await request.read() else TriggerBody()
-    return await _trigger(request, sync, body.full_resync)
+    return await _trigger(request, sync, body)
 
 
 async def trigger_sync_by(request: web.Request) -> web.Response:
@@ -386,7 +390,7 @@ async def trigger_sync_by(request: web.Request) -> web.Response:
         raise invalid({"syncId": "give syncId or syncSlug"})
     if sync is None:
         raise not_found("sync")
-    return await _trigger(request, sync, body.full_resync)
+    return await _trigger(request, sync, body)
 
 
 async def list_runs(request: web.Request) -> web.Response:
@@ -408,6 +412,28 @@ async def list_runs(request: web.Request) -> web.Response:
         )
     )
     return json_response({"data": [r.to_json_dict() for r in runs], "hasMore": more})
+
+
+async def list_rows(request: web.Request) -> web.Response:
+    """Ours: the rows of a sync still waiting to be sent, or those a destination refused."""
+    sync = await _get(request, Sync, "sync")
+    query = read_query(request, RowsQuery)
+    rows, more = await _store(request).list_pending(
+        sync.id, failed_only=query.status == "failed", limit=query.limit, offset=query.offset
+    )
+    data = [
+        PendingRowOut(
+            key=r.key,
+            operation=r.op,
+            error=r.error,
+            attempts=r.attempts,
+            last_attempt_at=(
+                datetime.fromtimestamp(r.last_attempt_at, UTC) if r.last_attempt_at else None
+            ),
+        ).model_dump(mode="json", by_alias=True)
+        for r in rows
+    ]
+    return json_response({"data": data, "hasMore": more})
 
 
 async def cancel_run(request: web.Request) -> web.Response:
@@ -486,6 +512,14 @@ ROUTES: list[Route] = [
         "List a sync's runs",
         query=RunsQuery,
         response=Page[SyncRun],
+    ),
+    Route(
+        "GET",
+        f"{API_PREFIX}/syncs/{{id}}/rows",
+        list_rows,
+        "Rows waiting to be sent, or refused by the destination (not in Hightouch)",
+        query=RowsQuery,
+        response=Page[PendingRowOut],
     ),
     Route(
         "POST",

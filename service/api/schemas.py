@@ -54,12 +54,15 @@ class SyncPatch(Body):
 
 class TriggerBody(Body):
     full_resync: bool = False
+    #: Ours: take what is pending as synced without sending it.
+    reset_cdc: bool = Field(default=False, alias="resetCDC")
 
 
 class TriggerBySyncBody(Body):
     sync_id: NumericId | None = None
     sync_slug: Slug | None = None
     full_resync: bool = False
+    reset_cdc: bool = Field(default=False, alias="resetCDC")
 
 
 class TriggerAnswer(Body):
@@ -107,3 +110,17 @@ class RunsQuery(Query):
     before: datetime | None = None
     within: int | None = Field(default=None, ge=1, le=525_600)
     order_by: Literal["id", "createdAt", "startedAt", "finishedAt"] = "createdAt"
+
+
+class RowsQuery(Query):
+    status: Literal["failed", "pending"] = "failed"
+
+
+class PendingRowOut(Body):
+    """A row waiting to be sent; a failed one carries the destination's reason."""
+
+    key: str
+    operation: Literal["upsert", "delete"]
+    error: str | None
+    attempts: int
+    last_attempt_at: datetime | None

@@ -73,6 +73,8 @@ class RunRequest:
     #: Set when the run record already exists (a trigger answered with its id).
     run_id: str | None = None
     full_resync: bool = False
+    #: Record what is pending as synced without sending it.
+    reset_cdc: bool = False
     window: float = 0.0
     linger: float = 0.0
     should_stop: Callable[[], bool] = _never
@@ -89,7 +91,7 @@ class SyncExecutor(Protocol):
 class RunControl(Protocol):
     """What the API may ask of the pipeline: start a run, or cancel one."""
 
-    async def trigger(self, sync: Sync, *, full_resync: bool) -> str:
+    async def trigger(self, sync: Sync, *, full_resync: bool, reset_cdc: bool = False) -> str:
         """Queue a run and return its id; a trigger while one is queued joins it."""
         ...
 

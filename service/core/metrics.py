@@ -66,6 +66,11 @@ class Metrics:
         self.pending_rows = Gauge(
             "sync_pending_rows", "Rows waiting to be sent, over all syncs.", registry=r
         )
+        self.failed_rows = Gauge(
+            "sync_failed_rows",
+            "Pending rows a destination refused at least once, over all syncs.",
+            registry=r,
+        )
         self.batch_rows = Histogram(
             "sync_batch_rows", "Rows per destination batch.", buckets=_BATCH_BUCKETS, registry=r
         )

@@ -48,6 +48,7 @@ class PendingRow:
     emitted_at: float | None
     attempts: int = 0
     error: str | None = None
+    last_attempt_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -69,6 +70,8 @@ class RowChange:
     seq: int
     row_hash: bytes | None = None  # None for removed rows
     emitted_at: float | None = None
+    #: The projected source row, kept with the synced row so a full resync can send it again.
+    source: bytes | None = None
 
     def payload(self) -> dict[str, Any]:
         return {"op": self.op, "key": self.key, "data": self.data}

@@ -39,7 +39,7 @@ def plan_changes(
 
     A row whose source-column hash equals the one last sent is unchanged and dropped. Rows the
     mode does not send are dropped too, leaving what the destination holds on record as it was.
-    With `full_resync`, rows are sent even when unchanged.
+    With `full_resync`, unchanged rows are sent too (as changed).
     """
     allowed = MODE_OPS[mode]
     plan = Plan()
@@ -59,7 +59,7 @@ def plan_changes(
         if previous is None:
             op: ChangeOp = "added"
         elif previous.row_hash != row.row_hash or full_resync:
-            op = "changed"
+            op = "changed"  # a full resync sends unchanged rows too; the mode still applies
         else:
             dropped.append((row.key, row.seq))
             continue
@@ -71,5 +71,7 @@ def plan_changes(
         except MappingError as exc:
             plan.rejected.append(RowFailure(row.key, row.seq, op, str(exc)))
             continue
-        changes.append(RowChange(op, row.key, data, row.seq, row.row_hash, row.emitted_at))
+        changes.append(
+            RowChange(op, row.key, data, row.seq, row.row_hash, row.emitted_at, row.data)
+        )
     return plan

@@ -138,6 +138,8 @@ class SyncRunner:
             delivery.writer.batch_size, float("inf"), self._clock.monotonic
         )
         deadline = self._clock.monotonic() + request.window
+        if request.full_resync:
+            await self._store.requeue_synced(sync.id)
         upto = await self._store.max_pending_seq(sync.id)
         cursor = 0
         while True:
@@ -160,6 +162,14 @@ class SyncRunner:
             run.query_size += len(page)
             synced = await self._store.synced_rows(sync.id, [r.key for r in page])
             plan = plan_changes(page, synced, mode, mapper, full_resync=request.full_resync)
+            if request.reset_cdc:
+                # What is pending becomes what the destination is taken to hold; nothing is sent.
+                await self._store.record_outcomes(
+                    sync.id,
+                    RowOutcomes(delivered=plan.changes, dropped=plan.dropped),
+                    self._clock.time(),
+                )
+                continue
             counts = Counter(c.op for c in plan.changes)
             counts.update(f.op for f in plan.rejected)
             for op, n in counts.items():

@@ -133,6 +133,22 @@ class Store(ABC):
         """Pending rows per sync id, for syncs that have any."""
 
     @abstractmethod
+    async def failed_counts(self) -> dict[str, int]:
+        """Pending rows that failed at least once, per sync id."""
+
+    @abstractmethod
+    async def list_pending(
+        self, sync_id: str, *, failed_only: bool, limit: int, offset: int
+    ) -> tuple[list[PendingRow], bool]:
+        """Pending rows by key (only those with an error, with `failed_only`), and whether
+        more follow the page."""
+
+    @abstractmethod
+    async def requeue_synced(self, sync_id: str) -> int:
+        """Full resync: every synced row not already pending becomes pending again with the
+        source data last sent; returns how many."""
+
+    @abstractmethod
     async def max_pending_seq(self, sync_id: str) -> int:
         """The highest `seq` pending for the sync, 0 when none."""
 

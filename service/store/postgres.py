@@ -26,6 +26,7 @@ from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
 from service.store.pgconnect import create_pool, mask_url, scrub
 from service.store.schema import POSTGRES_MIGRATIONS
 from service.store.sql import (
+    FAILED_COUNTS,
     REFERENCE_CHECKS,
     SAVE_RUN,
     SYNC_STATUS_AFTER_WRITE,
@@ -33,6 +34,7 @@ from service.store.sql import (
     item_from_row,
     run_columns,
     select_items,
+    select_pending,
     select_runs,
 )
 
@@ -69,10 +71,11 @@ ON CONFLICT (sync_id, key) DO UPDATE SET
 # replica's lock on the row still ends with a seq above the one that replica committed.
 
 _UPSERT_SYNCED = """
-INSERT INTO synced_rows (sync_id, key, row_hash, data)
-SELECT $1, t.key, t.row_hash, t.data
-FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS t(key, row_hash, data)
-ON CONFLICT (sync_id, key) DO UPDATE SET row_hash = excluded.row_hash, data = excluded.data
+INSERT INTO synced_rows (sync_id, key, row_hash, data, source)
+SELECT $1, t.key, t.row_hash, t.data, t.source
+FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::bytea[]) AS t(key, row_hash, data, source)
+ON CONFLICT (sync_id, key) DO UPDATE SET
+  row_hash = excluded.row_hash, data = excluded.data, source = excluded.source
 """
 
 _DELETE_SYNCED = "DELETE FROM synced_rows WHERE sync_id = $1 AND key = ANY($2::text[])"
@@ -314,6 +317,26 @@ class PostgresStore(Store):
         rows = await self._fetch("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")
         return {r[0]: r[1] for r in rows}
 
+    async def failed_counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in await self._fetch(FAILED_COUNTS)}
+
+    async def list_pending(
+        self, sync_id: str, *, failed_only: bool, limit: int, offset: int
+    ) -> tuple[list[PendingRow], bool]:
+        sql, params = select_pending(sync_id, failed_only, limit, offset)
+        rows = await self._fetch(sql, *params)
+        return [PendingRow(*r) for r in rows[:limit]], len(rows) > limit
+
+    async def requeue_synced(self, sync_id: str) -> int:
+        status = await self._pool.execute(
+            "INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash) "
+            "SELECT s.sync_id, s.key, nextval('pending_seq'), 'upsert', s.source, s.row_hash "
+            "FROM synced_rows s WHERE s.sync_id = $1 AND s.source IS NOT NULL "
+            "ON CONFLICT (sync_id, key) DO NOTHING",
+            sync_id,
+        )
+        return int(status.rsplit(" ", 1)[-1])
+
     async def max_pending_seq(self, sync_id: str) -> int:
         value = await self._pool.fetchval(
             "SELECT COALESCE(MAX(seq), 0) FROM pending_rows WHERE sync_id = $1", sync_id
@@ -359,6 +382,7 @@ class PostgresStore(Store):
                     list(kept),
                     [r.row_hash for r in kept.values()],
                     [orjson.dumps(r.data) for r in kept.values()],
+                    [r.source for r in kept.values()],
                 )
             if removed:
                 await conn.execute(_DELETE_SYNCED, sync_id, removed)

@@ -34,6 +34,7 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             started_at REAL, finished_at REAL, doc TEXT NOT NULL)""",
         "CREATE INDEX sync_runs_by_sync ON sync_runs (sync_id, created_at)",
     ],
+    ["ALTER TABLE synced_rows ADD COLUMN source BLOB"],
 ]
 
 # The same tables for PostgreSQL. Run ids and pending-row `seq` come from sequences, so
@@ -79,4 +80,5 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             started_at DOUBLE PRECISION, finished_at DOUBLE PRECISION, doc TEXT NOT NULL)""",
         "CREATE INDEX sync_runs_by_sync ON sync_runs (sync_id, created_at)",
     ],
+    ["ALTER TABLE synced_rows ADD COLUMN source BYTEA"],
 ]

@@ -73,6 +73,24 @@ def _timestamp(value: Any) -> datetime | None:
     return datetime.fromisoformat(value)
 
 
+FAILED_COUNTS = (
+    "SELECT sync_id, COUNT(*) FROM pending_rows WHERE error IS NOT NULL GROUP BY sync_id"
+)
+
+
+def select_pending(
+    sync_id: str, failed_only: bool, limit: int, offset: int
+) -> tuple[str, list[Any]]:
+    """One page of pending rows by key, plus one row to tell whether more follow."""
+    sql = (
+        "SELECT key, seq, op, data, row_hash, emitted_at, attempts, error, last_attempt_at "
+        "FROM pending_rows WHERE sync_id = ?"
+    )
+    if failed_only:
+        sql += " AND error IS NOT NULL"
+    return sql + " ORDER BY key LIMIT ? OFFSET ?", [sync_id, limit + 1, offset]
+
+
 def run_columns(run: SyncRun) -> tuple[Any, ...]:
     """(id, sync_id, created_at, started_at, finished_at, doc); times as epoch seconds."""
     return (

@@ -18,6 +18,7 @@ from service.core.rows import PendingRow, PendingWrite, RowOutcomes, SyncedRow
 from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
 from service.store.schema import SQLITE_MIGRATIONS
 from service.store.sql import (
+    FAILED_COUNTS,
     REFERENCE_CHECKS,
     SAVE_RUN,
     SYNC_STATUS_AFTER_WRITE,
@@ -25,6 +26,7 @@ from service.store.sql import (
     item_from_row,
     run_columns,
     select_items,
+    select_pending,
     select_runs,
 )
 
@@ -67,16 +69,28 @@ class SqliteStore(Store):
         if self._path != ":memory:":
             await asyncio.to_thread(Path(self._path).parent.mkdir, parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self._path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._wal()
         # FULL: a committed ingest transaction survives power loss before offsets are committed.
         await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
         await self._migrate()
         async with self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM pending_rows") as cur:
             row = await cur.fetchone()
         async with self._db.execute("SELECT value FROM meta WHERE name = 'seq'") as cur:
             meta = await cur.fetchone()
         self._seq = max(row[0] if row else 0, meta[0] if meta else 0)
+
+    async def _wal(self) -> None:
+        """Switch to WAL. SQLite answers "locked" at once, without its busy wait, while another
+        process opening the same new file switches too: so wait a little and try again."""
+        for attempt in range(50):
+            try:
+                await self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def _migrate(self) -> None:
         db = self._conn
@@ -240,6 +254,30 @@ class SqliteStore(Store):
         rows = await self._fetchall("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")
         return {r[0]: r[1] for r in rows}
 
+    async def failed_counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in await self._fetchall(FAILED_COUNTS)}
+
+    async def list_pending(
+        self, sync_id: str, *, failed_only: bool, limit: int, offset: int
+    ) -> tuple[list[PendingRow], bool]:
+        rows = await self._fetchall(*select_pending(sync_id, failed_only, limit, offset))
+        return [PendingRow(*r) for r in rows[:limit]], len(rows) > limit
+
+    async def requeue_synced(self, sync_id: str) -> int:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash) "
+                "SELECT s.sync_id, s.key, ? + ROW_NUMBER() OVER (ORDER BY s.key), 'upsert', "
+                "s.source, s.row_hash FROM synced_rows s WHERE s.sync_id = ? "
+                "AND s.source IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pending_rows p "
+                "WHERE p.sync_id = s.sync_id AND p.key = s.key)",
+                (self._seq, sync_id),
+            )
+            added = max(cur.rowcount, 0)
+            await db.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (self._seq + added,))
+            self._seq += added
+        return added
+
     async def max_pending_seq(self, sync_id: str) -> int:
         rows = await self._fetchall(
             "SELECT COALESCE(MAX(seq), 0) FROM pending_rows WHERE sync_id = ?", (sync_id,)
@@ -278,10 +316,10 @@ class SqliteStore(Store):
         async with self._tx() as db:
             if kept:
                 await db.executemany(
-                    "INSERT INTO synced_rows (sync_id, key, row_hash, data) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (sync_id, key) DO UPDATE SET "
-                    "row_hash = excluded.row_hash, data = excluded.data",
-                    [(sync_id, r.key, r.row_hash, orjson.dumps(r.data)) for r in kept],
+                    "INSERT INTO synced_rows (sync_id, key, row_hash, data, source) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sync_id, key) DO UPDATE SET "
+                    "row_hash = excluded.row_hash, data = excluded.data, source = excluded.source",
+                    [(sync_id, r.key, r.row_hash, orjson.dumps(r.data), r.source) for r in kept],
                 )
             if removed:
                 await db.executemany(

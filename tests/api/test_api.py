@@ -476,3 +476,39 @@ async def test_dbt_cloud_job_success_triggers_its_syncs(
     await wait_for(
         lambda: run_finished(service, sync_id, body["triggered"][0]["runId"]), what="run"
     )
+
+
+async def test_refused_rows_are_listed_with_their_reason(
+    service: Service, receiver: Receiver
+) -> None:
+    sync_id = await make_catalog(service, receiver.url)
+    receiver.default = (400, {"message": "email is required"}, {})
+    await service.produce(
+        {"modelId": "1", "op": "upsert", "rows": [{"id": 1}, {"id": 2, "email": "b@x"}]}
+    )
+    await wait_for(lambda: service.metric_at_least("sync_rows_ingested_total", 2), what="ingest")
+    _, answer = await service.one.call("POST", f"/syncs/{sync_id}/trigger", {})
+    await wait_for(
+        lambda: run_status(service, sync_id, answer["id"], "warning"), what="a warning run"
+    )
+
+    status, rows = await service.one.call("GET", f"/syncs/{sync_id}/rows", status="failed")
+    assert status == 200
+    assert [r["key"] for r in rows["data"]] == ["1", "2"]
+    first = rows["data"][0]
+    assert first["operation"] == "upsert"
+    assert first["attempts"] == 1
+    assert "HTTP 400" in first["error"] and "email is required" in first["error"]
+    assert first["lastAttemptAt"] is not None
+    _, runs = await service.one.call("GET", f"/syncs/{sync_id}/runs", runId=answer["id"])
+    assert runs["data"][0]["failedRows"]["addedCount"] == 2
+    status, _ = await service.two.call("GET", f"/syncs/{sync_id}/rows")
+    assert status == 404
+
+    # resetCDC: take what is pending as synced; nothing is sent and nothing stays pending.
+    receiver.default = (200, {}, {})
+    _, answer = await service.one.call("POST", f"/syncs/{sync_id}/trigger", {"resetCDC": True})
+    await wait_for(lambda: run_status(service, sync_id, answer["id"], "success"), what="reset")
+    assert receiver.rows == []
+    _, rows = await service.one.call("GET", f"/syncs/{sync_id}/rows", status="pending")
+    assert rows == {"data": [], "hasMore": False}

@@ -474,6 +474,57 @@ async def test_record_outcomes(store: Store) -> None:
     await store.record_outcomes("1", RowOutcomes(), 126.0)
 
 
+async def test_failed_rows_are_listed_and_counted(store: Store) -> None:
+    await catalog(store)
+    await store.write_pending([pending(k) for k in ("a", "b", "c")])
+    rows = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
+    failed = [RowFailure(k, rows[k].seq, "added", f"HTTP 400 for {k}") for k in ("c", "a")]
+    await store.record_outcomes("1", RowOutcomes(failed=failed), 1_700_000_100.0)
+    assert await store.failed_counts() == {"1": 2}
+
+    page, more = await store.list_pending("1", failed_only=True, limit=1, offset=0)
+    assert [(r.key, r.error, r.attempts) for r in page] == [("a", "HTTP 400 for a", 1)]
+    assert page[0].last_attempt_at == 1_700_000_100.0
+    assert more is True
+    page, more = await store.list_pending("1", failed_only=True, limit=5, offset=1)
+    assert [r.key for r in page] == ["c"]
+    assert more is False
+    page, _ = await store.list_pending("1", failed_only=False, limit=5, offset=0)
+    assert [(r.key, r.error) for r in page] == [
+        ("a", "HTTP 400 for a"),
+        ("b", None),
+        ("c", "HTTP 400 for c"),
+    ]
+    # A newer version of a failed row starts clean.
+    await store.write_pending([pending("a", {"id": "a", "v": 2})])
+    assert await store.failed_counts() == {"1": 1}
+
+
+async def test_requeue_synced_makes_every_synced_row_pending_again(store: Store) -> None:
+    await catalog(store)
+    await store.write_pending([pending(k) for k in ("x", "y", "z")])
+    rows = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
+    sent = []
+    for key in ("x", "y", "z"):
+        change = delivered(rows[key])
+        change.source = rows[key].data
+        sent.append(change)
+    await store.record_outcomes("1", RowOutcomes(delivered=sent), 1.0)
+    assert await store.pending_counts() == {}
+    # "y" has a newer pending version: the resync must not replace it with the old one.
+    await store.write_pending([pending("y", {"id": "y", "v": 2})])
+    before = await store.max_pending_seq("1")
+
+    assert await store.requeue_synced("1") == 2
+    page = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
+    assert set(page) == {"x", "y", "z"}
+    assert orjson.loads(page["y"].data or b"") == {"id": "y", "v": 2}
+    assert orjson.loads(page["x"].data or b"") == {"id": "x"}
+    assert page["x"].op == "upsert"
+    assert page["x"].seq > before and page["z"].seq > before
+    assert await store.requeue_synced("1") == 0  # all pending already
+
+
 # --- runs ------------------------------------------------------------------------------------
 
 

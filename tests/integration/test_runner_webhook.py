@@ -89,8 +89,8 @@ class Harness:
         event = ChangeEvent.model_validate({"modelId": "1", "op": op, "rows": rows})
         await self.ingest.write([event], build_routes([self.sync]))
 
-    async def run(self) -> SyncRun:
-        return await self.runner.run(self.sync, RunRequest("test"))
+    async def run(self, **request: Any) -> SyncRun:
+        return await self.runner.run(self.sync, RunRequest("test", **request))
 
     def delivered(self, op: str, outcome: str) -> float:
         value = self.metrics.registry.get_sample_value(
@@ -333,3 +333,31 @@ async def test_adaptive_concurrency_rises_when_fast_and_falls_on_429_and_slownes
     assert max(fast) >= 8  # rises while the endpoint keeps up
     assert min(after_429) < fast[-1]  # 429s cut it
     assert min(slow) < after_429[-1]  # so does a jump in latency
+
+
+async def test_full_resync_sends_every_synced_row_again(harness: Harness) -> None:
+    await harness.setup()
+    await harness.send("upsert", [user(1), user(2), user(3)])
+    await harness.run()
+    await harness.send("upsert", [user(2, "new@example.com")])
+    harness.receiver.rows.clear()
+    run = await harness.run(full_resync=True)
+    assert sorted(harness.receiver.ops()) == [("changed", "1"), ("changed", "2"), ("changed", "3")]
+    two = next(r for r in harness.receiver.rows if r["key"] == "2")
+    assert two["data"]["email_address"] == "new@example.com"  # the pending version wins
+    assert run.planned_rows.changed_count == 3
+    harness.receiver.rows.clear()
+    await harness.run()
+    assert harness.receiver.rows == []  # and afterwards nothing is left to send
+
+
+async def test_reset_cdc_records_pending_rows_as_synced_without_sending(harness: Harness) -> None:
+    await harness.setup()
+    await harness.send("upsert", [user(1), user(2)])
+    run = await harness.run(reset_cdc=True)
+    assert harness.receiver.requests == []
+    assert run.status is RunStatus.SUCCESS
+    assert await harness.store.pending_counts() == {}
+    await harness.send("upsert", [user(1), user(2, "changed@example.com")])
+    await harness.run()
+    assert harness.receiver.ops() == [("changed", "2")]
