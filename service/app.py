@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -68,6 +69,7 @@ class Pipeline:
     routes: RouteIndex
     catalog_version: int = -1
     stopping: bool = False
+    reported_snapshots: set[tuple[str, str]] = field(default_factory=set)
 
     async def refresh_catalog(self) -> None:
         version = await self.store.catalog_version()
@@ -111,6 +113,23 @@ class Pipeline:
         await self.source.commit(batch.offsets)
         self.scheduler.notify_pending(result.sync_ids)
 
+    async def _watch_snapshots(self) -> None:
+        snapshots = await self.store.open_snapshots()
+        limit = self.settings.snapshot_warn_seconds
+        stale = [(s, n, at) for s, n, at in snapshots if time.time() - at > limit]
+        self.metrics.open_snapshots.set(len(snapshots))
+        self.metrics.stale_snapshots.set(len(stale))
+        for sync_id, snapshot_id, opened_at in stale:
+            if (sync_id, snapshot_id) not in self.reported_snapshots:
+                self.reported_snapshots.add((sync_id, snapshot_id))
+                log.warning(
+                    "sync %s: snapshot %r open for %.0f s without its last: true event; "
+                    "until it closes it removes nothing",
+                    sync_id,
+                    snapshot_id,
+                    time.time() - opened_at,
+                )
+
     async def watch(self) -> None:
         """Catalog changes and the pending-rows gauge."""
         since_gauge = GAUGE_POLL_SECONDS
@@ -122,6 +141,7 @@ class Pipeline:
                     self.metrics.pending_rows.set(sum(counts.values()))
                     failed = await self.store.failed_counts()
                     self.metrics.failed_rows.set(sum(failed.values()))
+                    await self._watch_snapshots()
                     since_gauge = 0.0
             except Exception:
                 log.exception("catalog refresh failed")

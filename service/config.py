@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     #: invalid raises an alarm: an error log line and the sync_dlq_alarm gauge.
     dlq_alert_ratio: float = Field(default=0.5, gt=0, le=1)
     dlq_alert_window: int = Field(default=1000, ge=10, le=1_000_000)
+    #: A snapshot still open after this long is reported (log and sync_stale_snapshots).
+    snapshot_warn_seconds: float = Field(default=3600.0, gt=0)
     #: Most records per fetch; also the most events one ingest transaction covers.
     fetch_max_records: int = Field(default=2000, ge=1, le=100_000)
 

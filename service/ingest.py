@@ -11,7 +11,7 @@ import orjson
 
 from service.core.events import ChangeEvent
 from service.core.metrics import Metrics
-from service.core.rows import PendingWrite, RouteIndex, SyncRoute
+from service.core.rows import PendingWrite, RouteIndex, SnapshotProgress, SyncRoute
 from service.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,10 @@ def row_hash(projected: bytes) -> bytes:
 
 
 def project_events(
-    events: Sequence[ChangeEvent], routes: RouteIndex
+    events: Sequence[ChangeEvent], routes: RouteIndex, snapshot: SnapshotProgress | None = None
 ) -> tuple[list[PendingWrite], IngestResult]:
-    """Pending writes for every routed row; within the batch the last version of a key wins."""
+    """Pending writes for every routed row; within the batch the last version of a key wins.
+    Keys of snapshot events, and the snapshots they close, go into `snapshot`."""
     result = IngestResult()
     latest: dict[tuple[str, str], PendingWrite] = {}
     dumps = orjson.dumps
@@ -56,9 +57,39 @@ def project_events(
         op = "delete" if event.op == "delete" else "upsert"
         for route in targets:
             result.rejected += _project_rows(event.rows, route, op, emitted, latest, dumps)
+            if event.snapshot_id is not None and snapshot is not None:
+                _note_snapshot(event, route, snapshot)
     result.rows = len(latest)
     result.sync_ids = {sync_id for sync_id, _ in latest}
+    if snapshot is not None:
+        result.sync_ids.update(sync_id for sync_id, _ in snapshot.closed)
     return list(latest.values()), result
+
+
+def _note_snapshot(event: ChangeEvent, route: SyncRoute, snapshot: SnapshotProgress) -> None:
+    snapshot_id = event.snapshot_id
+    assert snapshot_id is not None
+    pk = route.primary_key
+    for row in event.rows:
+        key = row_key(row.get(pk))
+        if key is not None:
+            snapshot.keys.append((route.sync_id, snapshot_id, key))
+    if event.last:
+        snapshot.closed.append((route.sync_id, snapshot_id))
+
+
+def segments(events: Sequence[ChangeEvent]) -> list[Sequence[ChangeEvent]]:
+    """The batch cut after each event that closes a snapshot, so the removals a close plans
+    come after the rows before it and before the rows after it."""
+    cuts: list[Sequence[ChangeEvent]] = []
+    start = 0
+    for i, event in enumerate(events):
+        if event.op == "snapshot" and event.last:
+            cuts.append(events[start : i + 1])
+            start = i + 1
+    if start < len(events) or not cuts:
+        cuts.append(events[start:])
+    return cuts
 
 
 def _project_rows(
@@ -92,12 +123,23 @@ class Ingest:
         self._metrics = metrics
 
     async def write(self, events: Sequence[ChangeEvent], routes: RouteIndex) -> IngestResult:
-        """Project and store; returns once the store transaction committed."""
-        writes, result = project_events(events, routes)
-        if writes:
-            with self._metrics.store_transaction_seconds.time():
-                await self._store.write_pending(writes)
-            self._metrics.rows_ingested.inc(len(writes))
+        """Project and store; returns once the store transaction committed (one per batch,
+        or one per part of it when snapshots close inside it)."""
+        result = IngestResult()
+        for part in segments(events):
+            snapshot = SnapshotProgress()
+            writes, found = project_events(part, routes, snapshot)
+            if writes or snapshot:
+                with self._metrics.store_transaction_seconds.time():
+                    await self._store.write_pending(writes, snapshot)
+            result.sync_ids |= found.sync_ids
+            result.rows += found.rows
+            result.rejected += found.rejected
+            result.unrouted_events += found.unrouted_events
+            if snapshot.closed:
+                log.info("snapshots closed: %s", ", ".join(f"{s}/{n}" for s, n in snapshot.closed))
+        if result.rows:
+            self._metrics.rows_ingested.inc(result.rows)
         if result.rejected:
             self._metrics.rows_rejected.labels("missing_key").inc(result.rejected)
             log.warning("rejected %d rows without a primary key value", result.rejected)

@@ -66,6 +66,16 @@ class Metrics:
         self.pending_rows = Gauge(
             "sync_pending_rows", "Rows waiting to be sent, over all syncs.", registry=r
         )
+        self.open_snapshots = Gauge(
+            "sync_open_snapshots",
+            "Snapshots started (snapshot events seen) but not closed by a `last: true` event.",
+            registry=r,
+        )
+        self.stale_snapshots = Gauge(
+            "sync_stale_snapshots",
+            "Open snapshots older than SYNC_SNAPSHOT_WARN_SECONDS; they remove nothing.",
+            registry=r,
+        )
         self.failed_rows = Gauge(
             "sync_failed_rows",
             "Pending rows a destination refused at least once, over all syncs.",

@@ -37,6 +37,17 @@ class PendingWrite:
 
 
 @dataclass(slots=True)
+class SnapshotProgress:
+    """Keys seen in open snapshots, and the snapshots a `last: true` event closed."""
+
+    keys: list[tuple[str, str, str]] = field(default_factory=list)  # (sync_id, snapshot, key)
+    closed: list[tuple[str, str]] = field(default_factory=list)  # (sync_id, snapshot)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.closed)
+
+
+@dataclass(slots=True)
 class PendingRow:
     """A row waiting to be sent; `seq` tells versions of the same key apart."""
 

@@ -9,7 +9,13 @@ from datetime import datetime
 from typing import TypeVar
 
 from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncStatus
-from service.core.rows import PendingRow, PendingWrite, RowOutcomes, SyncedRow
+from service.core.rows import (
+    PendingRow,
+    PendingWrite,
+    RowOutcomes,
+    SnapshotProgress,
+    SyncedRow,
+)
 
 CatalogItem = Model | Destination | Sync | Source
 T = TypeVar("T", Model, Destination, Sync, Source)
@@ -124,9 +130,17 @@ class Store(ABC):
     # rows ------------------------------------------------------------------------------
 
     @abstractmethod
-    async def write_pending(self, rows: Sequence[PendingWrite]) -> None:
+    async def write_pending(
+        self, rows: Sequence[PendingWrite], snapshot: SnapshotProgress | None = None
+    ) -> None:
         """Keep `rows` as the newest pending version of each (sync, key); one transaction.
-        Each row gets a `seq` greater than any before it."""
+        Each row gets a `seq` greater than any before it. With `snapshot`, also remember the
+        keys seen in open snapshots, then close the snapshots named: every key synced or
+        pending for that sync but absent from the snapshot becomes a pending delete."""
+
+    @abstractmethod
+    async def open_snapshots(self) -> list[tuple[str, str, float]]:
+        """(sync_id, snapshotId, first seen as epoch seconds) of snapshots not yet closed."""
 
     @abstractmethod
     async def pending_counts(self) -> dict[str, int]:

@@ -12,6 +12,7 @@ import functools
 import itertools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -21,14 +22,25 @@ import asyncpg
 import orjson
 
 from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncStatus
-from service.core.rows import PendingRow, PendingWrite, RowOutcomes, SyncedRow
+from service.core.rows import (
+    PendingRow,
+    PendingWrite,
+    RowOutcomes,
+    SnapshotProgress,
+    SyncedRow,
+)
 from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
 from service.store.pgconnect import create_pool, mask_url, scrub
 from service.store.schema import POSTGRES_MIGRATIONS
 from service.store.sql import (
+    ABSENT_FROM_SNAPSHOT,
     FAILED_COUNTS,
+    FORGET_SNAPSHOT,
+    OPEN_SNAPSHOT,
+    OPEN_SNAPSHOTS,
     REFERENCE_CHECKS,
     SAVE_RUN,
+    SNAPSHOT_KEY,
     SYNC_STATUS_AFTER_WRITE,
     catalog_columns,
     item_from_row,
@@ -295,23 +307,57 @@ class PostgresStore(Store):
 
     # rows ------------------------------------------------------------------------------
 
-    async def write_pending(self, rows: Sequence[PendingWrite]) -> None:
-        if not rows:
+    async def write_pending(
+        self, rows: Sequence[PendingWrite], snapshot: SnapshotProgress | None = None
+    ) -> None:
+        if not rows and not snapshot:
             return
         latest: dict[tuple[str, str], PendingWrite] = {}
         for row in rows:
             latest.pop((row.sync_id, row.key), None)  # re-inserted last: seq follows the order
             latest[(row.sync_id, row.key)] = row
         batch = list(latest.values())
-        await self._pool.execute(
-            _UPSERT_PENDING,
-            [r.sync_id for r in batch],
-            [r.key for r in batch],
-            [r.op for r in batch],
-            [r.data for r in batch],
-            [r.row_hash for r in batch],
-            [r.emitted_at for r in batch],
-        )
+        async with self._tx() as conn:
+            if batch:
+                await conn.execute(
+                    _UPSERT_PENDING,
+                    [r.sync_id for r in batch],
+                    [r.key for r in batch],
+                    [r.op for r in batch],
+                    [r.data for r in batch],
+                    [r.row_hash for r in batch],
+                    [r.emitted_at for r in batch],
+                )
+            if snapshot:
+                await self._snapshot(conn, snapshot)
+
+    async def _snapshot(self, conn: asyncpg.Connection, snapshot: SnapshotProgress) -> None:
+        now = time.time()
+        opened = {(sync_id, snap) for sync_id, snap, _ in snapshot.keys}
+        opened.update(snapshot.closed)
+        await conn.executemany(pg(OPEN_SNAPSHOT), [(s, n, now) for s, n in sorted(opened)])
+        if snapshot.keys:
+            await conn.executemany(pg(SNAPSHOT_KEY), snapshot.keys)
+        for sync_id, snap in snapshot.closed:
+            absent = [
+                r[0]
+                for r in await conn.fetch(pg(ABSENT_FROM_SNAPSHOT), sync_id, sync_id, sync_id, snap)
+            ]
+            if absent:
+                await conn.execute(
+                    _UPSERT_PENDING,
+                    [sync_id] * len(absent),
+                    absent,
+                    ["delete"] * len(absent),
+                    [None] * len(absent),
+                    [None] * len(absent),
+                    [None] * len(absent),
+                )
+            for statement in FORGET_SNAPSHOT:
+                await conn.execute(pg(statement), sync_id, snap)
+
+    async def open_snapshots(self) -> list[tuple[str, str, float]]:
+        return [(r[0], r[1], r[2]) for r in await self._fetch(OPEN_SNAPSHOTS)]
 
     async def pending_counts(self) -> dict[str, int]:
         rows = await self._fetch("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")

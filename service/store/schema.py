@@ -35,6 +35,14 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX sync_runs_by_sync ON sync_runs (sync_id, created_at)",
     ],
     ["ALTER TABLE synced_rows ADD COLUMN source BLOB"],
+    [
+        """CREATE TABLE snapshots (
+            sync_id TEXT NOT NULL, snapshot_id TEXT NOT NULL, opened_at REAL NOT NULL,
+            PRIMARY KEY (sync_id, snapshot_id))""",
+        """CREATE TABLE snapshot_keys (
+            sync_id TEXT NOT NULL, snapshot_id TEXT NOT NULL, key TEXT NOT NULL,
+            PRIMARY KEY (sync_id, snapshot_id, key))""",
+    ],
 ]
 
 # The same tables for PostgreSQL. Run ids and pending-row `seq` come from sequences, so
@@ -81,4 +89,12 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX sync_runs_by_sync ON sync_runs (sync_id, created_at)",
     ],
     ["ALTER TABLE synced_rows ADD COLUMN source BYTEA"],
+    [
+        """CREATE TABLE snapshots (
+            sync_id TEXT NOT NULL, snapshot_id TEXT NOT NULL, opened_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (sync_id, snapshot_id))""",
+        """CREATE TABLE snapshot_keys (
+            sync_id TEXT NOT NULL, snapshot_id TEXT NOT NULL, key TEXT NOT NULL,
+            PRIMARY KEY (sync_id, snapshot_id, key))""",
+    ],
 ]

@@ -73,6 +73,30 @@ def _timestamp(value: Any) -> datetime | None:
     return datetime.fromisoformat(value)
 
 
+OPEN_SNAPSHOT = (
+    "INSERT INTO snapshots (sync_id, snapshot_id, opened_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (sync_id, snapshot_id) DO NOTHING"
+)
+SNAPSHOT_KEY = (
+    "INSERT INTO snapshot_keys (sync_id, snapshot_id, key) VALUES (?, ?, ?) "
+    "ON CONFLICT (sync_id, snapshot_id, key) DO NOTHING"
+)
+#: The keys a closing snapshot removes: synced or pending as upsert, and absent from it.
+ABSENT_FROM_SNAPSHOT = """
+SELECT key FROM (
+  SELECT key FROM synced_rows WHERE sync_id = ?
+  UNION SELECT key FROM pending_rows WHERE sync_id = ? AND op = 'upsert'
+) AS present
+WHERE NOT EXISTS (
+  SELECT 1 FROM snapshot_keys k WHERE k.sync_id = ? AND k.snapshot_id = ? AND k.key = present.key
+)
+"""
+FORGET_SNAPSHOT = (
+    "DELETE FROM snapshot_keys WHERE sync_id = ? AND snapshot_id = ?",
+    "DELETE FROM snapshots WHERE sync_id = ? AND snapshot_id = ?",
+)
+OPEN_SNAPSHOTS = "SELECT sync_id, snapshot_id, opened_at FROM snapshots ORDER BY opened_at"
+
 FAILED_COUNTS = (
     "SELECT sync_id, COUNT(*) FROM pending_rows WHERE error IS NOT NULL GROUP BY sync_id"
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -14,13 +15,24 @@ import aiosqlite
 import orjson
 
 from service.core.models import Sync, SyncRun, SyncStatus
-from service.core.rows import PendingRow, PendingWrite, RowOutcomes, SyncedRow
+from service.core.rows import (
+    PendingRow,
+    PendingWrite,
+    RowOutcomes,
+    SnapshotProgress,
+    SyncedRow,
+)
 from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
 from service.store.schema import SQLITE_MIGRATIONS
 from service.store.sql import (
+    ABSENT_FROM_SNAPSHOT,
     FAILED_COUNTS,
+    FORGET_SNAPSHOT,
+    OPEN_SNAPSHOT,
+    OPEN_SNAPSHOTS,
     REFERENCE_CHECKS,
     SAVE_RUN,
+    SNAPSHOT_KEY,
     SYNC_STATUS_AFTER_WRITE,
     catalog_columns,
     item_from_row,
@@ -234,21 +246,49 @@ class SqliteStore(Store):
 
     # rows ------------------------------------------------------------------------------
 
-    async def write_pending(self, rows: Sequence[PendingWrite]) -> None:
-        if not rows:
+    async def write_pending(
+        self, rows: Sequence[PendingWrite], snapshot: SnapshotProgress | None = None
+    ) -> None:
+        if not rows and not snapshot:
             return
         async with self._tx() as db:
-            first = self._seq + 1
+            seq = self._seq
             params = [
-                (r.sync_id, r.key, first + i, r.op, r.data, r.row_hash, r.emitted_at)
+                (r.sync_id, r.key, seq + 1 + i, r.op, r.data, r.row_hash, r.emitted_at)
                 for i, r in enumerate(rows)
             ]
-            await db.executemany(_UPSERT_PENDING, params)
-            await db.execute(
-                "UPDATE meta SET value = ? WHERE name = 'seq'", (self._seq + len(rows),)
-            )
+            seq += len(rows)
+            if params:
+                await db.executemany(_UPSERT_PENDING, params)
+            if snapshot:
+                seq = await self._snapshot(db, snapshot, seq)
+            await db.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
             # Only advance once the transaction is certain to commit.
-            self._seq += len(rows)
+            self._seq = seq
+
+    async def _snapshot(
+        self, db: aiosqlite.Connection, snapshot: SnapshotProgress, seq: int
+    ) -> int:
+        now = time.time()
+        opened = {(sync_id, snap) for sync_id, snap, _ in snapshot.keys}
+        opened.update(snapshot.closed)
+        await db.executemany(OPEN_SNAPSHOT, [(s, n, now) for s, n in sorted(opened)])
+        await db.executemany(SNAPSHOT_KEY, snapshot.keys)
+        for sync_id, snap in snapshot.closed:
+            async with db.execute(ABSENT_FROM_SNAPSHOT, (sync_id, sync_id, sync_id, snap)) as cur:
+                absent = [r[0] for r in await cur.fetchall()]
+            deletes = [
+                (sync_id, key, seq + 1 + i, "delete", None, None, None)
+                for i, key in enumerate(absent)
+            ]
+            seq += len(deletes)
+            await db.executemany(_UPSERT_PENDING, deletes)
+            for statement in FORGET_SNAPSHOT:
+                await db.execute(statement, (sync_id, snap))
+        return seq
+
+    async def open_snapshots(self) -> list[tuple[str, str, float]]:
+        return [tuple(r) for r in await self._fetchall(OPEN_SNAPSHOTS)]  # type: ignore[misc]
 
     async def pending_counts(self) -> dict[str, int]:
         rows = await self._fetchall("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")

@@ -20,7 +20,13 @@ from service.core.models import (
     SyncRun,
     SyncStatus,
 )
-from service.core.rows import PendingWrite, RowChange, RowFailure, RowOutcomes
+from service.core.rows import (
+    PendingWrite,
+    RowChange,
+    RowFailure,
+    RowOutcomes,
+    SnapshotProgress,
+)
 from service.store.base import Conflict, RunQuery, Store
 from tests.contract.conftest import POSTGRES_URL, StoreFactory, make_store
 
@@ -523,6 +529,42 @@ async def test_requeue_synced_makes_every_synced_row_pending_again(store: Store)
     assert page["x"].op == "upsert"
     assert page["x"].seq > before and page["z"].seq > before
     assert await store.requeue_synced("1") == 0  # all pending already
+
+
+async def test_closing_a_snapshot_plans_absent_keys_as_removed(store: Store) -> None:
+    await catalog(store)
+    await store.write_pending([pending(k) for k in ("a", "b", "c")])
+    rows = await store.pending_page("1", 0, 10**9, 10)
+    await store.record_outcomes("1", RowOutcomes(delivered=[delivered(r) for r in rows]), 1.0)
+    await store.write_pending([pending("d")])  # pending, never synced, absent too
+
+    # A snapshot in two parts holds a and c: b and d are gone from the model.
+    await store.write_pending([pending("a")], SnapshotProgress(keys=[("1", "s1", "a")]))
+    assert [s[:2] for s in await store.open_snapshots()] == [("1", "s1")]
+    await store.write_pending(
+        [pending("c")], SnapshotProgress(keys=[("1", "s1", "c")], closed=[("1", "s1")])
+    )
+    page = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
+    assert {k: r.op for k, r in page.items()} == {
+        "a": "upsert",
+        "b": "delete",
+        "c": "upsert",
+        "d": "delete",
+    }
+    assert page["b"].seq > page["c"].seq
+    assert await store.open_snapshots() == []
+
+
+async def test_an_unclosed_snapshot_removes_nothing(store: Store) -> None:
+    await catalog(store)
+    await store.write_pending([pending("a"), pending("b")])
+    rows = await store.pending_page("1", 0, 10**9, 10)
+    await store.record_outcomes("1", RowOutcomes(delivered=[delivered(r) for r in rows]), 1.0)
+    await store.write_pending([], SnapshotProgress(keys=[("1", "s2", "a")]))
+    assert await store.pending_counts() == {}
+    ((sync_id, snapshot_id, opened_at),) = await store.open_snapshots()
+    assert (sync_id, snapshot_id) == ("1", "s2")
+    assert opened_at > 1_700_000_000
 
 
 # --- runs ------------------------------------------------------------------------------------

@@ -219,3 +219,22 @@ async def test_a_run_cut_short_by_sigterm_is_interrupted_and_its_rows_go_next_ti
     await e2e.service()
     rows = await e2e.receiver.wait_rows(2)
     assert sorted(r["key"] for r in rows) == ["1", "2"]
+
+
+async def test_a_closed_snapshot_removes_the_keys_it_lacks(e2e: Harness) -> None:
+    await e2e.service()
+    await e2e.event("upsert", [user(1), user(2), user(3), user(4)])
+    await e2e.receiver.wait_rows(4)
+    # A full copy of the model in two messages: 2 and 4 are gone, 3 changed, 5 is new.
+    await e2e.event("snapshot", [user(1), user(3, "three@example.com")], snapshotId="s-1")
+    await asyncio.sleep(0.5)
+    assert len(e2e.receiver.rows) == 5  # the open snapshot removed nothing
+    await e2e.event("snapshot", [user(5)], snapshotId="s-1", last=True)
+    await e2e.receiver.wait_rows(8)
+    await asyncio.sleep(0.3)
+    assert sorted(e2e.receiver.ops()[4:]) == [
+        ("added", "5"),
+        ("changed", "3"),
+        ("removed", "2"),
+        ("removed", "4"),
+    ]
