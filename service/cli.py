@@ -27,8 +27,10 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # aiokafka logs every rebalance detail at INFO.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # aiokafka logs every rebalance detail at INFO; aiosqlite logs every statement with its
+    # parameters at DEBUG, destination secrets included. Neither goes below WARNING.
+    for name in ("aiokafka", "aiosqlite"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 async def serve(settings: Settings, resources: ResourcesFile | None, tokens: dict[str, str]) -> int:

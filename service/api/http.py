@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -88,9 +89,22 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise invalid(validation_details(exc)) from None
 
 
+_INTEGRAL_FLOAT = re.compile(r"^(\d+)\.0+$")
+
+
+def integral(value: str) -> str:
+    """ "5.0" -> "5": clients generated from Hightouch's spec send ids and limits as floats."""
+    match = _INTEGRAL_FLOAT.match(value)
+    return match.group(1) if match else value
+
+
+def path_id(request: web.Request, name: str = "id") -> str:
+    return integral(request.match_info[name])
+
+
 def read_query(request: web.Request, model: type[M]) -> M:
     try:
-        return model.model_validate(dict(request.query))
+        return model.model_validate({k: integral(v) for k, v in request.query.items()})
     except ValidationError as exc:
         raise invalid(validation_details(exc)) from None
 

@@ -19,6 +19,7 @@ from service.api.http import (
     invalid,
     json_response,
     not_found,
+    path_id,
     read_body,
     read_query,
     validation_details,
@@ -27,8 +28,10 @@ from service.api.http import (
 from service.api.schemas import (
     CatalogQuery,
     DestinationCreate,
+    DestinationOut,
     DestinationPatch,
     ModelCreate,
+    ModelOut,
     ModelPatch,
     Page,
     PendingRowOut,
@@ -86,16 +89,35 @@ def _store(request: web.Request) -> Store:
     return request.app[STORE]
 
 
-def _page(items: Sequence[Any], limit: int, offset: int) -> dict[str, Any]:
+def _page(items: Sequence[Any], limit: int, offset: int, users: Users) -> dict[str, Any]:
     chunk = items[offset : offset + limit]
-    return {"data": [_shown(i) for i in chunk], "hasMore": offset + limit < len(items)}
+    return {"data": [_shown(i, users) for i in chunk], "hasMore": offset + limit < len(items)}
 
 
-def _shown(item: Any) -> dict[str, Any]:
+#: Per (kind, id): the ids of the syncs that use a model or destination.
+Users = dict[tuple[type, str], list[str]]
+
+
+async def _users(request: web.Request) -> Users:
+    users: Users = {}
+    for sync in await _store(request).list(Sync, workspace(request)):
+        users.setdefault((Model, sync.model_id), []).append(sync.id)
+        users.setdefault((Destination, sync.destination_id), []).append(sync.id)
+    return users
+
+
+def _shown(item: Any, users: Users | None = None) -> dict[str, Any]:
     data = item.to_json_dict()
     if isinstance(item, Destination):
         data["configuration"] = mask_configuration(item.type, item.configuration)
+    if isinstance(item, Model | Destination):
+        data["syncs"] = (users or {}).get((type(item), item.id), [])
     return data
+
+
+async def _show(request: web.Request, item: Any) -> web.Response:
+    users = await _users(request) if isinstance(item, Model | Destination) else None
+    return json_response(_shown(item, users))
 
 
 _SORT_FIELDS = {
@@ -115,7 +137,7 @@ def _sorted(items: list[Any], order_by: str) -> list[Any]:
 
 
 async def _get(request: web.Request, kind: type[Any], what: str, key: str = "id") -> Any:
-    item = await _store(request).get(kind, request.match_info[key], workspace(request))
+    item = await _store(request).get(kind, path_id(request, key), workspace(request))
     if item is None:
         raise not_found(what)
     return item
@@ -140,7 +162,7 @@ def _rebuild(kind: type[Any], current: Any, changes: dict[str, Any]) -> Any:
 
 async def _delete(request: web.Request, kind: type[CatalogItem], what: str) -> web.Response:
     try:
-        deleted = await _store(request).delete(kind, request.match_info["id"], workspace(request))
+        deleted = await _store(request).delete(kind, path_id(request), workspace(request))
     except Conflict as exc:
         raise conflict({exc.field: str(exc)}) from None
     if not deleted:
@@ -157,7 +179,8 @@ async def _list(request: web.Request, kind: type[Any]) -> web.Response:
         if (query.name is None or i.name == query.name)
         and (query.slug is None or i.slug == query.slug)
     ]
-    return json_response(_page(_sorted(items, query.order_by), query.limit, query.offset))
+    users = await _users(request) if kind in (Model, Destination) else {}
+    return json_response(_page(_sorted(items, query.order_by), query.limit, query.offset, users))
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -168,7 +191,7 @@ async def list_sources(request: web.Request) -> web.Response:
 
 
 async def get_source(request: web.Request) -> web.Response:
-    return json_response(_shown(await _get(request, Source, "source")))
+    return await _show(request, await _get(request, Source, "source"))
 
 
 async def create_source(request: web.Request) -> web.Response:
@@ -181,7 +204,7 @@ async def create_source(request: web.Request) -> web.Response:
         configuration=body.configuration.model_dump(),
         workspace_id=workspace(request),
     )
-    return json_response(_shown(await _save(request, source, new=True)))
+    return await _show(request, await _save(request, source, new=True))
 
 
 async def patch_source(request: web.Request) -> web.Response:
@@ -189,7 +212,7 @@ async def patch_source(request: web.Request) -> web.Response:
     body = await read_body(request, SourcePatch)
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
     source = _rebuild(Source, current, changes)
-    return json_response(_shown(await _save(request, source, new=False)))
+    return await _show(request, await _save(request, source, new=False))
 
 
 async def delete_source(request: web.Request) -> web.Response:
@@ -211,14 +234,14 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return json_response(_shown(await _get(request, Model, "model")))
+    return await _show(request, await _get(request, Model, "model"))
 
 
 async def create_model(request: web.Request) -> web.Response:
     body = await read_body(request, ModelCreate)
     await _check_source(request, body.source_id)
     model = Model(id="0", workspace_id=workspace(request), **body.model_dump())
-    return json_response(_shown(await _save(request, model, new=True)))
+    return await _show(request, await _save(request, model, new=True))
 
 
 async def patch_model(request: web.Request) -> web.Response:
@@ -236,7 +259,7 @@ async def patch_model(request: web.Request) -> web.Response:
     if changes.get("primary_key", "") is None:
         changes.pop("primary_key")
     model = _rebuild(Model, current, changes)
-    return json_response(_shown(await _save(request, model, new=False)))
+    return await _show(request, await _save(request, model, new=False))
 
 
 async def delete_model(request: web.Request) -> web.Response:
@@ -260,14 +283,14 @@ async def list_destinations(request: web.Request) -> web.Response:
 
 
 async def get_destination(request: web.Request) -> web.Response:
-    return json_response(_shown(await _get(request, Destination, "destination")))
+    return await _show(request, await _get(request, Destination, "destination"))
 
 
 async def create_destination(request: web.Request) -> web.Response:
     body = await read_body(request, DestinationCreate)
     _check_destination_config(body.type, body.configuration)
     destination = Destination(id="0", workspace_id=workspace(request), **body.model_dump())
-    return json_response(_shown(await _save(request, destination, new=True)))
+    return await _show(request, await _save(request, destination, new=True))
 
 
 async def patch_destination(request: web.Request) -> web.Response:
@@ -280,7 +303,7 @@ async def patch_destination(request: web.Request) -> web.Response:
         )
         _check_destination_config(current.type, changes["configuration"])
     destination = _rebuild(Destination, current, changes)
-    return json_response(_shown(await _save(request, destination, new=False)))
+    return await _show(request, await _save(request, destination, new=False))
 
 
 async def delete_destination(request: web.Request) -> web.Response:
@@ -308,11 +331,11 @@ async def list_syncs(request: web.Request) -> web.Response:
         and (query.after is None or (s.last_run_at is not None and s.last_run_at > query.after))
         and (query.before is None or (s.last_run_at is not None and s.last_run_at < query.before))
     ]
-    return json_response(_page(_sorted(syncs, query.order_by), query.limit, query.offset))
+    return json_response(_page(_sorted(syncs, query.order_by), query.limit, query.offset, {}))
 
 
 async def get_sync(request: web.Request) -> web.Response:
-    return json_response(_shown(await _get(request, Sync, "sync")))
+    return await _show(request, await _get(request, Sync, "sync"))
 
 
 async def create_sync(request: web.Request) -> web.Response:
@@ -336,7 +359,7 @@ async def create_sync(request: web.Request) -> web.Response:
         referenced_columns=referenced_columns(model.primary_key, config),
         **body.model_dump(),
     )
-    return json_response(_shown(await _save(request, sync, new=True)))
+    return await _show(request, await _save(request, sync, new=True))
 
 
 async def patch_sync(request: web.Request) -> web.Response:
@@ -355,7 +378,7 @@ async def patch_sync(request: web.Request) -> web.Response:
     sync = _rebuild(Sync, current, changes)
     saved = await _save(request, sync, new=False)
     fresh = await _store(request).get(Sync, saved.id, workspace(request))
-    return json_response(_shown(fresh or saved))
+    return await _show(request, fresh or saved)
 
 
 async def delete_sync(request: web.Request) -> web.Response:
@@ -438,7 +461,7 @@ async def list_rows(request: web.Request) -> web.Response:
 
 async def cancel_run(request: web.Request) -> web.Response:
     sync = await _get(request, Sync, "sync")
-    run_id = request.match_info["runId"]
+    run_id = path_id(request, "runId")
     runs, _ = await _store(request).list_runs(RunQuery(sync_id=sync.id, run_id=run_id, limit=1))
     if not runs:
         raise not_found("run")
@@ -530,7 +553,7 @@ ROUTES: list[Route] = [
     ),
     *_crud(
         "models",
-        Model,
+        ModelOut,
         ModelCreate,
         ModelPatch,
         CatalogQuery,
@@ -538,7 +561,7 @@ ROUTES: list[Route] = [
     ),
     *_crud(
         "destinations",
-        Destination,
+        DestinationOut,
         DestinationCreate,
         DestinationPatch,
         CatalogQuery,
@@ -573,5 +596,6 @@ def add_api_routes(app: web.Application, openapi: Callable[[], dict[str, Any]]) 
     app.router.add_post(DBT_CLOUD_PATH, dbt_cloud)
     for route in ROUTES:
         # Ids are numeric, so /syncs/trigger never reads as the sync "trigger".
-        path = route.path.replace("{id}", r"{id:\d+}").replace("{runId}", r"{runId:\d+}")
+        path = route.path.replace("{id}", r"{id:\d+(?:\.0+)?}")
+        path = path.replace("{runId}", r"{runId:\d+(?:\.0+)?}")
         app.router.add_route(route.method, path, route.handler)

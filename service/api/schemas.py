@@ -8,7 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from service.core.models import NumericId, Slug, SyncSchedule
+from service.core.models import Destination, Model, NumericId, Slug, SyncSchedule
 from service.core.specs import (
     DestinationCreate,
     ModelCreate,
@@ -32,11 +32,24 @@ class SourcePatch(Body):
     configuration: SourceConfiguration | None = None
 
 
+class ModelOut(Model):
+    """A model as the API shows it: with the ids of the syncs that use it."""
+
+    syncs: list[str] = Field(default_factory=list)
+
+
+class DestinationOut(Destination):
+    syncs: list[str] = Field(default_factory=list)
+
+
 class ModelPatch(Body):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     slug: Slug | None = None
     primary_key: str | None = Field(default=None, min_length=1, max_length=200)
     source_id: NumericId | None = None
+    is_schema: bool | None = None
+    query_type: str | None = Field(default=None, max_length=50)
+    tags: dict[str, str] | None = None
 
 
 class DestinationPatch(Body):

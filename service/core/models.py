@@ -267,6 +267,10 @@ class Source(CatalogResource):
 class Model(CatalogResource):
     primary_key: str = Field(min_length=1, max_length=200)
     source_id: NumericId | None = None
+    #: Hightouch's model fields, kept as sent; a model here is fed by change events.
+    is_schema: bool = False
+    query_type: str = Field(default="custom", max_length=50)
+    tags: dict[str, str] = Field(default_factory=dict)
 
 
 class Destination(CatalogResource):

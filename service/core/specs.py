@@ -35,6 +35,9 @@ class ModelCreate(Spec):
     slug: Slug
     primary_key: str = Field(min_length=1, max_length=200)
     source_id: NumericId | None = None
+    is_schema: bool = False
+    query_type: str = Field(default="custom", max_length=50)
+    tags: dict[str, str] = Field(default_factory=dict)
 
 
 class DestinationCreate(Spec):

@@ -238,3 +238,26 @@ async def test_a_closed_snapshot_removes_the_keys_it_lacks(e2e: Harness) -> None
         ("removed", "2"),
         ("removed", "4"),
     ]
+
+
+async def test_secrets_never_reach_the_log(e2e: Harness) -> None:
+    secrets = ["hmac-secret-value-1", "header-secret-value-2", "api-token-value-3"]
+    data = resources(e2e.receiver.url, secret=secrets[0], headers={"X-Api-Key": secrets[1]})
+    e2e.write_resources(data)
+    e2e.env["SYNC_API_TOKENS"] = f"{secrets[2]}=1"
+    e2e.env["SYNC_LOG_LEVEL"] = "DEBUG"
+    e2e.receiver.replies = [(401, {"message": "bad key"}, {})]
+    service = await e2e.service()
+    await e2e.event("upsert", [user(1)])
+    async with aiohttp.ClientSession() as session:
+        for token in (secrets[2], "wrong-token-value"):
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.get(f"{service.base}/api/v1/destinations/1", headers=headers) as r:
+                body = await r.text()
+                assert all(s not in body for s in secrets)
+    await wait_for(lambda: service.metric("sync_runs_total", {"status": "failed"}), what="a run")
+    assert await service.stop() == 0
+    log = service.log_path.read_text()
+    assert "HTTP 401" in log  # the log did record the failure, just not the secrets
+    for secret in secrets:
+        assert secret not in log
