@@ -11,7 +11,13 @@ import orjson
 
 from service.core.events import ChangeEvent
 from service.core.metrics import Metrics
-from service.core.rows import PendingWrite, RouteIndex, SnapshotProgress, SyncRoute
+from service.core.rows import (
+    PendingWrite,
+    RejectedRow,
+    RouteIndex,
+    SnapshotProgress,
+    SyncRoute,
+)
 from service.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -56,13 +62,24 @@ def project_events(
         emitted = event.emitted_at.timestamp() if event.emitted_at else None
         op = "delete" if event.op == "delete" else "upsert"
         for route in targets:
-            result.rejected += _project_rows(event.rows, route, op, emitted, latest, dumps)
+            refused = _project_rows(event.rows, route, op, emitted, latest, dumps)
+            result.rejected += len(refused)
+            if snapshot is not None:
+                snapshot.rejected.extend(
+                    RejectedRow(
+                        route.sync_id,
+                        f"no value for the primary key {route.primary_key!r}",
+                        dumps(row),
+                    )
+                    for row in refused
+                )
             if event.snapshot_id is not None and snapshot is not None:
                 _note_snapshot(event, route, snapshot)
     result.rows = len(latest)
     result.sync_ids = {sync_id for sync_id, _ in latest}
     if snapshot is not None:
         result.sync_ids.update(sync_id for sync_id, _ in snapshot.closed)
+        result.sync_ids.update(r.sync_id for r in snapshot.rejected)
     return list(latest.values()), result
 
 
@@ -99,15 +116,16 @@ def _project_rows(
     emitted: float | None,
     latest: dict[tuple[str, str], PendingWrite],
     dumps: object,
-) -> int:
-    rejected = 0
+) -> list[dict[str, object]]:
+    """Adds the routed rows to `latest`; returns the rows refused for want of a key."""
+    rejected: list[dict[str, object]] = []
     pk = route.primary_key
     columns = route.referenced_columns
     sync_id = route.sync_id
     for row in rows:
         key = row_key(row.get(pk))
         if key is None:
-            rejected += 1
+            rejected.append(row)
             continue
         if op == "delete":
             latest[(sync_id, key)] = PendingWrite(sync_id, key, "delete", None, None, emitted)

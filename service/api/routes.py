@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -441,6 +442,8 @@ async def list_rows(request: web.Request) -> web.Response:
     """Ours: the rows of a sync still waiting to be sent, or those a destination refused."""
     sync = await _get(request, Sync, "sync")
     query = read_query(request, RowsQuery)
+    if query.status == "rejected":
+        return await _list_rejected(request, sync, query)
     rows, more = await _store(request).list_pending(
         sync.id, failed_only=query.status == "failed", limit=query.limit, offset=query.offset
     )
@@ -453,6 +456,24 @@ async def list_rows(request: web.Request) -> web.Response:
             last_attempt_at=(
                 datetime.fromtimestamp(r.last_attempt_at, UTC) if r.last_attempt_at else None
             ),
+        ).model_dump(mode="json", by_alias=True)
+        for r in rows
+    ]
+    return json_response({"data": data, "hasMore": more})
+
+
+async def _list_rejected(request: web.Request, sync: Sync, query: RowsQuery) -> web.Response:
+    rows, more = await _store(request).list_rejected(
+        sync.id, limit=query.limit, offset=query.offset
+    )
+    data = [
+        PendingRowOut(
+            key=None,
+            operation="upsert",
+            error=r.reason,
+            attempts=1,
+            last_attempt_at=datetime.fromtimestamp(r.created_at, UTC),
+            row=orjson.loads(r.data),
         ).model_dump(mode="json", by_alias=True)
         for r in rows
     ]

@@ -126,14 +126,16 @@ class RunsQuery(Query):
 
 
 class RowsQuery(Query):
-    status: Literal["failed", "pending"] = "failed"
+    status: Literal["failed", "pending", "rejected"] = "failed"
 
 
 class PendingRowOut(Body):
     """A row waiting to be sent; a failed one carries the destination's reason."""
 
-    key: str
+    key: str | None  # None for a row rejected at ingest for want of a key
     operation: Literal["upsert", "delete"]
     error: str | None
     attempts: int
     last_attempt_at: datetime | None
+    #: The event row as it arrived, for rows rejected at ingest.
+    row: dict[str, Any] | None = None

@@ -37,14 +37,28 @@ class PendingWrite:
 
 
 @dataclass(slots=True)
+class RejectedRow:
+    """An event row that cannot become a pending row (no primary key value): kept with its
+    reason, shown by the API, and counted as failed by the sync's next run."""
+
+    sync_id: str
+    reason: str
+    data: bytes
+    created_at: float = 0.0
+    run_id: str | None = None
+
+
+@dataclass(slots=True)
 class SnapshotProgress:
     """Keys seen in open snapshots, and the snapshots a `last: true` event closed."""
 
     keys: list[tuple[str, str, str]] = field(default_factory=list)  # (sync_id, snapshot, key)
     closed: list[tuple[str, str]] = field(default_factory=list)  # (sync_id, snapshot)
+    #: Rows refused at ingest, stored in the same transaction.
+    rejected: list[RejectedRow] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.keys or self.closed)
+        return bool(self.keys or self.closed or self.rejected)
 
 
 @dataclass(slots=True)

@@ -138,6 +138,10 @@ class SyncRunner:
             delivery.writer.batch_size, float("inf"), self._clock.monotonic
         )
         deadline = self._clock.monotonic() + request.window
+        refused = await self._store.claim_rejected(sync.id, run.id)
+        if refused:  # rows refused at ingest (no key) count among this run's failures
+            run.planned_rows.add("added", refused)
+            run.failed_rows.add("added", refused)
         if request.full_resync:
             await self._store.requeue_synced(sync.id)
         upto = await self._store.max_pending_seq(sync.id)

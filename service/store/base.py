@@ -12,6 +12,7 @@ from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncS
 from service.core.rows import (
     PendingRow,
     PendingWrite,
+    RejectedRow,
     RowOutcomes,
     SnapshotProgress,
     SyncedRow,
@@ -136,7 +137,18 @@ class Store(ABC):
         """Keep `rows` as the newest pending version of each (sync, key); one transaction.
         Each row gets a `seq` greater than any before it. With `snapshot`, also remember the
         keys seen in open snapshots, then close the snapshots named: every key synced or
-        pending for that sync but absent from the snapshot becomes a pending delete."""
+        pending for that sync but absent from the snapshot becomes a pending delete. The
+        snapshot's `rejected` rows are stored too."""
+
+    @abstractmethod
+    async def claim_rejected(self, sync_id: str, run_id: str) -> int:
+        """Mark the sync's rejected rows not yet counted by a run as this run's; how many."""
+
+    @abstractmethod
+    async def list_rejected(
+        self, sync_id: str, *, limit: int, offset: int
+    ) -> tuple[list[RejectedRow], bool]:
+        """Rejected rows, newest first, and whether more follow."""
 
     @abstractmethod
     async def open_snapshots(self) -> list[tuple[str, str, float]]:

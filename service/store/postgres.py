@@ -25,6 +25,7 @@ from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncS
 from service.core.rows import (
     PendingRow,
     PendingWrite,
+    RejectedRow,
     RowOutcomes,
     SnapshotProgress,
     SyncedRow,
@@ -34,13 +35,18 @@ from service.store.pgconnect import create_pool, mask_url, scrub
 from service.store.schema import POSTGRES_MIGRATIONS
 from service.store.sql import (
     ABSENT_FROM_SNAPSHOT,
+    CLAIM_REJECTED,
     FAILED_COUNTS,
     FORGET_SNAPSHOT,
+    LIST_REJECTED,
     OPEN_SNAPSHOT,
     OPEN_SNAPSHOTS,
+    PRUNE_REJECTED,
     REFERENCE_CHECKS,
+    REJECTED_RETENTION_SECONDS,
     SAVE_RUN,
     SNAPSHOT_KEY,
+    STORE_REJECTED,
     SYNC_STATUS_AFTER_WRITE,
     catalog_columns,
     item_from_row,
@@ -333,9 +339,14 @@ class PostgresStore(Store):
 
     async def _snapshot(self, conn: asyncpg.Connection, snapshot: SnapshotProgress) -> None:
         now = time.time()
+        if snapshot.rejected:
+            await conn.executemany(
+                pg(STORE_REJECTED), [(r.sync_id, r.reason, r.data, now) for r in snapshot.rejected]
+            )
         opened = {(sync_id, snap) for sync_id, snap, _ in snapshot.keys}
         opened.update(snapshot.closed)
-        await conn.executemany(pg(OPEN_SNAPSHOT), [(s, n, now) for s, n in sorted(opened)])
+        if opened:
+            await conn.executemany(pg(OPEN_SNAPSHOT), [(s, n, now) for s, n in sorted(opened)])
         if snapshot.keys:
             await conn.executemany(pg(SNAPSHOT_KEY), snapshot.keys)
         for sync_id, snap in snapshot.closed:
@@ -355,6 +366,18 @@ class PostgresStore(Store):
                 )
             for statement in FORGET_SNAPSHOT:
                 await conn.execute(pg(statement), sync_id, snap)
+
+    async def claim_rejected(self, sync_id: str, run_id: str) -> int:
+        async with self._tx() as conn:
+            status = await conn.execute(pg(CLAIM_REJECTED), run_id, sync_id)
+            await conn.execute(pg(PRUNE_REJECTED), time.time() - REJECTED_RETENTION_SECONDS)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def list_rejected(
+        self, sync_id: str, *, limit: int, offset: int
+    ) -> tuple[list[RejectedRow], bool]:
+        rows = await self._fetch(LIST_REJECTED, sync_id, limit + 1, offset)
+        return [RejectedRow(*r) for r in rows[:limit]], len(rows) > limit
 
     async def open_snapshots(self) -> list[tuple[str, str, float]]:
         return [(r[0], r[1], r[2]) for r in await self._fetch(OPEN_SNAPSHOTS)]

@@ -43,6 +43,12 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             sync_id TEXT NOT NULL, snapshot_id TEXT NOT NULL, key TEXT NOT NULL,
             PRIMARY KEY (sync_id, snapshot_id, key))""",
     ],
+    [
+        """CREATE TABLE rejected_rows (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, sync_id TEXT NOT NULL, reason TEXT NOT NULL,
+            data BLOB NOT NULL, created_at REAL NOT NULL, run_id TEXT)""",
+        "CREATE INDEX rejected_rows_by_sync ON rejected_rows (sync_id, run_id)",
+    ],
 ]
 
 # The same tables for PostgreSQL. Run ids and pending-row `seq` come from sequences, so
@@ -96,5 +102,11 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
         """CREATE TABLE snapshot_keys (
             sync_id TEXT NOT NULL, snapshot_id TEXT NOT NULL, key TEXT NOT NULL,
             PRIMARY KEY (sync_id, snapshot_id, key))""",
+    ],
+    [
+        """CREATE TABLE rejected_rows (
+            id BIGSERIAL PRIMARY KEY, sync_id TEXT NOT NULL, reason TEXT NOT NULL,
+            data BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL, run_id TEXT)""",
+        "CREATE INDEX rejected_rows_by_sync ON rejected_rows (sync_id, run_id)",
     ],
 ]

@@ -97,6 +97,16 @@ FORGET_SNAPSHOT = (
 )
 OPEN_SNAPSHOTS = "SELECT sync_id, snapshot_id, opened_at FROM snapshots ORDER BY opened_at"
 
+STORE_REJECTED = "INSERT INTO rejected_rows (sync_id, reason, data, created_at) VALUES (?, ?, ?, ?)"
+CLAIM_REJECTED = "UPDATE rejected_rows SET run_id = ? WHERE sync_id = ? AND run_id IS NULL"
+#: Counted rows are kept a week for the API, then dropped.
+PRUNE_REJECTED = "DELETE FROM rejected_rows WHERE run_id IS NOT NULL AND created_at < ?"
+LIST_REJECTED = (
+    "SELECT sync_id, reason, data, created_at, run_id FROM rejected_rows WHERE sync_id = ? "
+    "ORDER BY id DESC LIMIT ? OFFSET ?"
+)
+REJECTED_RETENTION_SECONDS = 7 * 86400
+
 FAILED_COUNTS = (
     "SELECT sync_id, COUNT(*) FROM pending_rows WHERE error IS NOT NULL GROUP BY sync_id"
 )

@@ -18,6 +18,7 @@ from service.core.models import Sync, SyncRun, SyncStatus
 from service.core.rows import (
     PendingRow,
     PendingWrite,
+    RejectedRow,
     RowOutcomes,
     SnapshotProgress,
     SyncedRow,
@@ -26,13 +27,18 @@ from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
 from service.store.schema import SQLITE_MIGRATIONS
 from service.store.sql import (
     ABSENT_FROM_SNAPSHOT,
+    CLAIM_REJECTED,
     FAILED_COUNTS,
     FORGET_SNAPSHOT,
+    LIST_REJECTED,
     OPEN_SNAPSHOT,
     OPEN_SNAPSHOTS,
+    PRUNE_REJECTED,
     REFERENCE_CHECKS,
+    REJECTED_RETENTION_SECONDS,
     SAVE_RUN,
     SNAPSHOT_KEY,
+    STORE_REJECTED,
     SYNC_STATUS_AFTER_WRITE,
     catalog_columns,
     item_from_row,
@@ -270,6 +276,10 @@ class SqliteStore(Store):
         self, db: aiosqlite.Connection, snapshot: SnapshotProgress, seq: int
     ) -> int:
         now = time.time()
+        if snapshot.rejected:
+            await db.executemany(
+                STORE_REJECTED, [(r.sync_id, r.reason, r.data, now) for r in snapshot.rejected]
+            )
         opened = {(sync_id, snap) for sync_id, snap, _ in snapshot.keys}
         opened.update(snapshot.closed)
         await db.executemany(OPEN_SNAPSHOT, [(s, n, now) for s, n in sorted(opened)])
@@ -286,6 +296,18 @@ class SqliteStore(Store):
             for statement in FORGET_SNAPSHOT:
                 await db.execute(statement, (sync_id, snap))
         return seq
+
+    async def claim_rejected(self, sync_id: str, run_id: str) -> int:
+        async with self._tx() as db:
+            cur = await db.execute(CLAIM_REJECTED, (run_id, sync_id))
+            await db.execute(PRUNE_REJECTED, (time.time() - REJECTED_RETENTION_SECONDS,))
+        return max(cur.rowcount, 0)
+
+    async def list_rejected(
+        self, sync_id: str, *, limit: int, offset: int
+    ) -> tuple[list[RejectedRow], bool]:
+        rows = await self._fetchall(LIST_REJECTED, (sync_id, limit + 1, offset))
+        return [RejectedRow(*r) for r in rows[:limit]], len(rows) > limit
 
     async def open_snapshots(self) -> list[tuple[str, str, float]]:
         return [tuple(r) for r in await self._fetchall(OPEN_SNAPSHOTS)]  # type: ignore[misc]

@@ -512,3 +512,23 @@ async def test_refused_rows_are_listed_with_their_reason(
     assert receiver.rows == []
     _, rows = await service.one.call("GET", f"/syncs/{sync_id}/rows", status="pending")
     assert rows == {"data": [], "hasMore": False}
+
+
+async def test_rows_without_a_key_are_rejected_counted_and_listed(
+    service: Service, receiver: Receiver
+) -> None:
+    sync_id = await make_catalog(service, receiver.url)
+    event = {"modelId": "1", "op": "upsert", "rows": [{"id": 1, "email": "a@x"}, {"email": "b@x"}]}
+    await service.produce(event)
+    await wait_for(lambda: service.metric_at_least("sync_rows_ingested_total", 1), what="ingest")
+    _, answer = await service.one.call("POST", f"/syncs/{sync_id}/trigger", {})
+    await wait_for(lambda: run_status(service, sync_id, answer["id"], "warning"), what="the run")
+    _, runs = await service.one.call("GET", f"/syncs/{sync_id}/runs", runId=answer["id"])
+    assert runs["data"][0]["failedRows"]["addedCount"] == 1
+    assert runs["data"][0]["successfulRows"]["addedCount"] == 1
+    status, rows = await service.one.call("GET", f"/syncs/{sync_id}/rows", status="rejected")
+    assert status == 200
+    (rejected,) = rows["data"]
+    assert rejected["key"] is None
+    assert "primary key" in rejected["error"]
+    assert rejected["row"] == {"email": "b@x"}

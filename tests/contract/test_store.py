@@ -22,6 +22,7 @@ from service.core.models import (
 )
 from service.core.rows import (
     PendingWrite,
+    RejectedRow,
     RowChange,
     RowFailure,
     RowOutcomes,
@@ -565,6 +566,22 @@ async def test_an_unclosed_snapshot_removes_nothing(store: Store) -> None:
     ((sync_id, snapshot_id, opened_at),) = await store.open_snapshots()
     assert (sync_id, snapshot_id) == ("1", "s2")
     assert opened_at > 1_700_000_000
+
+
+async def test_rejected_rows_are_kept_claimed_once_and_listed(store: Store) -> None:
+    await catalog(store)
+    refused = [RejectedRow("1", "no value for the primary key 'id'", b'{"name": "x"}')] * 3
+    await store.write_pending([], SnapshotProgress(rejected=refused))
+    page, more = await store.list_rejected("1", limit=2, offset=0)
+    assert len(page) == 2
+    assert more is True
+    assert page[0].reason == "no value for the primary key 'id'"
+    assert orjson.loads(page[0].data) == {"name": "x"}
+    assert page[0].run_id is None
+    assert await store.claim_rejected("1", "41") == 3
+    assert await store.claim_rejected("1", "42") == 0  # counted by one run only
+    page, _ = await store.list_rejected("1", limit=5, offset=0)
+    assert {r.run_id for r in page} == {"41"}
 
 
 # --- runs ------------------------------------------------------------------------------------
