@@ -30,31 +30,10 @@ from service.core.rows import (
     SnapshotProgress,
     SyncedRow,
 )
+from service.store import sql as shared
 from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
 from service.store.pgconnect import create_pool, mask_url, scrub
 from service.store.schema import POSTGRES_MIGRATIONS
-from service.store.sql import (
-    ABSENT_FROM_SNAPSHOT,
-    CLAIM_REJECTED,
-    FAILED_COUNTS,
-    FORGET_SNAPSHOT,
-    LIST_REJECTED,
-    OPEN_SNAPSHOT,
-    OPEN_SNAPSHOTS,
-    PRUNE_REJECTED,
-    REFERENCE_CHECKS,
-    REJECTED_RETENTION_SECONDS,
-    SAVE_RUN,
-    SNAPSHOT_KEY,
-    STORE_REJECTED,
-    SYNC_STATUS_AFTER_WRITE,
-    catalog_columns,
-    item_from_row,
-    run_columns,
-    select_items,
-    select_pending,
-    select_runs,
-)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +44,7 @@ MIGRATION_LOCK = int.from_bytes(b"syncsvc\x01", "big")
 _PING_TIMEOUT = 5.0
 _CLOSE_TIMEOUT = 5.0
 
-#: Per kind: the table whose rows may refer to it (see REFERENCE_CHECKS).
+#: Per kind: the table whose rows may refer to it (see shared.REFERENCE_CHECKS).
 _REFERRERS: dict[type[CatalogItem], str] = {
     Model: "syncs",
     Destination: "syncs",
@@ -241,7 +220,7 @@ class PostgresStore(Store):
 
     async def _write_item(self, conn: asyncpg.Connection, item: CatalogItem) -> None:
         table = TABLES[type(item)]
-        values = catalog_columns(item)
+        values = shared.catalog_columns(item)
         columns = list(values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
         placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
@@ -256,18 +235,18 @@ class PostgresStore(Store):
                 raise
             raise Conflict("slug", f"slug {item.slug!r} is already used in this workspace") from exc
         if isinstance(item, Sync):
-            await conn.execute(pg(SYNC_STATUS_AFTER_WRITE), item.disabled, item.id)
+            await conn.execute(pg(shared.SYNC_STATUS_AFTER_WRITE), item.disabled, item.id)
         await conn.execute(_BUMP_CATALOG)
 
     async def get(self, kind: type[T], item_id: str, workspace_id: str | None = None) -> T | None:
-        sql, params = select_items(kind, workspace_id)
+        sql, params = shared.select_items(kind, workspace_id)
         rows = await self._fetch(sql + " AND id = ?", *params, item_id)
-        return item_from_row(kind, rows[0]) if rows else None
+        return shared.item_from_row(kind, rows[0]) if rows else None
 
     async def list(self, kind: type[T], workspace_id: str | None = None) -> list[T]:
-        sql, params = select_items(kind, workspace_id)
+        sql, params = shared.select_items(kind, workspace_id)
         rows = await self._fetch(sql + " ORDER BY CAST(id AS NUMERIC)", *params)
-        return [item_from_row(kind, r) for r in rows]
+        return [shared.item_from_row(kind, r) for r in rows]
 
     async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
         table = TABLES[kind]
@@ -281,7 +260,7 @@ class PostgresStore(Store):
             )
             if exists is None:
                 return False  # another workspace's item is not even there to conflict
-            for check, field, what in REFERENCE_CHECKS.get(kind, ()):
+            for check, field, what in shared.REFERENCE_CHECKS.get(kind, ()):
                 used = await conn.fetchval(pg(check), item_id)
                 if used is not None:
                     raise Conflict(field, f"{what} {used} still uses it")
@@ -341,18 +320,23 @@ class PostgresStore(Store):
         now = time.time()
         if snapshot.rejected:
             await conn.executemany(
-                pg(STORE_REJECTED), [(r.sync_id, r.reason, r.data, now) for r in snapshot.rejected]
+                pg(shared.STORE_REJECTED),
+                [(r.sync_id, r.reason, r.data, now) for r in snapshot.rejected],
             )
         opened = {(sync_id, snap) for sync_id, snap, _ in snapshot.keys}
         opened.update(snapshot.closed)
         if opened:
-            await conn.executemany(pg(OPEN_SNAPSHOT), [(s, n, now) for s, n in sorted(opened)])
+            await conn.executemany(
+                pg(shared.OPEN_SNAPSHOT), [(s, n, now) for s, n in sorted(opened)]
+            )
         if snapshot.keys:
-            await conn.executemany(pg(SNAPSHOT_KEY), snapshot.keys)
+            await conn.executemany(pg(shared.SNAPSHOT_KEY), snapshot.keys)
         for sync_id, snap in snapshot.closed:
             absent = [
                 r[0]
-                for r in await conn.fetch(pg(ABSENT_FROM_SNAPSHOT), sync_id, sync_id, sync_id, snap)
+                for r in await conn.fetch(
+                    pg(shared.ABSENT_FROM_SNAPSHOT), sync_id, sync_id, sync_id, snap
+                )
             ]
             if absent:
                 await conn.execute(
@@ -364,35 +348,37 @@ class PostgresStore(Store):
                     [None] * len(absent),
                     [None] * len(absent),
                 )
-            for statement in FORGET_SNAPSHOT:
+            for statement in shared.FORGET_SNAPSHOT:
                 await conn.execute(pg(statement), sync_id, snap)
 
     async def claim_rejected(self, sync_id: str, run_id: str) -> int:
         async with self._tx() as conn:
-            status = await conn.execute(pg(CLAIM_REJECTED), run_id, sync_id)
-            await conn.execute(pg(PRUNE_REJECTED), time.time() - REJECTED_RETENTION_SECONDS)
+            status = await conn.execute(pg(shared.CLAIM_REJECTED), run_id, sync_id)
+            await conn.execute(
+                pg(shared.PRUNE_REJECTED), time.time() - shared.REJECTED_RETENTION_SECONDS
+            )
         return int(status.rsplit(" ", 1)[-1])
 
     async def list_rejected(
         self, sync_id: str, *, limit: int, offset: int
     ) -> tuple[list[RejectedRow], bool]:
-        rows = await self._fetch(LIST_REJECTED, sync_id, limit + 1, offset)
+        rows = await self._fetch(shared.LIST_REJECTED, sync_id, limit + 1, offset)
         return [RejectedRow(*r) for r in rows[:limit]], len(rows) > limit
 
     async def open_snapshots(self) -> list[tuple[str, str, float]]:
-        return [(r[0], r[1], r[2]) for r in await self._fetch(OPEN_SNAPSHOTS)]
+        return [(r[0], r[1], r[2]) for r in await self._fetch(shared.OPEN_SNAPSHOTS)]
 
     async def pending_counts(self) -> dict[str, int]:
         rows = await self._fetch("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")
         return {r[0]: r[1] for r in rows}
 
     async def failed_counts(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in await self._fetch(FAILED_COUNTS)}
+        return {r[0]: r[1] for r in await self._fetch(shared.FAILED_COUNTS)}
 
     async def list_pending(
         self, sync_id: str, *, failed_only: bool, limit: int, offset: int
     ) -> tuple[list[PendingRow], bool]:
-        sql, params = select_pending(sync_id, failed_only, limit, offset)
+        sql, params = shared.select_pending(sync_id, failed_only, limit, offset)
         rows = await self._fetch(sql, *params)
         return [PendingRow(*r) for r in rows[:limit]], len(rows) > limit
 
@@ -475,10 +461,10 @@ class PostgresStore(Store):
         return str(await self._pool.fetchval("SELECT nextval('run_ids')"))
 
     async def save_run(self, run: SyncRun) -> None:
-        await self._pool.execute(pg(SAVE_RUN), *run_columns(run))
+        await self._pool.execute(pg(shared.SAVE_RUN), *shared.run_columns(run))
 
     async def list_runs(self, query: RunQuery) -> tuple[list[SyncRun], bool]:
-        sql, params = select_runs(query)
+        sql, params = shared.select_runs(query)
         rows = await self._fetch(sql, *params)
         runs = [SyncRun.model_validate_json(r[0]) for r in rows[: query.limit]]
         return runs, len(rows) > query.limit

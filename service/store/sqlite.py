@@ -23,30 +23,9 @@ from service.core.rows import (
     SnapshotProgress,
     SyncedRow,
 )
+from service.store import sql as shared
 from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
 from service.store.schema import SQLITE_MIGRATIONS
-from service.store.sql import (
-    ABSENT_FROM_SNAPSHOT,
-    CLAIM_REJECTED,
-    FAILED_COUNTS,
-    FORGET_SNAPSHOT,
-    LIST_REJECTED,
-    OPEN_SNAPSHOT,
-    OPEN_SNAPSHOTS,
-    PRUNE_REJECTED,
-    REFERENCE_CHECKS,
-    REJECTED_RETENTION_SECONDS,
-    SAVE_RUN,
-    SNAPSHOT_KEY,
-    STORE_REJECTED,
-    SYNC_STATUS_AFTER_WRITE,
-    catalog_columns,
-    item_from_row,
-    run_columns,
-    select_items,
-    select_pending,
-    select_runs,
-)
 
 _IN_CHUNK = 500  # keys per IN (...) list, well under SQLite's variable limit
 
@@ -189,7 +168,7 @@ class SqliteStore(Store):
 
     async def _write_item(self, db: aiosqlite.Connection, item: CatalogItem) -> None:
         table = TABLES[type(item)]
-        values = catalog_columns(item)
+        values = shared.catalog_columns(item)
         columns = list(values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
         sql = (
@@ -201,18 +180,18 @@ class SqliteStore(Store):
         except sqlite3.IntegrityError as exc:
             raise Conflict("slug", f"slug {item.slug!r} is already used in this workspace") from exc
         if isinstance(item, Sync):
-            await db.execute(SYNC_STATUS_AFTER_WRITE, (item.disabled, item.id))
+            await db.execute(shared.SYNC_STATUS_AFTER_WRITE, (item.disabled, item.id))
         await db.execute("UPDATE meta SET value = value + 1 WHERE name = 'catalog_version'")
 
     async def get(self, kind: type[T], item_id: str, workspace_id: str | None = None) -> T | None:
-        sql, params = select_items(kind, workspace_id)
+        sql, params = shared.select_items(kind, workspace_id)
         rows = await self._fetchall(sql + " AND id = ?", (*params, item_id))
-        return item_from_row(kind, rows[0]) if rows else None
+        return shared.item_from_row(kind, rows[0]) if rows else None
 
     async def list(self, kind: type[T], workspace_id: str | None = None) -> list[T]:
-        sql, params = select_items(kind, workspace_id)
+        sql, params = shared.select_items(kind, workspace_id)
         rows = await self._fetchall(sql + " ORDER BY CAST(id AS INTEGER)", params)
-        return [item_from_row(kind, r) for r in rows]
+        return [shared.item_from_row(kind, r) for r in rows]
 
     async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
         table = TABLES[kind]
@@ -222,7 +201,7 @@ class SqliteStore(Store):
             ) as cur:
                 if await cur.fetchone() is None:
                     return False  # another workspace's item is not even there to conflict
-            for check, field, what in REFERENCE_CHECKS.get(kind, ()):
+            for check, field, what in shared.REFERENCE_CHECKS.get(kind, ()):
                 async with db.execute(check, (item_id,)) as cur:
                     used = await cur.fetchone()
                 if used:
@@ -278,14 +257,17 @@ class SqliteStore(Store):
         now = time.time()
         if snapshot.rejected:
             await db.executemany(
-                STORE_REJECTED, [(r.sync_id, r.reason, r.data, now) for r in snapshot.rejected]
+                shared.STORE_REJECTED,
+                [(r.sync_id, r.reason, r.data, now) for r in snapshot.rejected],
             )
         opened = {(sync_id, snap) for sync_id, snap, _ in snapshot.keys}
         opened.update(snapshot.closed)
-        await db.executemany(OPEN_SNAPSHOT, [(s, n, now) for s, n in sorted(opened)])
-        await db.executemany(SNAPSHOT_KEY, snapshot.keys)
+        await db.executemany(shared.OPEN_SNAPSHOT, [(s, n, now) for s, n in sorted(opened)])
+        await db.executemany(shared.SNAPSHOT_KEY, snapshot.keys)
         for sync_id, snap in snapshot.closed:
-            async with db.execute(ABSENT_FROM_SNAPSHOT, (sync_id, sync_id, sync_id, snap)) as cur:
+            async with db.execute(
+                shared.ABSENT_FROM_SNAPSHOT, (sync_id, sync_id, sync_id, snap)
+            ) as cur:
                 absent = [r[0] for r in await cur.fetchall()]
             deletes = [
                 (sync_id, key, seq + 1 + i, "delete", None, None, None)
@@ -293,36 +275,38 @@ class SqliteStore(Store):
             ]
             seq += len(deletes)
             await db.executemany(_UPSERT_PENDING, deletes)
-            for statement in FORGET_SNAPSHOT:
+            for statement in shared.FORGET_SNAPSHOT:
                 await db.execute(statement, (sync_id, snap))
         return seq
 
     async def claim_rejected(self, sync_id: str, run_id: str) -> int:
         async with self._tx() as db:
-            cur = await db.execute(CLAIM_REJECTED, (run_id, sync_id))
-            await db.execute(PRUNE_REJECTED, (time.time() - REJECTED_RETENTION_SECONDS,))
+            cur = await db.execute(shared.CLAIM_REJECTED, (run_id, sync_id))
+            await db.execute(
+                shared.PRUNE_REJECTED, (time.time() - shared.REJECTED_RETENTION_SECONDS,)
+            )
         return max(cur.rowcount, 0)
 
     async def list_rejected(
         self, sync_id: str, *, limit: int, offset: int
     ) -> tuple[list[RejectedRow], bool]:
-        rows = await self._fetchall(LIST_REJECTED, (sync_id, limit + 1, offset))
+        rows = await self._fetchall(shared.LIST_REJECTED, (sync_id, limit + 1, offset))
         return [RejectedRow(*r) for r in rows[:limit]], len(rows) > limit
 
     async def open_snapshots(self) -> list[tuple[str, str, float]]:
-        return [tuple(r) for r in await self._fetchall(OPEN_SNAPSHOTS)]  # type: ignore[misc]
+        return [tuple(r) for r in await self._fetchall(shared.OPEN_SNAPSHOTS)]  # type: ignore[misc]
 
     async def pending_counts(self) -> dict[str, int]:
         rows = await self._fetchall("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")
         return {r[0]: r[1] for r in rows}
 
     async def failed_counts(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in await self._fetchall(FAILED_COUNTS)}
+        return {r[0]: r[1] for r in await self._fetchall(shared.FAILED_COUNTS)}
 
     async def list_pending(
         self, sync_id: str, *, failed_only: bool, limit: int, offset: int
     ) -> tuple[list[PendingRow], bool]:
-        rows = await self._fetchall(*select_pending(sync_id, failed_only, limit, offset))
+        rows = await self._fetchall(*shared.select_pending(sync_id, failed_only, limit, offset))
         return [PendingRow(*r) for r in rows[:limit]], len(rows) > limit
 
     async def requeue_synced(self, sync_id: str) -> int:
@@ -413,10 +397,10 @@ class SqliteStore(Store):
 
     async def save_run(self, run: SyncRun) -> None:
         async with self._tx() as db:
-            await db.execute(SAVE_RUN, run_columns(run))
+            await db.execute(shared.SAVE_RUN, shared.run_columns(run))
 
     async def list_runs(self, query: RunQuery) -> tuple[list[SyncRun], bool]:
-        sql, params = select_runs(query)
+        sql, params = shared.select_runs(query)
         rows = await self._fetchall(sql, params)
         runs = [SyncRun.model_validate_json(r[0]) for r in rows[: query.limit]]
         return runs, len(rows) > query.limit
