@@ -361,3 +361,32 @@ async def test_reset_cdc_records_pending_rows_as_synced_without_sending(harness:
     await harness.send("upsert", [user(1), user(2, "changed@example.com")])
     await harness.run()
     assert harness.receiver.ops() == [("changed", "2")]
+
+
+async def test_a_row_refused_twice_then_accepted_is_delivered_once_and_counted_before(
+    harness: Harness,
+) -> None:
+    await harness.setup()
+    harness.receiver.reply_with = lambda payload: (
+        200,
+        {
+            "rejected": [
+                {"key": r["key"], "error": "not yet"} for r in payload["rows"] if r["key"] == "2"
+            ]
+        },
+        {},
+    )
+    await harness.send("upsert", [user(1), user(2)])
+    first = await harness.run()
+    second = await harness.run()
+    assert (first.failed_rows.added_count, second.failed_rows.added_count) == (1, 1)
+    assert (first.successful_rows.added_count, second.successful_rows.added_count) == (1, 0)
+    page = await harness.store.pending_page("7", 0, 10**9, 10)
+    assert [(r.key, r.attempts, r.error) for r in page] == [("2", 2, "not yet")]
+
+    harness.receiver.reply_with = None
+    third = await harness.run()
+    assert third.status is RunStatus.SUCCESS
+    assert third.successful_rows.added_count == 1
+    assert sorted(harness.receiver.ops()) == [("added", "1"), ("added", "2")]  # each once
+    assert await harness.store.pending_counts() == {}
