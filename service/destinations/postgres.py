@@ -29,6 +29,7 @@ _CONNECTION_ERRORS = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InternalClientError,  # what a connection killed mid-statement leaves behind
 )
 #: Errors about the table or the rights on it: no row can succeed until someone fixes them.
 _SCHEMA_ERRORS = (
@@ -136,7 +137,7 @@ class PostgresDestination(DestinationWriter):
                     async with conn.transaction():
                         await self._write_all(conn, upserts, removals)
                     return BatchResult()
-                except _SCHEMA_ERRORS:
+                except (*_SCHEMA_ERRORS, *_CONNECTION_ERRORS):
                     raise
                 except asyncpg.PostgresError:
                     pass  # a row the table refuses: find it below
@@ -179,7 +180,7 @@ class PostgresDestination(DestinationWriter):
                             await self._write_all(conn, [], record)
                         else:
                             await self._write_all(conn, record, [])
-                except _SCHEMA_ERRORS:
+                except (*_SCHEMA_ERRORS, *_CONNECTION_ERRORS):
                     raise
                 except asyncpg.PostgresError as exc:
                     rejected[row.key] = f"{type(exc).__name__}: {exc}"
