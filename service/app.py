@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 from service import __version__
 from service.api.auth import TokenTable
 from service.api.health import FATAL, METRICS, READINESS, Readiness, add_routes
-from service.api.http import RUNS, STORE, TOKENS, api_middleware
+from service.api.http import DESTINATION_CONTEXT, RUNS, STORE, TOKENS, api_middleware
 from service.api.openapi import build_openapi
 from service.api.routes import add_api_routes
 from service.api.webhooks import DBT_SECRET
@@ -264,6 +264,7 @@ def build_app(
     app[STORE] = store
     app[TOKENS] = TokenTable(tokens or {})
     app[RUNS] = run_control
+    app[DESTINATION_CONTEXT] = DestinationContext(settings.kafka_bootstrap_servers)
     if settings.dbt_cloud_webhook_secret is not None:
         app[DBT_SECRET] = settings.dbt_cloud_webhook_secret
     add_routes(app)
@@ -305,7 +306,7 @@ def build_app(
                 InvalidRateMonitor(settings.dlq_alert_ratio, settings.dlq_alert_window),
             )
             reporter = StatusReporter(store, producer, settings.status_topic, metrics)
-            context = DestinationContext(settings.kafka_bootstrap_servers)
+            context = app[DESTINATION_CONTEXT]
             runner = SyncRunner(
                 store,
                 functools.partial(open_destination, context=context),

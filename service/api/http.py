@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.api.auth import TokenTable
 from service.core.interfaces import RunControl
+from service.destinations.registry import DestinationContext
 from service.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STORE = web.AppKey("store", Store)
 TOKENS = web.AppKey("tokens", TokenTable)
 RUNS = web.AppKey("runs", RunControl)
+DESTINATION_CONTEXT = web.AppKey("destination_context", DestinationContext)
 WORKSPACE = web.RequestKey("workspace_id", str)
 
 API_PREFIX = "/api/v1"

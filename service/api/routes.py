@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.api.http import (
     API_PREFIX,
+    DESTINATION_CONTEXT,
     RUNS,
     STORE,
     Handler,
@@ -28,6 +29,7 @@ from service.api.http import (
 )
 from service.api.schemas import (
     CatalogQuery,
+    DestinationCheck,
     DestinationCreate,
     DestinationOut,
     DestinationPatch,
@@ -48,7 +50,7 @@ from service.api.schemas import (
     TriggerBySyncBody,
 )
 from service.api.webhooks import DBT_CLOUD_PATH, dbt_cloud
-from service.core.errors import ConfigurationError
+from service.core.errors import ConfigurationError, DestinationError
 from service.core.models import (
     Destination,
     Model,
@@ -62,6 +64,7 @@ from service.core.models import (
 )
 from service.destinations.registry import (
     mask_configuration,
+    open_destination,
     unmask_configuration,
     validate_configuration,
 )
@@ -305,6 +308,23 @@ async def patch_destination(request: web.Request) -> web.Response:
         _check_destination_config(current.type, changes["configuration"])
     destination = _rebuild(Destination, current, changes)
     return await _show(request, await _save(request, destination, new=False))
+
+
+async def test_destination(request: web.Request) -> web.Response:
+    """Ours: open the destination, check it can take rows, close it."""
+    destination: Destination = await _get(request, Destination, "destination")
+    try:
+        writer = open_destination(destination, request.app[DESTINATION_CONTEXT])
+    except ConfigurationError as exc:
+        return json_response({"ok": False, "error": str(exc)})
+    try:
+        await writer.open()
+        await writer.check()
+    except DestinationError as exc:
+        return json_response({"ok": False, "error": str(exc)})
+    finally:
+        await writer.close()
+    return json_response({"ok": True, "error": None})
 
 
 async def delete_destination(request: web.Request) -> web.Response:
@@ -556,6 +576,14 @@ ROUTES: list[Route] = [
         "List a sync's runs",
         query=RunsQuery,
         response=Page[SyncRun],
+    ),
+    Route(
+        "POST",
+        f"{API_PREFIX}/destinations/{{id}}/test",
+        test_destination,
+        "Check that a destination can take rows now (not in Hightouch)",
+        response=DestinationCheck,
+        tag="destinations",
     ),
     Route(
         "GET",

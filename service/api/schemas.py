@@ -139,3 +139,8 @@ class PendingRowOut(Body):
     last_attempt_at: datetime | None
     #: The event row as it arrived, for rows rejected at ingest.
     row: dict[str, Any] | None = None
+
+
+class DestinationCheck(Body):
+    ok: bool
+    error: str | None

@@ -54,6 +54,10 @@ class DestinationWriter(ABC):
     @abstractmethod
     async def write(self, batch: Batch) -> BatchResult: ...
 
+    async def check(self) -> None:  # noqa: B027 - a destination with nothing to check
+        """Called after `open`: raises `DestinationError` when the destination cannot take
+        rows now (unreachable, a table or topic missing, credentials refused)."""
+
     async def close(self) -> None:  # noqa: B027
         """Release connections; must not raise."""
 

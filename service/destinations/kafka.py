@@ -79,6 +79,14 @@ class KafkaDestination(DestinationWriter):
             raise RetriableError(f"Kafka at {self._bootstrap} unreachable: {exc}") from exc
         self._producer = producer
 
+    async def check(self) -> None:
+        if self._producer is None:
+            raise DestinationError("the kafka destination is not open")
+        try:
+            await asyncio.wait_for(self._producer.partitions_for(self._config.topic), 10)
+        except (KafkaError, TimeoutError) as exc:
+            raise RetriableError(f"topic {self._config.topic}: {type(exc).__name__}") from exc
+
     async def close(self) -> None:
         if self._producer is not None:
             await self._producer.stop()

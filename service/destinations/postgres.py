@@ -119,6 +119,18 @@ class PostgresDestination(DestinationWriter):
         except ConnectionError as exc:  # the message carries the masked URL only
             raise RetriableError(str(exc)) from None
 
+    async def check(self) -> None:
+        if self._pool is None:
+            raise DestinationError("the postgres destination is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                if self._table_ready:  # with createTable, the table may come with the rows
+                    await conn.execute(f"SELECT 1 FROM {self._table} LIMIT 0")
+        except _CONNECTION_ERRORS as exc:
+            raise RetriableError(f"PostgreSQL connection lost: {type(exc).__name__}") from exc
+        except (*_SCHEMA_ERRORS, asyncpg.PostgresError) as exc:
+            raise SchemaError(f"{self._config.table}: {exc}") from exc
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()

@@ -105,6 +105,17 @@ class WebhookDestination(DestinationWriter):
             connector=aiohttp.TCPConnector(limit=self._config.max_concurrency),
         )
 
+    async def check(self) -> None:
+        """Any HTTP answer to a HEAD request means the endpoint is there."""
+        if self._session is None:
+            raise DestinationError("the webhook destination is not open")
+        try:
+            async with self._session.head(str(self._config.url), headers=self._headers) as r:
+                if r.status in (401, 403):
+                    raise DestinationAuthError(f"HTTP {r.status}: credentials refused")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RetriableError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -532,3 +532,27 @@ async def test_rows_without_a_key_are_rejected_counted_and_listed(
     assert rejected["key"] is None
     assert "primary key" in rejected["error"]
     assert rejected["row"] == {"email": "b@x"}
+
+
+async def test_a_destination_can_be_checked(service: Service, receiver: Receiver) -> None:
+    await make_catalog(service, receiver.url)
+    status, body = await service.one.call("POST", "/destinations/1/test")
+    assert (status, body) == (200, {"ok": True, "error": None})
+    assert receiver.rows == []  # a HEAD request, not a delivery
+    assert [r.body for r in receiver.requests] == [b""]
+    _, dead = await service.one.call(
+        "POST",
+        "/destinations",
+        {
+            "name": "gone",
+            "slug": "gone",
+            "type": "webhook",
+            "configuration": {"url": "http://127.0.0.1:9/hook"},
+        },
+    )
+    status, body = await service.one.call("POST", f"/destinations/{dead['id']}/test")
+    assert status == 200
+    assert body["ok"] is False
+    assert "Connect" in body["error"]
+    status, _ = await service.two.call("POST", "/destinations/1/test")
+    assert status == 404
