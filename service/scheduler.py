@@ -97,7 +97,7 @@ class _SyncState:
     running: bool = False
     task: asyncio.Task[None] | None = None
     current: RunRequest | None = None
-    current_run: asyncio.Task[SyncRun] | None = None
+    current_run: asyncio.Task[SyncRun | None] | None = None
 
 
 class Scheduler:
@@ -223,14 +223,16 @@ class Scheduler:
                 continue  # cancelled through the API: the run recorded itself
             except Exception:
                 log.exception("sync %s: run could not be executed", state.sync.id)
-                run = None
+                run = SyncRun(id="0", sync_id=state.sync.id, status=RunStatus.FAILED)
             finally:
                 state.running = False
                 state.current = state.current_run = None
-            state.blocked = run is None or run.status is RunStatus.FAILED
+            if run is None:
+                continue  # another replica holds the sync's lease and runs it
+            state.blocked = run.status is RunStatus.FAILED
             # Continuous syncs retry failed rows on their own; others on their next run.
             retries = isinstance(state.sync.schedule, ContinuousSchedule)
-            if retries and (run is None or run.status in (RunStatus.FAILED, RunStatus.WARNING)):
+            if retries and run.status in (RunStatus.FAILED, RunStatus.WARNING):
                 delay = state.backoff.next_delay()
                 state.retry_at = self._clock.monotonic() + delay
                 log.info("sync %s: retrying failed rows in %.0fs", state.sync.id, delay)
@@ -238,7 +240,7 @@ class Scheduler:
                 state.backoff.reset()
                 state.retry_at = None
 
-    async def _execute(self, state: _SyncState, request: RunRequest) -> SyncRun:
+    async def _execute(self, state: _SyncState, request: RunRequest) -> SyncRun | None:
         # The run gets a task of its own, so a cancel request can stop it alone.
         state.current = request
         state.current_run = asyncio.create_task(self._executor.run(state.sync, request))

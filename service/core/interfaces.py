@@ -87,9 +87,10 @@ class RunRequest:
 
 
 class SyncExecutor(Protocol):
-    """Runs a sync once, start to finish; returns the finished run record."""
+    """Runs a sync once, start to finish; returns the finished run record, or None when
+    another replica holds the sync (its lease) and the run is theirs."""
 
-    async def run(self, sync: Sync, request: RunRequest) -> SyncRun: ...
+    async def run(self, sync: Sync, request: RunRequest) -> SyncRun | None: ...
 
 
 class RunControl(Protocol):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -43,6 +46,7 @@ class SyncRunner:
         clock: Clock,
         retry: RetryPolicy | None = None,
         page_size: int = 2000,
+        lease_seconds: float = 600.0,
     ) -> None:
         self._store = store
         self._open_destination = open_destination
@@ -51,6 +55,9 @@ class SyncRunner:
         self._clock = clock
         self._retry = retry or RetryPolicy()
         self._page_size = page_size
+        #: A run's lease lasts its window plus this; a replica that dies frees it then.
+        self._lease_seconds = lease_seconds
+        self._owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self._deliveries: dict[str, tuple[datetime, Delivery]] = {}
         self._mappers: dict[str, tuple[datetime, RowMapper]] = {}
 
@@ -59,7 +66,19 @@ class SyncRunner:
         for _, delivery in deliveries.values():
             await delivery.writer.close()
 
-    async def run(self, sync: Sync, request: RunRequest) -> SyncRun:
+    async def run(self, sync: Sync, request: RunRequest) -> SyncRun | None:
+        """Run the sync, holding its lease; None when another replica holds it."""
+        ttl = request.window + self._lease_seconds
+        while not await self._store.acquire_lease(sync.id, self._owner, ttl):
+            if request.run_id is None:
+                return None  # the replica holding it sends these rows too
+            await self._clock.sleep(0.5)  # a triggered run waits its turn
+        try:
+            return await self._run(sync, request)
+        finally:
+            await asyncio.shield(self._store.release_lease(sync.id, self._owner))
+
+    async def _run(self, sync: Sync, request: RunRequest) -> SyncRun:
         run = SyncRun(
             id=request.run_id or await self._store.next_run_id(),
             sync_id=sync.id,

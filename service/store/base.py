@@ -196,6 +196,14 @@ class Store(ABC):
     # runs ------------------------------------------------------------------------------
 
     @abstractmethod
+    async def acquire_lease(self, sync_id: str, owner: str, seconds: float) -> bool:
+        """Hold the sync for `seconds` unless another owner holds an unexpired lease: with
+        several replicas on one store, a sync runs on one of them at a time."""
+
+    @abstractmethod
+    async def release_lease(self, sync_id: str, owner: str) -> None: ...
+
+    @abstractmethod
     async def next_run_id(self) -> str: ...
 
     @abstractmethod

@@ -457,6 +457,16 @@ class PostgresStore(Store):
 
     # runs ------------------------------------------------------------------------------
 
+    async def acquire_lease(self, sync_id: str, owner: str, seconds: float) -> bool:
+        now = time.time()
+        status = await self._pool.execute(
+            pg(shared.ACQUIRE_LEASE), sync_id, owner, now + seconds, now
+        )
+        return status.rsplit(" ", 1)[-1] != "0"
+
+    async def release_lease(self, sync_id: str, owner: str) -> None:
+        await self._pool.execute(pg(shared.RELEASE_LEASE), sync_id, owner)
+
     async def next_run_id(self) -> str:
         return str(await self._pool.fetchval("SELECT nextval('run_ids')"))
 

@@ -49,6 +49,10 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             data BLOB NOT NULL, created_at REAL NOT NULL, run_id TEXT)""",
         "CREATE INDEX rejected_rows_by_sync ON rejected_rows (sync_id, run_id)",
     ],
+    [
+        """CREATE TABLE sync_leases (
+            sync_id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)""",
+    ],
 ]
 
 # The same tables for PostgreSQL. Run ids and pending-row `seq` come from sequences, so
@@ -108,5 +112,9 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             id BIGSERIAL PRIMARY KEY, sync_id TEXT NOT NULL, reason TEXT NOT NULL,
             data BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL, run_id TEXT)""",
         "CREATE INDEX rejected_rows_by_sync ON rejected_rows (sync_id, run_id)",
+    ],
+    [
+        """CREATE TABLE sync_leases (
+            sync_id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
     ],
 ]

@@ -107,6 +107,13 @@ LIST_REJECTED = (
 )
 REJECTED_RETENTION_SECONDS = 7 * 86400
 
+ACQUIRE_LEASE = """
+INSERT INTO sync_leases (sync_id, owner, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (sync_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE sync_leases.owner = excluded.owner OR sync_leases.expires_at < ?
+"""
+RELEASE_LEASE = "DELETE FROM sync_leases WHERE sync_id = ? AND owner = ?"
+
 FAILED_COUNTS = (
     "SELECT sync_id, COUNT(*) FROM pending_rows WHERE error IS NOT NULL GROUP BY sync_id"
 )

@@ -387,6 +387,16 @@ class SqliteStore(Store):
 
     # runs ------------------------------------------------------------------------------
 
+    async def acquire_lease(self, sync_id: str, owner: str, seconds: float) -> bool:
+        now = time.time()
+        async with self._tx() as db:
+            cur = await db.execute(shared.ACQUIRE_LEASE, (sync_id, owner, now + seconds, now))
+            return cur.rowcount > 0
+
+    async def release_lease(self, sync_id: str, owner: str) -> None:
+        async with self._tx() as db:
+            await db.execute(shared.RELEASE_LEASE, (sync_id, owner))
+
     async def next_run_id(self) -> str:
         async with self._tx() as db:
             await db.execute("UPDATE meta SET value = value + 1 WHERE name = 'run_id'")

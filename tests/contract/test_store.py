@@ -584,6 +584,19 @@ async def test_rejected_rows_are_kept_claimed_once_and_listed(store: Store) -> N
     assert {r.run_id for r in page} == {"41"}
 
 
+async def test_a_sync_lease_has_one_holder_until_released_or_expired(store: Store) -> None:
+    await catalog(store)
+    assert await store.acquire_lease("1", "replica-a", 60)
+    assert await store.acquire_lease("1", "replica-a", 60)  # renewing one's own
+    assert not await store.acquire_lease("1", "replica-b", 60)
+    assert await store.acquire_lease("2", "replica-b", 60)  # another sync is free
+    await store.release_lease("1", "replica-b")  # not b's to release
+    assert not await store.acquire_lease("1", "replica-b", 60)
+    await store.release_lease("1", "replica-a")
+    assert await store.acquire_lease("1", "replica-b", -1)  # held, but already expired
+    assert await store.acquire_lease("1", "replica-a", 60)
+
+
 # --- runs ------------------------------------------------------------------------------------
 
 

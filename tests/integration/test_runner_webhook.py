@@ -89,7 +89,7 @@ class Harness:
         event = ChangeEvent.model_validate({"modelId": "1", "op": op, "rows": rows})
         await self.ingest.write([event], build_routes([self.sync]))
 
-    async def run(self, **request: Any) -> SyncRun:
+    async def run(self, **request: Any) -> Any:
         return await self.runner.run(self.sync, RunRequest("test", **request))
 
     def delivered(self, op: str, outcome: str) -> float:
@@ -390,3 +390,17 @@ async def test_a_row_refused_twice_then_accepted_is_delivered_once_and_counted_b
     assert third.successful_rows.added_count == 1
     assert sorted(harness.receiver.ops()) == [("added", "1"), ("added", "2")]  # each once
     assert await harness.store.pending_counts() == {}
+
+
+async def test_a_sync_held_by_another_replica_is_not_run_here(harness: Harness) -> None:
+    await harness.setup()
+    await harness.send("upsert", [user(1)])
+    assert await harness.store.acquire_lease("7", "another-replica", 60)
+    assert await harness.run() is None
+    assert harness.receiver.requests == []
+    assert harness.reporter.statuses == []  # no run record either
+    await harness.store.release_lease("7", "another-replica")
+    run = await harness.run()
+    assert run is not None
+    assert run.status is RunStatus.SUCCESS
+    assert harness.receiver.ops() == [("added", "1")]
