@@ -23,16 +23,15 @@ import orjson
 
 from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncStatus
 from service.core.rows import (
-    PendingRow,
     PendingWrite,
-    RejectedRow,
     RowOutcomes,
     SnapshotProgress,
     SyncedRow,
 )
 from service.store import sql as shared
-from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
+from service.store.base import TABLES, CatalogItem, Conflict, T
 from service.store.pgconnect import create_pool, mask_url, scrub
+from service.store.reads import SqlReads
 from service.store.schema import POSTGRES_MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,9 @@ def pg(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda _: f"${next(numbers)}", sql)
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlReads):
+    _NUMERIC = "NUMERIC"
+
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("a PostgreSQL URL looks like postgresql://user:password@host/db")
@@ -183,6 +184,9 @@ class PostgresStore(Store):
         async with self._pool.acquire() as conn, conn.transaction():
             yield conn
 
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await self._fetch(sql, *params)
+
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """One statement, so one transaction of its own."""
         return await self._pool.fetch(pg(sql), *args)
@@ -198,10 +202,6 @@ class PostgresStore(Store):
         return True
 
     # catalog ---------------------------------------------------------------------------
-
-    async def catalog_version(self) -> int:
-        value = await self._pool.fetchval("SELECT value FROM meta WHERE name = 'catalog_version'")
-        return int(value or 0)
 
     async def upsert(self, item: CatalogItem) -> None:
         async with self._tx() as conn:
@@ -237,16 +237,6 @@ class PostgresStore(Store):
         if isinstance(item, Sync):
             await conn.execute(pg(shared.SYNC_STATUS_AFTER_WRITE), item.disabled, item.id)
         await conn.execute(_BUMP_CATALOG)
-
-    async def get(self, kind: type[T], item_id: str, workspace_id: str | None = None) -> T | None:
-        sql, params = shared.select_items(kind, workspace_id)
-        rows = await self._fetch(sql + " AND id = ?", *params, item_id)
-        return shared.item_from_row(kind, rows[0]) if rows else None
-
-    async def list(self, kind: type[T], workspace_id: str | None = None) -> list[T]:
-        sql, params = shared.select_items(kind, workspace_id)
-        rows = await self._fetch(sql + " ORDER BY CAST(id AS NUMERIC)", *params)
-        return [shared.item_from_row(kind, r) for r in rows]
 
     async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
         table = TABLES[kind]
@@ -359,29 +349,6 @@ class PostgresStore(Store):
             )
         return int(status.rsplit(" ", 1)[-1])
 
-    async def list_rejected(
-        self, sync_id: str, *, limit: int, offset: int
-    ) -> tuple[list[RejectedRow], bool]:
-        rows = await self._fetch(shared.LIST_REJECTED, sync_id, limit + 1, offset)
-        return [RejectedRow(*r) for r in rows[:limit]], len(rows) > limit
-
-    async def open_snapshots(self) -> list[tuple[str, str, float]]:
-        return [(r[0], r[1], r[2]) for r in await self._fetch(shared.OPEN_SNAPSHOTS)]
-
-    async def pending_counts(self) -> dict[str, int]:
-        rows = await self._fetch("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")
-        return {r[0]: r[1] for r in rows}
-
-    async def failed_counts(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in await self._fetch(shared.FAILED_COUNTS)}
-
-    async def list_pending(
-        self, sync_id: str, *, failed_only: bool, limit: int, offset: int
-    ) -> tuple[list[PendingRow], bool]:
-        sql, params = shared.select_pending(sync_id, failed_only, limit, offset)
-        rows = await self._fetch(sql, *params)
-        return [PendingRow(*r) for r in rows[:limit]], len(rows) > limit
-
     async def requeue_synced(self, sync_id: str) -> int:
         status = await self._pool.execute(
             "INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash) "
@@ -391,25 +358,6 @@ class PostgresStore(Store):
             sync_id,
         )
         return int(status.rsplit(" ", 1)[-1])
-
-    async def max_pending_seq(self, sync_id: str) -> int:
-        value = await self._pool.fetchval(
-            "SELECT COALESCE(MAX(seq), 0) FROM pending_rows WHERE sync_id = $1", sync_id
-        )
-        return int(value)
-
-    async def pending_page(
-        self, sync_id: str, after_seq: int, upto_seq: int, limit: int
-    ) -> list[PendingRow]:
-        rows = await self._fetch(
-            "SELECT key, seq, op, data, row_hash, emitted_at, attempts, error FROM pending_rows "
-            "WHERE sync_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-            sync_id,
-            after_seq,
-            upto_seq,
-            limit,
-        )
-        return [PendingRow(*r) for r in rows]
 
     async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]:
         if not keys:
@@ -472,9 +420,3 @@ class PostgresStore(Store):
 
     async def save_run(self, run: SyncRun) -> None:
         await self._pool.execute(pg(shared.SAVE_RUN), *shared.run_columns(run))
-
-    async def list_runs(self, query: RunQuery) -> tuple[list[SyncRun], bool]:
-        sql, params = shared.select_runs(query)
-        rows = await self._fetch(sql, *params)
-        runs = [SyncRun.model_validate_json(r[0]) for r in rows[: query.limit]]
-        return runs, len(rows) > query.limit

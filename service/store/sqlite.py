@@ -16,15 +16,14 @@ import orjson
 
 from service.core.models import Sync, SyncRun, SyncStatus
 from service.core.rows import (
-    PendingRow,
     PendingWrite,
-    RejectedRow,
     RowOutcomes,
     SnapshotProgress,
     SyncedRow,
 )
 from service.store import sql as shared
-from service.store.base import TABLES, CatalogItem, Conflict, RunQuery, Store, T
+from service.store.base import TABLES, CatalogItem, Conflict, T
+from service.store.reads import SqlReads
 from service.store.schema import SQLITE_MIGRATIONS
 
 _IN_CHUNK = 500  # keys per IN (...) list, well under SQLite's variable limit
@@ -52,7 +51,7 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-class SqliteStore(Store):
+class SqliteStore(SqlReads):
     def __init__(self, url: str) -> None:
         self._path = sqlite_path(url)
         self._db: aiosqlite.Connection | None = None
@@ -134,6 +133,9 @@ class SqliteStore(Store):
                 raise
             await db.execute("COMMIT")
 
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await self._fetchall(sql, params)
+
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._lock, self._conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
@@ -146,10 +148,6 @@ class SqliteStore(Store):
         return True
 
     # catalog ---------------------------------------------------------------------------
-
-    async def catalog_version(self) -> int:
-        rows = await self._fetchall("SELECT value FROM meta WHERE name = 'catalog_version'")
-        return rows[0][0] if rows else 0
 
     async def upsert(self, item: CatalogItem) -> None:
         async with self._tx() as db:
@@ -182,16 +180,6 @@ class SqliteStore(Store):
         if isinstance(item, Sync):
             await db.execute(shared.SYNC_STATUS_AFTER_WRITE, (item.disabled, item.id))
         await db.execute("UPDATE meta SET value = value + 1 WHERE name = 'catalog_version'")
-
-    async def get(self, kind: type[T], item_id: str, workspace_id: str | None = None) -> T | None:
-        sql, params = shared.select_items(kind, workspace_id)
-        rows = await self._fetchall(sql + " AND id = ?", (*params, item_id))
-        return shared.item_from_row(kind, rows[0]) if rows else None
-
-    async def list(self, kind: type[T], workspace_id: str | None = None) -> list[T]:
-        sql, params = shared.select_items(kind, workspace_id)
-        rows = await self._fetchall(sql + " ORDER BY CAST(id AS INTEGER)", params)
-        return [shared.item_from_row(kind, r) for r in rows]
 
     async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
         table = TABLES[kind]
@@ -287,28 +275,6 @@ class SqliteStore(Store):
             )
         return max(cur.rowcount, 0)
 
-    async def list_rejected(
-        self, sync_id: str, *, limit: int, offset: int
-    ) -> tuple[list[RejectedRow], bool]:
-        rows = await self._fetchall(shared.LIST_REJECTED, (sync_id, limit + 1, offset))
-        return [RejectedRow(*r) for r in rows[:limit]], len(rows) > limit
-
-    async def open_snapshots(self) -> list[tuple[str, str, float]]:
-        return [tuple(r) for r in await self._fetchall(shared.OPEN_SNAPSHOTS)]  # type: ignore[misc]
-
-    async def pending_counts(self) -> dict[str, int]:
-        rows = await self._fetchall("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")
-        return {r[0]: r[1] for r in rows}
-
-    async def failed_counts(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in await self._fetchall(shared.FAILED_COUNTS)}
-
-    async def list_pending(
-        self, sync_id: str, *, failed_only: bool, limit: int, offset: int
-    ) -> tuple[list[PendingRow], bool]:
-        rows = await self._fetchall(*shared.select_pending(sync_id, failed_only, limit, offset))
-        return [PendingRow(*r) for r in rows[:limit]], len(rows) > limit
-
     async def requeue_synced(self, sync_id: str) -> int:
         async with self._tx() as db:
             cur = await db.execute(
@@ -323,22 +289,6 @@ class SqliteStore(Store):
             await db.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (self._seq + added,))
             self._seq += added
         return added
-
-    async def max_pending_seq(self, sync_id: str) -> int:
-        rows = await self._fetchall(
-            "SELECT COALESCE(MAX(seq), 0) FROM pending_rows WHERE sync_id = ?", (sync_id,)
-        )
-        return rows[0][0]
-
-    async def pending_page(
-        self, sync_id: str, after_seq: int, upto_seq: int, limit: int
-    ) -> list[PendingRow]:
-        rows = await self._fetchall(
-            "SELECT key, seq, op, data, row_hash, emitted_at, attempts, error FROM pending_rows "
-            "WHERE sync_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-            (sync_id, after_seq, upto_seq, limit),
-        )
-        return [PendingRow(*r) for r in rows]
 
     async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]:
         found: dict[str, SyncedRow] = {}
@@ -408,9 +358,3 @@ class SqliteStore(Store):
     async def save_run(self, run: SyncRun) -> None:
         async with self._tx() as db:
             await db.execute(shared.SAVE_RUN, shared.run_columns(run))
-
-    async def list_runs(self, query: RunQuery) -> tuple[list[SyncRun], bool]:
-        sql, params = shared.select_runs(query)
-        rows = await self._fetchall(sql, params)
-        runs = [SyncRun.model_validate_json(r[0]) for r in rows[: query.limit]]
-        return runs, len(rows) > query.limit

@@ -76,12 +76,15 @@ class Service:
         return False
 
 
-async def _reset_postgres(url: str) -> None:
+async def _postgres_schema(name: str, *, drop: bool = False) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(POSTGRES_URL)
     try:
-        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        if drop:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        else:
+            await conn.execute(f"CREATE SCHEMA {name}")
     finally:
         await conn.close()
 
@@ -90,12 +93,13 @@ async def _reset_postgres(url: str) -> None:
 async def service(
     request: pytest.FixtureRequest, tmp_path: Path, kafka_bootstrap: str, uid: str
 ) -> AsyncIterator[Service]:
+    schema = f"api_{uid}"  # a schema of its own: runs sharing the server never meet
     if request.param == "postgres":
         try:
-            await _reset_postgres(POSTGRES_URL)
+            await _postgres_schema(schema)
         except Exception as exc:
             pytest.fail(f"no PostgreSQL at {POSTGRES_URL} ({exc!r}); run `make pg-up`")
-        database_url = POSTGRES_URL
+        database_url = f"{POSTGRES_URL}?search_path={schema}"
     else:
         database_url = f"sqlite:///{tmp_path / 'store.db'}"
     port = _port()
@@ -122,3 +126,5 @@ async def service(
     finally:
         await producer.stop()
         await runner.cleanup()
+        if request.param == "postgres":
+            await _postgres_schema(schema, drop=True)
