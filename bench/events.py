@@ -1,0 +1,196 @@
+"""Change events in DESIGN's format, and getting them onto Kafka: up front for throughput
+scenarios, open-loop at a fixed rate for the load scenarios."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.settings import KAFKA, MODEL_ID
+
+KEY = MODEL_ID.encode()
+
+_FIRST = ("Alexandra", "Benjamin", "Charlotte", "Dmitri", "Eleanor", "Francesca", "Gabriel")
+_LAST = ("Richardson", "Okonkwo", "Lindqvist", "Fernandez", "Nakamura", "Schneider", "Kowalski")
+_COMPANY = (
+    "Northwind Traders International",
+    "Contoso Pharmaceuticals Group",
+    "Initech Software Solutions",
+    "Globex Logistics and Freight",
+    "Umbrella Biotechnology Partners",
+)
+_TITLE = ("Senior Data Engineer", "VP of Revenue Operations", "Head of Customer Success")
+_CITY = ("Berlin", "São Paulo", "Singapore", "Toronto", "Melbourne", "Nairobi", "Osaka")
+_PLAN = ("free", "starter", "growth", "enterprise")
+
+#: The model's columns; every one is mapped, so every one counts toward the diff.
+COLUMNS = (
+    "id",
+    "email",
+    "first_name",
+    "last_name",
+    "company",
+    "job_title",
+    "city",
+    "plan",
+    "mrr",
+    "updated_at",
+)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def make_row(row_id: int, rng: random.Random, updated_at: str) -> dict[str, object]:
+    """About 300 bytes of JSON in ten columns, keyed by `id`."""
+    first, last = rng.choice(_FIRST), rng.choice(_LAST)
+    return {
+        "id": row_id,
+        "email": f"{first.lower()}.{last.lower()}.{row_id}@example.com",
+        "first_name": first,
+        "last_name": last,
+        "company": rng.choice(_COMPANY),
+        "job_title": rng.choice(_TITLE),
+        "city": rng.choice(_CITY),
+        "plan": rng.choice(_PLAN),
+        "mrr": round(rng.uniform(10, 50_000), 2),
+        "updated_at": updated_at,
+    }
+
+
+def encode_event(rows: list[dict[str, object]], event_id: str, emitted_at: str) -> bytes:
+    return orjson.dumps(
+        {
+            "modelId": MODEL_ID,
+            "op": "upsert",
+            "rows": rows,
+            "eventId": event_id,
+            "emittedAt": emitted_at,
+        }
+    )
+
+
+def generate(total_rows: int, rows_per_event: int, first_id: int = 1, seed: int = 6) -> list[bytes]:
+    """`total_rows` rows with distinct ids from `first_id`, in events of `rows_per_event`."""
+    rng = random.Random(seed)
+    stamp = now_rfc3339()
+    events = []
+    for start in range(first_id, first_id + total_rows, rows_per_event):
+        stop = min(start + rows_per_event, first_id + total_rows)
+        rows = [make_row(i, rng, stamp) for i in range(start, stop)]
+        events.append(encode_event(rows, f"bench-{start}", stamp))
+    return events
+
+
+class LiveEvents:
+    """1-row events made at send time, with `emittedAt` (and the row's `updated_at`) = now,
+    and fresh ids, so every row is a new key."""
+
+    def __init__(self, first_id: int, seed: int = 7) -> None:
+        self.next_id = first_id
+        self._rng = random.Random(seed)
+
+    def __call__(self) -> bytes:
+        stamp = now_rfc3339()
+        row_id = self.next_id
+        self.next_id += 1
+        return encode_event([make_row(row_id, self._rng, stamp)], f"live-{row_id}", stamp)
+
+
+async def create_topics(names: list[str], partitions: int = 1) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
+        )
+    finally:
+        await admin.close()
+
+
+async def delete_topics(names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [n for n in names if n in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
+def producer() -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=KAFKA,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=1 << 20,
+        max_request_size=4 << 20,
+    )
+
+
+async def produce_all(topic: str, events: list[bytes]) -> float:
+    """Every event, acknowledged; returns the seconds it took."""
+    started = time.monotonic()
+    sender = producer()
+    await sender.start()
+    try:
+        pending = []
+        for value in events:
+            pending.append(await sender.send(topic, value, key=KEY))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await sender.stop()
+    return time.monotonic() - started
+
+
+class PacedProducer:
+    """Open loop: sends `rate` events a second whatever the consumer does, until stopped.
+    Falling behind (the machine is busy) is caught up at once, so the offered load holds."""
+
+    TICK = 0.002
+
+    def __init__(self, topic: str, make_event: Callable[[], bytes]) -> None:
+        self.topic = topic
+        self.make_event = make_event
+        self.sent = 0
+        self._sender = producer()
+
+    async def __aenter__(self) -> PacedProducer:
+        await self._sender.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._sender.stop()
+
+    async def run(self, rate: float, seconds: float, stop: asyncio.Event | None = None) -> float:
+        """Sends for `seconds` (or until `stop`); returns the achieved rate (events/s)."""
+        started = time.monotonic()
+        sent = 0
+        pending = []
+        while (elapsed := time.monotonic() - started) < seconds:
+            if stop is not None and stop.is_set():
+                break
+            due = int(rate * elapsed) + 1 - sent
+            for _ in range(due):
+                pending.append(await self._sender.send(self.topic, self.make_event(), key=KEY))
+            sent += max(0, due)
+            if len(pending) > 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            await asyncio.sleep(self.TICK)
+        await asyncio.gather(*pending)
+        self.sent += sent
+        return sent / max(time.monotonic() - started, 1e-9)

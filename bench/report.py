@@ -1,0 +1,198 @@
+"""What a run found, for machines (`results/<UTC timestamp>.json`) and for people
+(`results/latest.md`, printed too): every figure with its ratio to the run's own baseline and,
+where there is one, its target."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.settings import RESULTS, ROOT, TARGETS
+
+SCENARIOS = {
+    "S0": "baseline consumer",
+    "S1": "service, blackhole",
+    "S2": "service, all unchanged",
+    "S3": "service, webhook",
+    "S4": "service, PostgreSQL",
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    memory = 0
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory = int(line.split()[1]) * 1024
+    return {
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": memory,
+        "memory_gib": round(memory / (1 << 30), 1),
+        "kernel": platform.release(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def versions(postgres_server: str | None, code: dict[str, Any]) -> dict[str, Any]:
+    jars = sorted((ROOT / ".cache" / "kafka" / "lib").glob("kafka_2.13-*.jar"))
+    broker = jars[-1].stem.split("-", 1)[1] if jars else "unknown"
+    found = {"python": platform.python_version(), "kafka_broker": broker}
+    for package in ("aiokafka", "aiohttp", "aiosqlite", "asyncpg", "orjson", "pydantic"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    found["postgresql_server"] = postgres_server
+    found.update(code)
+    return found
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    """Each throughput figure over its shape's S0 (and S3 over S1)."""
+    for shape in results["shapes"].values():
+        rate = {k: v.get("rows_per_s") for k, v in shape.items() if isinstance(v, dict)}
+        ratios = {}
+        for name in ("S1", "S2", "S3", "S4"):
+            if rate.get(name) and rate.get("S0"):
+                ratios[f"{name}/S0"] = round(rate[name] / rate["S0"], 3)
+        if rate.get("S3") and rate.get("S1"):
+            ratios["S3/S1"] = round(rate["S3"] / rate["S1"], 3)
+        shape["ratios"] = ratios
+
+
+def evaluate(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    shapes = results["shapes"]
+
+    def ratio(shape: str, name: str) -> float | None:
+        return shapes.get(shape, {}).get("ratios", {}).get(name)
+
+    def rate(shape: str, name: str) -> float | None:
+        return shapes.get(shape, {}).get(name, {}).get("rows_per_s")
+
+    l1 = results.get("L1", {}).get("levels", [])
+    p99_at_half = next((lv["latency_ms"]["p99"] for lv in l1 if lv["load"] == 0.5), None)
+    m1 = results.get("M1", {})
+    values = {
+        "S1/S0@1": ratio("1r", "S1/S0"),
+        "S1/S0@100": ratio("100r", "S1/S0"),
+        "S2/S0@100": ratio("100r", "S2/S0"),
+        "S3/S1@1": ratio("1r", "S3/S1"),
+        "S3/S1@100": ratio("100r", "S3/S1"),
+        "S4@1": rate("1r", "S4"),
+        "S4@100": rate("100r", "S4"),
+        "L1p99@50%": p99_at_half,
+        "M1max": m1.get("rss_mib_max_during_stall"),
+        "M1growth": m1.get("rss_growth_during_stall"),
+    }
+    return {
+        key: {"target": target.description, "value": values[key], "met": target.met(values[key])}
+        for key, target in TARGETS.items()
+    }
+
+
+def _verdict(results: dict[str, Any], key: str) -> tuple[str, str]:
+    target = results["targets"][key]
+    met = target["met"]
+    return target["target"], "n/a" if met is None else ("met" if met else "**missed**")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0][:100].replace("|", "/")
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"# sync-service bench ({results['profile']['name']}, {results['finished_at']})",
+        "",
+        f"{results['machine']['cpu_model']}, {results['machine']['cores']} cores, "
+        f"{results['machine']['memory_gib']} GiB; Python {results['versions']['python']}, "
+        f"aiokafka {results['versions']['aiokafka']}, Kafka {results['versions']['kafka_broker']}"
+        f"; service/ of commit {str(results['versions']['git_commit'])[:10]}"
+        f" ({results['versions']['service_code']}"
+        f"{', with uncommitted changes' if results['versions']['git_dirty'] else ''}); "
+        f"{results['duration_s']:.0f} s. Rates are rows/s from consumer-group join to the "
+        "last row done; ratios are to S0 of the same run and shape.",
+        "",
+        "| scenario | events | rows | figure | ratio | target | |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for shape in results["shapes"].values():
+        n = shape["rows_per_event"]
+        for name, title in SCENARIOS.items():
+            if name not in shape:
+                continue
+            entry = shape[name]
+            target, verdict = _scenario_target(results, name, n)
+            if "rows_per_s" not in entry:
+                why = _first_line(entry.get("not_available") or entry.get("error", ""))
+                status = "not available" if "not_available" in entry else "failed"
+                lines.append(f"| {name} {title} | {n}-row | | {status} | | {target} | {why} |")
+                continue
+            over_s0 = 1.0 if name == "S0" else shape["ratios"].get(f"{name}/S0")
+            ratio = "n/a" if over_s0 is None else f"{over_s0:.2f} x S0"
+            if name == "S3" and "S3/S1" in shape["ratios"]:
+                ratio += f", {shape['ratios']['S3/S1']:.2f} x S1"
+            lines.append(
+                f"| {name} {title} | {n}-row | {entry['rows']:,} | {_n(entry['rows_per_s'])} rows/s"
+                f" | {ratio} | {target} | {verdict} |"
+            )
+    for level in results.get("L1", {}).get("levels", []):
+        lat = level["latency_ms"]
+        target, verdict = _verdict(results, "L1p99@50%") if level["load"] == 0.5 else ("", "")
+        lines.append(
+            f"| L1 freshness at {level['load']:.0%} | 1-row | {level['rows']:,} | "
+            f"p50 {_n(lat['p50'])} / p99 {_n(lat['p99'])} / max {_n(lat['max'])} ms | "
+            f"{level['load']:.2f} x S1 ({_n(level['produced_rows_per_s'])} rows/s) | "
+            f"{target} | {verdict} |"
+        )
+    if "error" in results.get("L1", {}):
+        lines.append(f"| L1 | | | failed | | | {_first_line(results['L1']['error'])} |")
+    m1 = results.get("M1", {})
+    if "rss_mib_max_during_stall" in m1:
+        target_max, verdict_max = _verdict(results, "M1max")
+        target_flat, verdict_flat = _verdict(results, "M1growth")
+        lines.append(
+            f"| M1 RSS in a {m1['stall_seconds']:.0f} s stall | 1-row | {m1['rows_produced']:,} | "
+            f"{m1['rss_mib_at_stall_start']:.0f} -> max {m1['rss_mib_max_during_stall']:.0f} MiB"
+            f" | {m1['rss_growth_during_stall']:.2f} x start | {target_max}; {target_flat} | "
+            f"{verdict_max}; {verdict_flat} |"
+        )
+        s0 = results["shapes"].get("1r", {}).get("S0", {}).get("rows_per_s")
+        ratio = f"{m1['catch_up_rows_per_s'] / s0:.2f} x S0" if s0 else ""
+        lines.append(
+            f"| M1 catch-up after the stall | 1-row | {m1['backlog_rows_at_recovery']:,.0f} | "
+            f"{_n(m1['catch_up_rows_per_s'])} rows/s | {ratio} | | |"
+        )
+    elif m1:
+        lines.append(f"| M1 | | | failed | | | {_first_line(str(m1.get('error', '')))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _scenario_target(results: dict[str, Any], name: str, n: int) -> tuple[str, str]:
+    key = {"S1": f"S1/S0@{n}", "S2": f"S2/S0@{n}", "S3": f"S3/S1@{n}", "S4": f"S4@{n}"}.get(name)
+    if key is None or key not in results["targets"]:
+        return "", ""
+    return _verdict(results, key)
+
+
+def write(results: dict[str, Any], stamp: str) -> tuple[Path, Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"{stamp}.json"
+    json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    md_path = RESULTS / "latest.md"
+    md_path.write_text(markdown(results))
+    return json_path, md_path

@@ -1,0 +1,114 @@
+"""S0 to S4 for one event shape: the same events, produced up front, read by the baseline
+consumer and by the service with each store and destination."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bench import baseline, postgres
+from bench.context import Bench, DestinationSpec
+from bench.events import generate, produce_all
+from bench.measure import Window, service_window
+
+log = logging.getLogger("bench")
+
+
+async def run_shape(bench: Bench, rows_per_event: int, only: set[str]) -> dict[str, Any]:
+    profile = bench.profile
+    rows = profile.rows_per_shape
+    shape = f"{rows_per_event}r"
+    events = generate(rows, rows_per_event)
+    first = await bench.topic(f"{shape}-a")
+    second = await bench.topic(f"{shape}-b")  # the same events again, for S2
+    result: dict[str, Any] = {
+        "rows_per_event": rows_per_event,
+        "events": len(events),
+        "rows": rows,
+        "mean_event_bytes": round(sum(map(len, events)) / len(events), 1),
+        "produce_seconds": [
+            round(await produce_all(first, events), 3),
+            round(await produce_all(second, events), 3),
+        ],
+    }
+    del events
+    log.info("%s: %d rows in %d events on %s and %s", shape, rows, result["events"], first, second)
+
+    async def attempt(name: str, scenario: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+        """Runs one scenario (given its process name); a failure leaves the others to run."""
+        if name not in only:
+            return
+        try:
+            result[name] = await scenario(f"{name}-{shape}")
+        except Exception as exc:
+            log.exception("%s %s failed", name, shape)
+            result[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            return
+        log.info("%s %s: %s rows/s", name, shape, result[name].get("rows_per_s"))
+
+    s1_store = bench.sqlite_url(f"s1-{shape}")
+    await attempt("S0", lambda _: _baseline(bench, first, rows))
+    await attempt("S1", lambda n: _service(bench, n, first, rows, s1_store, bench.blackhole()))
+    if "S1" in result and "error" not in result["S1"]:
+        # The same events again into S1's store: every row is synced already and unchanged.
+        await attempt(
+            "S2",
+            lambda n: _service(bench, n, second, rows, s1_store, bench.blackhole(), "unchanged"),
+        )
+    s3_store = bench.sqlite_url(f"s3-{shape}")
+    await attempt("S3", lambda n: _service(bench, n, first, rows, s3_store, bench.webhook()))
+    if "S4" in only:
+        reason = await asyncio.to_thread(bench.tree.postgres_missing)
+        reason = reason or await postgres.reachable()
+        if reason is not None:
+            result["S4"] = {"not_available": reason}
+        else:
+            await attempt("S4", lambda n: _postgres(bench, n, first, rows))
+    return result
+
+
+async def _baseline(bench: Bench, topic: str, rows: int) -> dict[str, Any]:
+    """S0, several times (it is every ratio's denominator): the run with the median rate."""
+    windows: list[Window] = []
+    for n in range(bench.profile.baseline_repeats):
+        group = f"{topic}-S0-{n}"
+        windows.append(await baseline.measure(topic, group, rows, bench.profile.fetch_max_records))
+    rates = [w.rows_per_second for w in windows]
+    median = windows[rates.index(statistics.median_low(rates))]
+    return {**median.figures(), "repeats_rows_per_s": [round(r, 1) for r in rates]}
+
+
+async def _service(
+    bench: Bench,
+    name: str,
+    topic: str,
+    rows: int,
+    database_url: str,
+    destination: DestinationSpec,
+    completion: str = "delivered",
+) -> dict[str, Any]:
+    if completion == "delivered":
+        metric = "sync_rows_delivered_total"
+        labels = {"destination_type": destination.type, "outcome": "delivered"}
+    else:
+        metric, labels = "sync_rows_unchanged_total", {}
+    timeout = 60 + rows / bench.profile.floor_rows_per_second
+    async with bench.service(
+        name, topic=topic, database_url=database_url, destination=destination
+    ) as service:
+
+        async def on_ready() -> None:
+            await bench.profiler.attach(service.pid, name)
+
+        window = await service_window(service, rows, metric, labels, timeout, on_ready)
+        window.details["completion"] = f"{metric}{labels or ''}"
+    return window.figures()
+
+
+async def _postgres(bench: Bench, name: str, topic: str, rows: int) -> dict[str, Any]:
+    """A fresh schema holds the service's tables and the destination table."""
+    async with postgres.Schema() as url:
+        return await _service(bench, name, topic, rows, url, bench.postgres(url))
