@@ -60,6 +60,19 @@ class SnapshotProgress:
     def __bool__(self) -> bool:
         return bool(self.keys or self.closed or self.rejected)
 
+    def snapshots(self) -> set[tuple[str, str]]:
+        found = {(sync_id, snap) for sync_id, snap, _ in self.keys}
+        found.update(self.closed)
+        return found
+
+    def without(self, done: set[tuple[str, str]]) -> SnapshotProgress:
+        """This progress less what concerns snapshots already closed (a replayed message)."""
+        return SnapshotProgress(
+            keys=[k for k in self.keys if (k[0], k[1]) not in done],
+            closed=[c for c in self.closed if c not in done],
+            rejected=self.rejected,
+        )
+
 
 @dataclass(slots=True)
 class PendingRow:

@@ -313,8 +313,13 @@ class PostgresStore(SqlReads):
                 pg(shared.STORE_REJECTED),
                 [(r.sync_id, r.reason, r.data, now) for r in snapshot.rejected],
             )
-        opened = {(sync_id, snap) for sync_id, snap, _ in snapshot.keys}
-        opened.update(snapshot.closed)
+        done = {
+            pair
+            for pair in snapshot.snapshots()
+            if await conn.fetchval(pg(shared.IS_CLOSED), *pair)
+        }
+        snapshot = snapshot.without(done)
+        opened = snapshot.snapshots()
         if opened:
             await conn.executemany(
                 pg(shared.OPEN_SNAPSHOT), [(s, n, now) for s, n in sorted(opened)]
@@ -338,8 +343,12 @@ class PostgresStore(SqlReads):
                     [None] * len(absent),
                     [None] * len(absent),
                 )
-            for statement in shared.FORGET_SNAPSHOT:
-                await conn.execute(pg(statement), sync_id, snap)
+            for statement, stamped in shared.CLOSE_SNAPSHOT:
+                params = (now, sync_id, snap) if stamped else (sync_id, snap)
+                await conn.execute(pg(statement), *params)
+        if snapshot.closed:
+            cutoff = now - shared.CLOSED_SNAPSHOT_RETENTION_SECONDS
+            await conn.execute(pg(shared.PRUNE_SNAPSHOTS), cutoff)
 
     async def claim_rejected(self, sync_id: str, run_id: str) -> int:
         async with self._tx() as conn:

@@ -53,6 +53,7 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         """CREATE TABLE sync_leases (
             sync_id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)""",
     ],
+    ["ALTER TABLE snapshots ADD COLUMN closed_at REAL"],
 ]
 
 # The same tables for PostgreSQL. Run ids and pending-row `seq` come from sequences, so
@@ -117,4 +118,5 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
         """CREATE TABLE sync_leases (
             sync_id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
     ],
+    ["ALTER TABLE snapshots ADD COLUMN closed_at DOUBLE PRECISION"],
 ]

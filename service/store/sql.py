@@ -91,11 +91,21 @@ WHERE NOT EXISTS (
   SELECT 1 FROM snapshot_keys k WHERE k.sync_id = ? AND k.snapshot_id = ? AND k.key = present.key
 )
 """
-FORGET_SNAPSHOT = (
-    "DELETE FROM snapshot_keys WHERE sync_id = ? AND snapshot_id = ?",
-    "DELETE FROM snapshots WHERE sync_id = ? AND snapshot_id = ?",
+#: Closing forgets the keys but keeps the snapshot, marked closed, for a month: a closing
+#: message read again after a crash must not reopen it with only its own keys.
+CLOSE_SNAPSHOT = (
+    ("DELETE FROM snapshot_keys WHERE sync_id = ? AND snapshot_id = ?", False),
+    ("UPDATE snapshots SET closed_at = ? WHERE sync_id = ? AND snapshot_id = ?", True),
 )
-OPEN_SNAPSHOTS = "SELECT sync_id, snapshot_id, opened_at FROM snapshots ORDER BY opened_at"
+PRUNE_SNAPSHOTS = "DELETE FROM snapshots WHERE closed_at < ?"
+CLOSED_SNAPSHOT_RETENTION_SECONDS = 30 * 86400
+IS_CLOSED = (
+    "SELECT 1 FROM snapshots WHERE sync_id = ? AND snapshot_id = ? AND closed_at IS NOT NULL"
+)
+OPEN_SNAPSHOTS = (
+    "SELECT sync_id, snapshot_id, opened_at FROM snapshots WHERE closed_at IS NULL "
+    "ORDER BY opened_at"
+)
 
 STORE_REJECTED = "INSERT INTO rejected_rows (sync_id, reason, data, created_at) VALUES (?, ?, ?, ?)"
 CLAIM_REJECTED = "UPDATE rejected_rows SET run_id = ? WHERE sync_id = ? AND run_id IS NULL"

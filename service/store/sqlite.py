@@ -248,8 +248,13 @@ class SqliteStore(SqlReads):
                 shared.STORE_REJECTED,
                 [(r.sync_id, r.reason, r.data, now) for r in snapshot.rejected],
             )
-        opened = {(sync_id, snap) for sync_id, snap, _ in snapshot.keys}
-        opened.update(snapshot.closed)
+        done = set()
+        for pair in snapshot.snapshots():
+            async with db.execute(shared.IS_CLOSED, pair) as cur:
+                if await cur.fetchone():
+                    done.add(pair)
+        snapshot = snapshot.without(done)
+        opened = snapshot.snapshots()
         await db.executemany(shared.OPEN_SNAPSHOT, [(s, n, now) for s, n in sorted(opened)])
         await db.executemany(shared.SNAPSHOT_KEY, snapshot.keys)
         for sync_id, snap in snapshot.closed:
@@ -263,8 +268,11 @@ class SqliteStore(SqlReads):
             ]
             seq += len(deletes)
             await db.executemany(_UPSERT_PENDING, deletes)
-            for statement in shared.FORGET_SNAPSHOT:
-                await db.execute(statement, (sync_id, snap))
+            for statement, stamped in shared.CLOSE_SNAPSHOT:
+                await db.execute(statement, (now, sync_id, snap) if stamped else (sync_id, snap))
+        if snapshot.closed:
+            cutoff = now - shared.CLOSED_SNAPSHOT_RETENTION_SECONDS
+            await db.execute(shared.PRUNE_SNAPSHOTS, (cutoff,))
         return seq
 
     async def claim_rejected(self, sync_id: str, run_id: str) -> int:

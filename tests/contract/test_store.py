@@ -556,6 +556,25 @@ async def test_closing_a_snapshot_plans_absent_keys_as_removed(store: Store) -> 
     assert await store.open_snapshots() == []
 
 
+async def test_a_closing_message_read_again_does_not_reopen_its_snapshot(store: Store) -> None:
+    await catalog(store)
+    await store.write_pending([pending(k) for k in ("a", "b")])
+    rows = await store.pending_page("1", 0, 10**9, 10)
+    await store.record_outcomes("1", RowOutcomes(delivered=[delivered(r) for r in rows]), 1.0)
+    await store.write_pending([pending("a")], SnapshotProgress(keys=[("1", "s1", "a")]))
+    last = SnapshotProgress(keys=[("1", "s1", "b")], closed=[("1", "s1")])
+    await store.write_pending([pending("b")], last)
+    assert {r.op for r in await store.pending_page("1", 0, 10**9, 10)} == {"upsert"}
+    # After a crash the last message comes again: it must not count as a snapshot of "b" only.
+    again = SnapshotProgress(keys=[("1", "s1", "b")], closed=[("1", "s1")])
+    await store.write_pending([pending("b")], again)
+    assert {r.key: r.op for r in await store.pending_page("1", 0, 10**9, 10)} == {
+        "a": "upsert",
+        "b": "upsert",
+    }
+    assert await store.open_snapshots() == []
+
+
 async def test_an_unclosed_snapshot_removes_nothing(store: Store) -> None:
     await catalog(store)
     await store.write_pending([pending("a"), pending("b")])
