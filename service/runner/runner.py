@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 DestinationFactory = Callable[[Destination], DestinationWriter]
 
+#: A continuous run ends after this long without new rows (or at the end of its window).
+RUN_IDLE_SECONDS = 1.0
+_IDLE_POLL_SECONDS = 0.02
+
 
 class _RunAborted(Exception):
     """A fatal destination error ended the run; its rows are already recorded as failed."""
@@ -170,17 +174,11 @@ class SyncRunner:
             if not page:
                 while batch := batcher.drain(force=True):
                     await sending.dispatch(batch)
-                if (
-                    request.window
-                    and self._clock.monotonic() < deadline
-                    and not request.should_stop()
-                ):
-                    await self._clock.sleep(request.linger)
-                    newest = await self._store.max_pending_seq(sync.id)
-                    if newest > upto:
-                        upto = newest
-                        continue
-                return
+                newest = await self._more_rows(sync.id, upto, request, deadline)
+                if newest is None:
+                    return
+                upto = newest
+                continue
             cursor = page[-1].seq
             run.query_size += len(page)
             synced = await self._store.synced_rows(sync.id, [r.key for r in page])
@@ -211,6 +209,25 @@ class SyncRunner:
             batcher.add(plan.changes)
             while batch := batcher.drain():
                 await sending.dispatch(batch)
+
+    async def _more_rows(
+        self, sync_id: str, upto: int, request: RunRequest, deadline: float
+    ) -> int | None:
+        """In a continuous run's window: wait for rows newer than `upto` and return the newest
+        seq, or None once the sync stayed idle for `RUN_IDLE_SECONDS` (or the window ended),
+        so one run record covers a stream of small sends instead of one run each."""
+        if not request.window:
+            return None
+        idle_since = self._clock.monotonic()
+        step = max(request.linger, _IDLE_POLL_SECONDS)  # lingerMs still gathers a burst
+        while self._clock.monotonic() < deadline and not request.should_stop():
+            await self._clock.sleep(step)
+            newest = await self._store.max_pending_seq(sync_id)
+            if newest > upto:
+                return newest
+            if self._clock.monotonic() - idle_since >= RUN_IDLE_SECONDS:
+                return None
+        return None
 
     async def _deliver(
         self, sync: Sync, run: SyncRun, delivery: Delivery, rows: list[RowChange], n: int
