@@ -116,7 +116,7 @@ async def bench(
     finally:
         if bench is not None:
             await delete_topics(bench.topics)
-    shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["duration_s"] = round(time.time() - started, 1)
     report.add_ratios(results)

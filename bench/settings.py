@@ -4,7 +4,7 @@ targets each figure is held against."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class Profile:
     memory_retry_max_seconds: float = 2.0
     #: Give up on a throughput scenario when it runs slower than this many rows/s.
     floor_rows_per_second: float = 500.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
