@@ -12,6 +12,26 @@ from aiohttp import web
 
 Reply = tuple[int, dict[str, Any] | None, dict[str, str]]
 
+#: The fourteen fields of Hightouch's Sync, camelCase, as the API returns them.
+SYNC_FIELDS = frozenset(
+    {
+        "configuration",
+        "createdAt",
+        "destinationId",
+        "disabled",
+        "id",
+        "lastRunAt",
+        "modelId",
+        "primaryKey",
+        "referencedColumns",
+        "schedule",
+        "slug",
+        "status",
+        "updatedAt",
+        "workspaceId",
+    }
+)
+
 
 @dataclass
 class Received:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.api.conftest import DBT_SECRET, Service
-from tests.support import Receiver, wait_for
+from tests.support import SYNC_FIELDS, Receiver, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -68,22 +68,7 @@ async def test_create_sync_fills_server_fields(service: Service, receiver: Recei
     assert sync["status"] == "pending"
     assert sync["workspaceId"] == "1"
     assert sync["lastRunAt"] is None
-    assert set(sync) == {
-        "configuration",
-        "createdAt",
-        "destinationId",
-        "disabled",
-        "id",
-        "lastRunAt",
-        "modelId",
-        "primaryKey",
-        "referencedColumns",
-        "schedule",
-        "slug",
-        "status",
-        "updatedAt",
-        "workspaceId",
-    }
+    assert set(sync) == SYNC_FIELDS
 
 
 async def test_lists_filter_order_and_page(service: Service, receiver: Receiver) -> None:

@@ -21,6 +21,7 @@ from service.core.models import (
     VisualSchedule,
     referenced_columns,
 )
+from tests.support import SYNC_FIELDS
 
 SCHEDULE = TypeAdapter(SyncSchedule)
 
@@ -79,22 +80,7 @@ def make_sync(**overrides: Any) -> Sync:
 
 
 def test_sync_serializes_exactly_the_fourteen_hightouch_fields() -> None:
-    assert set(make_sync().to_json_dict()) == {
-        "configuration",
-        "createdAt",
-        "destinationId",
-        "disabled",
-        "id",
-        "lastRunAt",
-        "modelId",
-        "primaryKey",
-        "referencedColumns",
-        "schedule",
-        "slug",
-        "status",
-        "updatedAt",
-        "workspaceId",
-    }
+    assert set(make_sync().to_json_dict()) == SYNC_FIELDS
 
 
 def test_sync_serializes_values_in_camel_case_json() -> None:
