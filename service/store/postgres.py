@@ -30,7 +30,7 @@ from service.core.rows import (
 )
 from service.store import sql as shared
 from service.store.base import TABLES, CatalogItem, Conflict, T
-from service.store.pgconnect import create_pool, mask_url, scrub
+from service.store.pgconnect import create_pool, mask_url
 from service.store.reads import SqlReads
 from service.store.schema import POSTGRES_MIGRATIONS
 
@@ -114,9 +114,6 @@ class PostgresStore(SqlReads):
 
     def __repr__(self) -> str:
         return f"PostgresStore({mask_url(self._url)!r})"
-
-    def _scrub(self, text: str) -> str:
-        return scrub(self._url, text)
 
     # lifecycle -------------------------------------------------------------------------
 

@@ -134,15 +134,12 @@ class SqliteStore(SqlReads):
             await db.execute("COMMIT")
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return await self._fetchall(sql, params)
-
-    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._lock, self._conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
     async def ping(self) -> bool:
         try:
-            await self._fetchall("SELECT 1")
+            await self._rows("SELECT 1")
         except Exception:
             return False
         return True
@@ -302,7 +299,7 @@ class SqliteStore(SqlReads):
         found: dict[str, SyncedRow] = {}
         for start in range(0, len(keys), _IN_CHUNK):
             chunk = keys[start : start + _IN_CHUNK]
-            rows = await self._fetchall(
+            rows = await self._rows(
                 "SELECT key, row_hash, data FROM synced_rows WHERE sync_id = ? "
                 f"AND key IN ({', '.join('?' * len(chunk))})",
                 (sync_id, *chunk),
