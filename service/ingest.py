@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class IngestResult:
+    #: Syncs with something new to run: pending rows, a closed snapshot, rejected rows.
     sync_ids: set[str] = field(default_factory=set)
     rows: int = 0
+    #: Rows the destinations hold already, left out of the store.
+    unchanged: int = 0
     rejected: int = 0
     unrouted_events: int = 0
 
@@ -147,17 +150,25 @@ class Ingest:
         for part in segments(events):
             snapshot = SnapshotProgress()
             writes, found = project_events(part, routes, snapshot)
+            kept = 0
             if writes or snapshot:
                 with self._metrics.store_transaction_seconds.time():
-                    await self._store.write_pending(writes, snapshot)
-            result.sync_ids |= found.sync_ids
+                    kept = await self._store.write_pending(writes, snapshot)
+            if kept:
+                result.sync_ids |= found.sync_ids
+            else:  # every row unchanged: only snapshots and rejected rows need a run
+                result.sync_ids.update(sync_id for sync_id, _ in snapshot.closed)
+                result.sync_ids.update(r.sync_id for r in snapshot.rejected)
             result.rows += found.rows
+            result.unchanged += len(writes) - kept
             result.rejected += found.rejected
             result.unrouted_events += found.unrouted_events
             if snapshot.closed:
                 log.info("snapshots closed: %s", ", ".join(f"{s}/{n}" for s, n in snapshot.closed))
         if result.rows:
             self._metrics.rows_ingested.inc(result.rows)
+        if result.unchanged:
+            self._metrics.rows_unchanged.inc(result.unchanged)
         if result.rejected:
             self._metrics.rows_rejected.labels("missing_key").inc(result.rejected)
             log.warning("rejected %d rows without a primary key value", result.rejected)

@@ -46,14 +46,16 @@ class Metrics:
             registry=r,
         )
         self.rows_ingested = Counter(
-            "sync_rows_ingested", "Rows written to the store as pending.", registry=r
+            "sync_rows_ingested",
+            "Rows from events routed to syncs (newest per key and batch).",
+            registry=r,
         )
         self.rows_planned = Counter(
             "sync_rows_planned", "Rows planned for sending, by operation.", ["op"], registry=r
         )
         self.rows_unchanged = Counter(
             "sync_rows_unchanged",
-            "Pending rows dropped because the destination already has them.",
+            "Rows left unsent because the destination already holds them (at ingest or planning).",
             registry=r,
         )
         self.rows_delivered = Counter(

@@ -76,7 +76,8 @@ class SnapshotProgress:
 
 @dataclass(slots=True)
 class PendingRow:
-    """A row waiting to be sent; `seq` tells versions of the same key apart."""
+    """A row waiting to be sent; `seq` tells versions of the same key apart. A page read for a
+    run also carries what the destination holds for the key (`synced_*`, None if nothing)."""
 
     key: str
     seq: int
@@ -87,15 +88,20 @@ class PendingRow:
     attempts: int = 0
     error: str | None = None
     last_attempt_at: float | None = None
+    synced_hash: bytes | None = None
+    #: For a delete: the source columns last sent, or (rows synced by old versions) the payload.
+    synced_source: bytes | None = None
+    synced_payload: bytes | None = None
 
 
 @dataclass(slots=True)
 class SyncedRow:
-    """What the destination holds for a key: the hash of its source columns and the data sent."""
+    """What the destination holds for a key: the hash of its source columns and those columns
+    (None only for rows synced by old versions, which kept the payload sent instead)."""
 
     key: str
     row_hash: bytes
-    data: bytes
+    source: bytes | None
 
 
 @dataclass(slots=True)
@@ -108,7 +114,8 @@ class RowChange:
     seq: int
     row_hash: bytes | None = None  # None for removed rows
     emitted_at: float | None = None
-    #: The projected source row, kept with the synced row so a full resync can send it again.
+    #: The projected source row, kept with the synced row: a full resync sends it again, and a
+    #: removal maps it to the payload it sends.
     source: bytes | None = None
 
     def payload(self) -> dict[str, Any]:

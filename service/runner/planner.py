@@ -1,14 +1,14 @@
-"""plan_changes: pending rows against the rows last sent -> what to send, drop or reject."""
+"""plan_changes: pending rows against what the destination holds -> send, drop or reject."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from service.core.models import SyncMode
-from service.core.rows import ChangeOp, PendingRow, RowChange, RowFailure, SyncedRow
+from service.core.rows import ChangeOp, PendingRow, RowChange, RowFailure
 from service.runner.mapping import MappingError, RowMapper
 
 MODE_OPS: dict[SyncMode, frozenset[ChangeOp]] = {
@@ -29,36 +29,39 @@ class Plan:
 
 def plan_changes(
     pending: list[PendingRow],
-    synced: Mapping[str, SyncedRow],
     mode: SyncMode,
     mapper: RowMapper,
     *,
     full_resync: bool = False,
 ) -> Plan:
-    """Classify each pending row as added, changed or removed against `synced`.
+    """Classify each pending row as added, changed or removed against what the destination
+    holds for its key (the page's `synced_hash`).
 
     A row whose source-column hash equals the one last sent is unchanged and dropped. Rows the
     mode does not send are dropped too, leaving what the destination holds on record as it was.
-    With `full_resync`, unchanged rows are sent too (as changed).
+    With `full_resync`, unchanged rows are sent too (as changed). A removal sends the row last
+    sent, mapped again from its source columns.
     """
     allowed = MODE_OPS[mode]
     plan = Plan()
     changes, dropped = plan.changes, plan.dropped
+    loads = orjson.loads
     for row in pending:
-        previous = synced.get(row.key)
+        held = row.synced_hash
         if row.op == "delete":
-            if previous is None or "removed" not in allowed:
+            if held is None or "removed" not in allowed:
                 dropped.append((row.key, row.seq))
                 continue
-            changes.append(
-                RowChange(
-                    "removed", row.key, orjson.loads(previous.data), row.seq, None, row.emitted_at
-                )
-            )
+            try:
+                data = _removed_payload(row, mapper)
+            except MappingError as exc:
+                plan.rejected.append(RowFailure(row.key, row.seq, "removed", str(exc)))
+                continue
+            changes.append(RowChange("removed", row.key, data, row.seq, None, row.emitted_at))
             continue
-        if previous is None:
+        if held is None:
             op: ChangeOp = "added"
-        elif previous.row_hash != row.row_hash or full_resync:
+        elif held != row.row_hash or full_resync:
             op = "changed"  # a full resync sends unchanged rows too; the mode still applies
         else:
             dropped.append((row.key, row.seq))
@@ -67,7 +70,7 @@ def plan_changes(
             dropped.append((row.key, row.seq))
             continue
         try:
-            data = mapper(orjson.loads(row.data or b"{}"))
+            data = mapper(loads(row.data or b"{}"))
         except MappingError as exc:
             plan.rejected.append(RowFailure(row.key, row.seq, op, str(exc)))
             continue
@@ -75,3 +78,9 @@ def plan_changes(
             RowChange(op, row.key, data, row.seq, row.row_hash, row.emitted_at, row.data)
         )
     return plan
+
+
+def _removed_payload(row: PendingRow, mapper: RowMapper) -> dict[str, Any]:
+    if row.synced_source is not None:
+        return mapper(orjson.loads(row.synced_source))
+    return orjson.loads(row.synced_payload or b"{}")  # synced before sources were kept

@@ -181,8 +181,7 @@ class SyncRunner:
                 continue
             cursor = page[-1].seq
             run.query_size += len(page)
-            synced = await self._store.synced_rows(sync.id, [r.key for r in page])
-            plan = plan_changes(page, synced, mode, mapper, full_resync=request.full_resync)
+            plan = plan_changes(page, mode, mapper, full_resync=request.full_resync)
             if request.reset_cdc:
                 # What is pending becomes what the destination is taken to hold; nothing is sent.
                 await self._store.record_outcomes(

@@ -133,12 +133,15 @@ class Store(ABC):
     @abstractmethod
     async def write_pending(
         self, rows: Sequence[PendingWrite], snapshot: SnapshotProgress | None = None
-    ) -> None:
+    ) -> int:
         """Keep `rows` as the newest pending version of each (sync, key); one transaction.
-        Each row gets a `seq` greater than any before it. With `snapshot`, also remember the
-        keys seen in open snapshots, then close the snapshots named: every key synced or
-        pending for that sync but absent from the snapshot becomes a pending delete. The
-        snapshot's `rejected` rows are stored too."""
+        Each row gets a `seq` greater than any before it. A row the destination already holds
+        (an upsert whose hash is the synced one, a delete of a key never synced) is left out
+        unless an older version of it is pending, so unchanged rows cost no write. With
+        `snapshot`, also remember the keys seen in open snapshots, then close the snapshots
+        named: every key synced or pending for that sync but absent from the snapshot becomes
+        a pending delete. The snapshot's `rejected` rows are stored too. Returns how many of
+        `rows` were kept."""
 
     @abstractmethod
     async def claim_rejected(self, sync_id: str, run_id: str) -> int:
@@ -182,10 +185,12 @@ class Store(ABC):
     async def pending_page(
         self, sync_id: str, after_seq: int, upto_seq: int, limit: int
     ) -> list[PendingRow]:
-        """Pending rows with after_seq < seq <= upto_seq, in seq order."""
+        """Pending rows with after_seq < seq <= upto_seq, in seq order, each with what the
+        destination holds for its key (`synced_hash`; for deletes the source last sent)."""
 
     @abstractmethod
-    async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]: ...
+    async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]:
+        """What the destination holds for these keys (those it holds)."""
 
     @abstractmethod
     async def record_outcomes(self, sync_id: str, outcomes: RowOutcomes, now: float) -> None:

@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from service.core.models import Destination, Model, Source, Sync, SyncRun, SyncStatus
 from service.core.rows import (
@@ -63,15 +62,27 @@ ON CONFLICT (sync_id, key) DO UPDATE SET
   row_hash = excluded.row_hash, emitted_at = excluded.emitted_at,
   attempts = 0, error = NULL, last_attempt_at = NULL
 """
+#: The same, for rows from events: left out when the destination holds that version already
+#: and no older version is pending (see Store.write_pending).
+_UPSERT_CHANGED = _UPSERT_PENDING.replace(
+    "ORDER BY t.n",
+    """WHERE EXISTS (SELECT 1 FROM pending_rows p WHERE p.sync_id = t.sync_id AND p.key = t.key)
+  OR CASE WHEN t.op = 'delete'
+    THEN EXISTS (SELECT 1 FROM synced_rows s WHERE s.sync_id = t.sync_id AND s.key = t.key)
+    ELSE NOT EXISTS (SELECT 1 FROM synced_rows s
+      WHERE s.sync_id = t.sync_id AND s.key = t.key AND s.row_hash = t.row_hash)
+  END
+ORDER BY t.n""",
+)
 # `seq = nextval(...)` on conflict rather than excluded.seq: a writer that waited for another
 # replica's lock on the row still ends with a seq above the one that replica committed.
 
 _UPSERT_SYNCED = """
-INSERT INTO synced_rows (sync_id, key, row_hash, data, source)
-SELECT $1, t.key, t.row_hash, t.data, t.source
-FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::bytea[]) AS t(key, row_hash, data, source)
+INSERT INTO synced_rows (sync_id, key, row_hash, source)
+SELECT $1, t.key, t.row_hash, t.source
+FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS t(key, row_hash, source)
 ON CONFLICT (sync_id, key) DO UPDATE SET
-  row_hash = excluded.row_hash, data = excluded.data, source = excluded.source
+  row_hash = excluded.row_hash, data = NULL, source = excluded.source
 """
 
 _DELETE_SYNCED = "DELETE FROM synced_rows WHERE sync_id = $1 AND key = ANY($2::text[])"
@@ -92,6 +103,11 @@ WHERE p.sync_id = $1 AND p.key = f.key AND p.seq = f.seq
 _BUMP_CATALOG = "UPDATE meta SET value = value + 1 WHERE name = 'catalog_version'"
 
 _PLACEHOLDER = re.compile(r"\?")
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as `INSERT 0 12` or `UPDATE 3`."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 @functools.lru_cache(maxsize=256)
@@ -281,9 +297,10 @@ class PostgresStore(SqlReads):
 
     async def write_pending(
         self, rows: Sequence[PendingWrite], snapshot: SnapshotProgress | None = None
-    ) -> None:
+    ) -> int:
         if not rows and not snapshot:
-            return
+            return 0
+        kept = 0
         latest: dict[tuple[str, str], PendingWrite] = {}
         for row in rows:
             latest.pop((row.sync_id, row.key), None)  # re-inserted last: seq follows the order
@@ -291,8 +308,8 @@ class PostgresStore(SqlReads):
         batch = list(latest.values())
         async with self._tx() as conn:
             if batch:
-                await conn.execute(
-                    _UPSERT_PENDING,
+                status = await conn.execute(
+                    _UPSERT_CHANGED,
                     [r.sync_id for r in batch],
                     [r.key for r in batch],
                     [r.op for r in batch],
@@ -300,8 +317,10 @@ class PostgresStore(SqlReads):
                     [r.row_hash for r in batch],
                     [r.emitted_at for r in batch],
                 )
+                kept = _count(status)
             if snapshot:
                 await self._snapshot(conn, snapshot)
+        return kept
 
     async def _snapshot(self, conn: asyncpg.Connection, snapshot: SnapshotProgress) -> None:
         now = time.time()
@@ -353,7 +372,7 @@ class PostgresStore(SqlReads):
             await conn.execute(
                 pg(shared.PRUNE_REJECTED), time.time() - shared.REJECTED_RETENTION_SECONDS
             )
-        return int(status.rsplit(" ", 1)[-1])
+        return _count(status)
 
     async def requeue_synced(self, sync_id: str) -> int:
         status = await self._pool.execute(
@@ -363,18 +382,18 @@ class PostgresStore(SqlReads):
             "ON CONFLICT (sync_id, key) DO NOTHING",
             sync_id,
         )
-        return int(status.rsplit(" ", 1)[-1])
+        return _count(status)
 
     async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]:
         if not keys:
             return {}
         rows = await self._fetch(
-            "SELECT key, row_hash, data FROM synced_rows WHERE sync_id = $1 "
+            "SELECT key, row_hash, source FROM synced_rows WHERE sync_id = $1 "
             "AND key = ANY($2::text[])",
             sync_id,
             list(keys),
         )
-        return {key: SyncedRow(key, row_hash, data) for key, row_hash, data in rows}
+        return {key: SyncedRow(key, row_hash, source) for key, row_hash, source in rows}
 
     async def record_outcomes(self, sync_id: str, outcomes: RowOutcomes, now: float) -> None:
         if not outcomes:
@@ -390,7 +409,6 @@ class PostgresStore(SqlReads):
                     sync_id,
                     list(kept),
                     [r.row_hash for r in kept.values()],
-                    [orjson.dumps(r.data) for r in kept.values()],
                     [r.source for r in kept.values()],
                 )
             if removed:
@@ -416,7 +434,7 @@ class PostgresStore(SqlReads):
         status = await self._pool.execute(
             pg(shared.ACQUIRE_LEASE), sync_id, owner, now + seconds, now
         )
-        return status.rsplit(" ", 1)[-1] != "0"
+        return _count(status) > 0
 
     async def release_lease(self, sync_id: str, owner: str) -> None:
         await self._pool.execute(pg(shared.RELEASE_LEASE), sync_id, owner)

@@ -58,11 +58,7 @@ class SqlReads(Store):
     async def pending_page(
         self, sync_id: str, after_seq: int, upto_seq: int, limit: int
     ) -> list[PendingRow]:
-        rows = await self._rows(
-            "SELECT key, seq, op, data, row_hash, emitted_at, attempts, error FROM pending_rows "
-            "WHERE sync_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-            (sync_id, after_seq, upto_seq, limit),
-        )
+        rows = await self._rows(shared.PENDING_PAGE, (sync_id, after_seq, upto_seq, limit))
         return [PendingRow(*r) for r in rows]
 
     async def list_rejected(

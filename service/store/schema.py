@@ -54,6 +54,16 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             sync_id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)""",
     ],
     ["ALTER TABLE snapshots ADD COLUMN closed_at REAL"],
+    # A synced row keeps its source columns (`source`); `data`, the payload as once sent, is
+    # only read for rows synced before `source` existed, so new rows leave it NULL.
+    [
+        """CREATE TABLE synced_rows_v7 (
+            sync_id TEXT NOT NULL, key TEXT NOT NULL, row_hash BLOB NOT NULL, data BLOB,
+            source BLOB, PRIMARY KEY (sync_id, key)) WITHOUT ROWID""",
+        "INSERT INTO synced_rows_v7 SELECT sync_id, key, row_hash, data, source FROM synced_rows",
+        "DROP TABLE synced_rows",
+        "ALTER TABLE synced_rows_v7 RENAME TO synced_rows",
+    ],
 ]
 
 # The same tables for PostgreSQL. Run ids and pending-row `seq` come from sequences, so
@@ -119,4 +129,5 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             sync_id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
     ],
     ["ALTER TABLE snapshots ADD COLUMN closed_at DOUBLE PRECISION"],
+    ["ALTER TABLE synced_rows ALTER COLUMN data DROP NOT NULL"],
 ]

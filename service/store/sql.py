@@ -124,6 +124,19 @@ WHERE sync_leases.owner = excluded.owner OR sync_leases.expires_at < ?
 """
 RELEASE_LEASE = "DELETE FROM sync_leases WHERE sync_id = ? AND owner = ?"
 
+#: A run's page of pending rows in seq order, each with what the destination holds for its key
+#: (PendingRow's fields in order); a removal needs the source (or old payload) last sent.
+PENDING_PAGE = """
+SELECT p.key, p.seq, p.op, p.data, p.row_hash, p.emitted_at, p.attempts, p.error,
+  p.last_attempt_at, s.row_hash,
+  CASE WHEN p.op = 'delete' THEN s.source END,
+  CASE WHEN p.op = 'delete' AND s.source IS NULL THEN s.data END
+FROM pending_rows p
+LEFT JOIN synced_rows s ON s.sync_id = p.sync_id AND s.key = p.key
+WHERE p.sync_id = ? AND p.seq > ? AND p.seq <= ?
+ORDER BY p.seq LIMIT ?
+"""
+
 FAILED_COUNTS = (
     "SELECT sync_id, COUNT(*) FROM pending_rows WHERE error IS NOT NULL GROUP BY sync_id"
 )

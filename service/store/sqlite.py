@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import orjson
 
 from service.core.models import Sync, SyncRun, SyncStatus
 from service.core.rows import (
@@ -36,6 +35,22 @@ ON CONFLICT (sync_id, key) DO UPDATE SET
   emitted_at = excluded.emitted_at, attempts = 0, error = NULL, last_attempt_at = NULL
 """
 
+
+#: The same, for rows from events: left out when the destination holds that version already
+#: and no older version is pending (see Store.write_pending).
+_UPSERT_CHANGED = """
+INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash, emitted_at)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
+WHERE EXISTS (SELECT 1 FROM pending_rows p WHERE p.sync_id = ?1 AND p.key = ?2)
+  OR CASE WHEN ?4 = 'delete'
+    THEN EXISTS (SELECT 1 FROM synced_rows s WHERE s.sync_id = ?1 AND s.key = ?2)
+    ELSE NOT EXISTS (
+      SELECT 1 FROM synced_rows s WHERE s.sync_id = ?1 AND s.key = ?2 AND s.row_hash = ?6)
+  END
+ON CONFLICT (sync_id, key) DO UPDATE SET
+  seq = excluded.seq, op = excluded.op, data = excluded.data, row_hash = excluded.row_hash,
+  emitted_at = excluded.emitted_at, attempts = 0, error = NULL, last_attempt_at = NULL
+"""
 
 _SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
 
@@ -218,9 +233,10 @@ class SqliteStore(SqlReads):
 
     async def write_pending(
         self, rows: Sequence[PendingWrite], snapshot: SnapshotProgress | None = None
-    ) -> None:
+    ) -> int:
         if not rows and not snapshot:
-            return
+            return 0
+        kept = 0
         async with self._tx() as db:
             seq = self._seq
             params = [
@@ -229,12 +245,14 @@ class SqliteStore(SqlReads):
             ]
             seq += len(rows)
             if params:
-                await db.executemany(_UPSERT_PENDING, params)
+                cur = await db.executemany(_UPSERT_CHANGED, params)
+                kept = max(cur.rowcount, 0)
             if snapshot:
                 seq = await self._snapshot(db, snapshot, seq)
             await db.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
             # Only advance once the transaction is certain to commit.
             self._seq = seq
+        return kept
 
     async def _snapshot(
         self, db: aiosqlite.Connection, snapshot: SnapshotProgress, seq: int
@@ -300,12 +318,12 @@ class SqliteStore(SqlReads):
         for start in range(0, len(keys), _IN_CHUNK):
             chunk = keys[start : start + _IN_CHUNK]
             rows = await self._rows(
-                "SELECT key, row_hash, data FROM synced_rows WHERE sync_id = ? "
+                "SELECT key, row_hash, source FROM synced_rows WHERE sync_id = ? "
                 f"AND key IN ({', '.join('?' * len(chunk))})",
                 (sync_id, *chunk),
             )
-            for key, row_hash, data in rows:
-                found[key] = SyncedRow(key, row_hash, data)
+            for key, row_hash, source in rows:
+                found[key] = SyncedRow(key, row_hash, source)
         return found
 
     async def record_outcomes(self, sync_id: str, outcomes: RowOutcomes, now: float) -> None:
@@ -317,10 +335,10 @@ class SqliteStore(SqlReads):
         async with self._tx() as db:
             if kept:
                 await db.executemany(
-                    "INSERT INTO synced_rows (sync_id, key, row_hash, data, source) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sync_id, key) DO UPDATE SET "
-                    "row_hash = excluded.row_hash, data = excluded.data, source = excluded.source",
-                    [(sync_id, r.key, r.row_hash, orjson.dumps(r.data), r.source) for r in kept],
+                    "INSERT INTO synced_rows (sync_id, key, row_hash, source) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (sync_id, key) DO UPDATE SET "
+                    "row_hash = excluded.row_hash, data = NULL, source = excluded.source",
+                    [(sync_id, r.key, r.row_hash, r.source) for r in kept],
                 )
             if removed:
                 await db.executemany(

@@ -381,6 +381,49 @@ async def test_write_pending_keeps_the_newest_version_per_key(store: Store) -> N
     await store.write_pending([])
 
 
+async def test_rows_the_destination_holds_are_not_kept(store: Store) -> None:
+    await catalog(store)
+    await store.write_pending([pending("same"), pending("old"), pending("gone")])
+    rows = await store.pending_page("1", 0, 10**9, 10)
+    assert (
+        await store.record_outcomes("1", RowOutcomes(delivered=[delivered(r) for r in rows]), 1.0)
+        is None
+    )
+
+    kept = await store.write_pending(
+        [
+            pending("same"),  # the version synced: nothing to do
+            pending("old", {"id": "old", "v": 2}),  # changed
+            PendingWrite("1", "never", "delete", None, None, None),  # nothing to remove
+            PendingWrite("1", "gone", "delete", None, None, None),  # synced: remove it
+            pending("new"),
+        ]
+    )
+    assert kept == 3
+    page = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
+    assert {k: r.op for k, r in page.items()} == {
+        "old": "upsert",
+        "gone": "delete",
+        "new": "upsert",
+    }
+
+    # What the destination holds comes with each row of a run's page.
+    synced = {r.key: r for r in rows}
+    assert page["old"].synced_hash == synced["old"].row_hash != page["old"].row_hash
+    assert page["new"].synced_hash is None
+    assert (page["gone"].synced_hash, page["gone"].synced_source) == (
+        synced["gone"].row_hash,
+        synced["gone"].data,
+    )
+    assert page["old"].synced_source is None  # only removals need it
+
+    # With a newer version pending, the synced version is kept: it must replace that one.
+    assert await store.write_pending([pending("old")]) == 1
+    back = next(r for r in await store.pending_page("1", 0, 10**9, 10) if r.key == "old")
+    assert back.row_hash == back.synced_hash
+    assert await store.write_pending([pending("same", sync_id="2")]) == 1  # another sync
+
+
 async def test_pending_page_bounds_and_order(store: Store) -> None:
     await store.write_pending([pending(f"k{i}") for i in range(10)])
     seqs = [r.seq for r in await store.pending_page("1", 0, 10**9, 100)]
@@ -418,7 +461,7 @@ async def test_synced_rows_for_many_keys(store: Store) -> None:
     assert set(found) == set(keys)
     row = found["key-700"]
     assert row.key == "key-700"
-    assert orjson.loads(row.data) == {"id": "key-700"}
+    assert orjson.loads(row.source or b"") == {"id": "key-700"}
     assert row.row_hash == b"h-" + orjson.dumps({"id": "key-700"})
     assert await store.synced_rows("1", []) == {}
     assert await store.synced_rows("2", keys) == {}
@@ -432,6 +475,7 @@ def delivered(row: Any, op: str = "added") -> RowChange:
         data=orjson.loads(row.data) if row.data else {},
         seq=row.seq,
         row_hash=None if op == "removed" else row.row_hash,
+        source=None if op == "removed" else row.data,
     )
 
 
@@ -458,7 +502,7 @@ async def test_record_outcomes(store: Store) -> None:
 
     synced = await store.synced_rows("1", ["sent", "gone", "newer", "bad", "skip"])
     assert set(synced) == {"sent", "newer"}  # removed rows are forgotten
-    assert orjson.loads(synced["sent"].data) == {"id": "sent"}
+    assert orjson.loads(synced["sent"].source or b"") == {"id": "sent"}
     left = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
     assert set(left) == {"newer", "bad"}  # "newer" stays: its seq moved on
     assert orjson.loads(left["newer"].data or b"") == {"id": "newer", "v": 2}
@@ -476,7 +520,7 @@ async def test_record_outcomes(store: Store) -> None:
         "1", RowOutcomes(delivered=[delivered(left["newer"], "changed")]), 125.0
     )
     newer = (await store.synced_rows("1", ["newer"]))["newer"]
-    assert orjson.loads(newer.data) == {"id": "newer", "v": 2}
+    assert orjson.loads(newer.source or b"") == {"id": "newer", "v": 2}
     assert await store.pending_counts() == {"1": 1}
     await store.record_outcomes("1", RowOutcomes(), 126.0)
 
@@ -511,11 +555,7 @@ async def test_requeue_synced_makes_every_synced_row_pending_again(store: Store)
     await catalog(store)
     await store.write_pending([pending(k) for k in ("x", "y", "z")])
     rows = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
-    sent = []
-    for key in ("x", "y", "z"):
-        change = delivered(rows[key])
-        change.source = rows[key].data
-        sent.append(change)
+    sent = [delivered(rows[key]) for key in ("x", "y", "z")]
     await store.record_outcomes("1", RowOutcomes(delivered=sent), 1.0)
     assert await store.pending_counts() == {}
     # "y" has a newer pending version: the resync must not replace it with the old one.
@@ -538,21 +578,19 @@ async def test_closing_a_snapshot_plans_absent_keys_as_removed(store: Store) -> 
     rows = await store.pending_page("1", 0, 10**9, 10)
     await store.record_outcomes("1", RowOutcomes(delivered=[delivered(r) for r in rows]), 1.0)
     await store.write_pending([pending("d")])  # pending, never synced, absent too
+    before = await store.max_pending_seq("1")
 
-    # A snapshot in two parts holds a and c: b and d are gone from the model.
+    # A snapshot in two parts holds a (unchanged) and c (changed): b and d are gone.
     await store.write_pending([pending("a")], SnapshotProgress(keys=[("1", "s1", "a")]))
     assert [s[:2] for s in await store.open_snapshots()] == [("1", "s1")]
     await store.write_pending(
-        [pending("c")], SnapshotProgress(keys=[("1", "s1", "c")], closed=[("1", "s1")])
+        [pending("c", {"id": "c", "v": 2})],
+        SnapshotProgress(keys=[("1", "s1", "c")], closed=[("1", "s1")]),
     )
     page = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
-    assert {k: r.op for k, r in page.items()} == {
-        "a": "upsert",
-        "b": "delete",
-        "c": "upsert",
-        "d": "delete",
-    }
-    assert page["b"].seq > page["c"].seq
+    assert {k: r.op for k, r in page.items()} == {"b": "delete", "c": "upsert", "d": "delete"}
+    assert page["b"].seq > page["c"].seq > before
+    assert page["d"].seq > page["c"].seq
     assert await store.open_snapshots() == []
 
 
@@ -564,14 +602,11 @@ async def test_a_closing_message_read_again_does_not_reopen_its_snapshot(store: 
     await store.write_pending([pending("a")], SnapshotProgress(keys=[("1", "s1", "a")]))
     last = SnapshotProgress(keys=[("1", "s1", "b")], closed=[("1", "s1")])
     await store.write_pending([pending("b")], last)
-    assert {r.op for r in await store.pending_page("1", 0, 10**9, 10)} == {"upsert"}
+    assert await store.pending_page("1", 0, 10**9, 10) == []  # both unchanged, none absent
     # After a crash the last message comes again: it must not count as a snapshot of "b" only.
     again = SnapshotProgress(keys=[("1", "s1", "b")], closed=[("1", "s1")])
     await store.write_pending([pending("b")], again)
-    assert {r.key: r.op for r in await store.pending_page("1", 0, 10**9, 10)} == {
-        "a": "upsert",
-        "b": "upsert",
-    }
+    assert await store.pending_page("1", 0, 10**9, 10) == []
     assert await store.open_snapshots() == []
 
 

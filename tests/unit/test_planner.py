@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -12,7 +13,8 @@ from hypothesis import strategies as st
 from service.core.models import SyncConfiguration, SyncMode
 from service.core.rows import PendingRow, SyncedRow
 from service.runner.mapping import compile_mappings
-from service.runner.planner import MODE_OPS, plan_changes
+from service.runner.planner import MODE_OPS, Plan
+from service.runner.planner import plan_changes as plan_page
 
 MAPPER = compile_mappings(
     SyncConfiguration.model_validate(
@@ -34,9 +36,25 @@ def delete(key: str, seq: int = 1) -> PendingRow:
     return PendingRow(key, seq, "delete", None, None, emitted_at=None)
 
 
-def synced(key: str, source: dict[str, Any], sent: dict[str, Any] | None = None) -> SyncedRow:
-    """A row as last synced: the hash of its source columns and the mapped data sent."""
-    return SyncedRow(key, _hash(orjson.dumps(source)), orjson.dumps(sent or source))
+def synced(key: str, source: dict[str, Any]) -> SyncedRow:
+    """A row as last synced: the hash of its source columns and those columns."""
+    raw = orjson.dumps(source)
+    return SyncedRow(key, _hash(raw), raw)
+
+
+def plan_changes(
+    pending: list[PendingRow], held: dict[str, SyncedRow], mode: SyncMode, mapper: Any, **kw: Any
+) -> Plan:
+    """The planner on a page as the store reads it: each row with what the destination holds."""
+    page = []
+    for row in pending:
+        previous = held.get(row.key)
+        if previous is not None:
+            row = replace(row, synced_hash=previous.row_hash)
+            if row.op == "delete":
+                row.synced_source = previous.source
+        page.append(row)
+    return plan_page(page, mode, mapper, **kw)
 
 
 def ops(plan: Any) -> dict[str, str]:
@@ -70,14 +88,31 @@ def test_an_unchanged_row_is_dropped_not_sent() -> None:
 
 
 def test_delete_of_a_synced_key_is_removed_carrying_the_data_last_sent() -> None:
-    last_sent = {"id": 1, "email_address": "a@x"}
-    plan = plan_changes(
-        [delete("1", seq=4)], {"1": synced("1", ALICE, last_sent)}, "mirror", MAPPER
-    )
+    plan = plan_changes([delete("1", seq=4)], {"1": synced("1", ALICE)}, "mirror", MAPPER)
     [change] = plan.changes
     assert (change.op, change.key, change.seq) == ("removed", "1", 4)
-    assert change.data == last_sent
+    assert change.data == {"id": 1, "email_address": "a@x"}  # mapped from the source kept
     assert change.row_hash is None
+
+
+def test_a_removal_of_a_row_synced_without_its_source_sends_the_payload_kept() -> None:
+    sent = {"id": 1, "email_address": "old@x"}
+    row = PendingRow("1", 4, "delete", None, None, None, synced_hash=b"h")
+    row.synced_payload = orjson.dumps(sent)
+    [change] = plan_page([row], "mirror", MAPPER).changes
+    assert (change.op, change.data) == ("removed", sent)
+
+
+def test_a_removal_whose_mapping_fails_is_rejected() -> None:
+    mapper = compile_mappings(
+        SyncConfiguration.model_validate(
+            {"mappings": [{"type": "template", "to": "x", "template": "{{ n | divided_by: 0 }}"}]}
+        )
+    )
+    row = PendingRow("1", 4, "delete", None, None, None, synced_hash=b"h", synced_source=b"{}")
+    plan = plan_page([row], "mirror", mapper)
+    assert plan.changes == []
+    assert [(f.key, f.op) for f in plan.rejected] == [("1", "removed")]
 
 
 def test_delete_of_a_key_never_synced_is_dropped() -> None:
