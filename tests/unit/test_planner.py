@@ -49,11 +49,11 @@ def plan_changes(
     page = []
     for row in pending:
         previous = held.get(row.key)
-        if previous is not None:
-            row = replace(row, synced_hash=previous.row_hash)
-            if row.op == "delete":
-                row.synced_source = previous.source
-        page.append(row)
+        if previous is None:
+            page.append(row)
+        else:
+            source = previous.source if row.op == "delete" else None
+            page.append(replace(row, synced_hash=previous.row_hash, synced_source=source))
     return plan_page(page, mode, mapper, **kw)
 
 
