@@ -89,15 +89,14 @@ class PendingRow:
     error: str | None = None
     last_attempt_at: float | None = None
     synced_hash: bytes | None = None
-    #: For a delete: the source columns last sent, or (rows synced by old versions) the payload.
+    #: For a delete of a key the destination holds: the source columns of its last upsert.
     synced_source: bytes | None = None
-    synced_payload: bytes | None = None
 
 
 @dataclass(slots=True)
 class SyncedRow:
-    """What the destination holds for a key: the hash of its source columns and those columns
-    (None only for rows synced by old versions, which kept the payload sent instead)."""
+    """What the destination holds for a key: the hash of its source columns; `source` is the
+    newest version received of those columns (the one sent, unless a newer one is pending)."""
 
     key: str
     row_hash: bytes

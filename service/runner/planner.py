@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -53,7 +52,7 @@ def plan_changes(
                 dropped.append((row.key, row.seq))
                 continue
             try:
-                data = _removed_payload(row, mapper)
+                data = mapper(loads(row.synced_source or b"{}"))
             except MappingError as exc:
                 plan.rejected.append(RowFailure(row.key, row.seq, "removed", str(exc)))
                 continue
@@ -78,9 +77,3 @@ def plan_changes(
             RowChange(op, row.key, data, row.seq, row.row_hash, row.emitted_at, row.data)
         )
     return plan
-
-
-def _removed_payload(row: PendingRow, mapper: RowMapper) -> dict[str, Any]:
-    if row.synced_source is not None:
-        return mapper(orjson.loads(row.synced_source))
-    return orjson.loads(row.synced_payload or b"{}")  # synced before sources were kept

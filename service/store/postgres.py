@@ -51,53 +51,65 @@ _REFERRERS: dict[type[CatalogItem], str] = {
 
 # Rows of one statement come from arrays, one round trip per batch. A key written twice in a
 # batch is sent once (its last version): ON CONFLICT may not touch a row twice.
-_UPSERT_PENDING = """
-INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash, emitted_at)
-SELECT t.sync_id, t.key, nextval('pending_seq'), t.op, t.data, t.row_hash, t.emitted_at
+_INSERT_VERSION = """
+INSERT INTO row_state (sync_id, key, seq, op, data, row_hash, emitted_at, pending)
+SELECT t.sync_id, t.key, nextval('pending_seq'), t.op, t.data, t.row_hash, t.emitted_at, 1
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::float8[])
   WITH ORDINALITY AS t(sync_id, key, op, data, row_hash, emitted_at, n)
-ORDER BY t.n
-ON CONFLICT (sync_id, key) DO UPDATE SET
-  seq = nextval('pending_seq'), op = excluded.op, data = excluded.data,
-  row_hash = excluded.row_hash, emitted_at = excluded.emitted_at,
-  attempts = 0, error = NULL, last_attempt_at = NULL
 """
-#: The same, for rows from events: left out when the destination holds that version already
-#: and no older version is pending (see Store.write_pending).
-_UPSERT_CHANGED = _UPSERT_PENDING.replace(
-    "ORDER BY t.n",
-    """WHERE EXISTS (SELECT 1 FROM pending_rows p WHERE p.sync_id = t.sync_id AND p.key = t.key)
-  OR CASE WHEN t.op = 'delete'
-    THEN EXISTS (SELECT 1 FROM synced_rows s WHERE s.sync_id = t.sync_id AND s.key = t.key)
-    ELSE NOT EXISTS (SELECT 1 FROM synced_rows s
-      WHERE s.sync_id = t.sync_id AND s.key = t.key AND s.row_hash = t.row_hash)
-  END
-ORDER BY t.n""",
-)
 # `seq = nextval(...)` on conflict rather than excluded.seq: a writer that waited for another
 # replica's lock on the row still ends with a seq above the one that replica committed.
+_ON_CONFLICT = "ON CONFLICT (sync_id, key) DO UPDATE SET" + shared.NEW_VERSION.format(
+    seq="nextval('pending_seq')"
+)
+#: A new version of a row, whatever the destination holds (the deletes a snapshot plans).
+_UPSERT_PENDING = _INSERT_VERSION + "ORDER BY t.n " + _ON_CONFLICT
+#: A new version from an event: left out when it changes nothing (see Store.write_pending).
+_UPSERT_CHANGED = (
+    _INSERT_VERSION
+    + "WHERE t.op = 'upsert' OR EXISTS "
+    + "(SELECT 1 FROM row_state r WHERE r.sync_id = t.sync_id AND r.key = t.key) "
+    + "ORDER BY t.n "
+    + _ON_CONFLICT
+    + "WHERE"
+    + shared.CHANGES_WHAT_IS_HELD
+)
 
-_UPSERT_SYNCED = """
-INSERT INTO synced_rows (sync_id, key, row_hash, source)
-SELECT $1, t.key, t.row_hash, t.source
-FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS t(key, row_hash, source)
-ON CONFLICT (sync_id, key) DO UPDATE SET
-  row_hash = excluded.row_hash, data = NULL, source = excluded.source
+#: A version sent: the destination holds it; it leaves pending unless a newer one arrived.
+_SENT = """
+UPDATE row_state AS r SET synced_hash = d.row_hash,
+  pending = CASE WHEN r.seq = d.seq THEN 0 ELSE r.pending END,
+  attempts = CASE WHEN r.seq = d.seq THEN 0 ELSE r.attempts END,
+  error = CASE WHEN r.seq = d.seq THEN NULL ELSE r.error END
+FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS d(key, row_hash, seq)
+WHERE r.sync_id = $1 AND r.key = d.key
 """
-
-_DELETE_SYNCED = "DELETE FROM synced_rows WHERE sync_id = $1 AND key = ANY($2::text[])"
-
-_DELETE_PENDING = """
-DELETE FROM pending_rows AS p
-USING unnest($2::text[], $3::bigint[]) AS d(key, seq)
-WHERE p.sync_id = $1 AND p.key = d.key AND p.seq = d.seq
-"""
-
-_FAIL_PENDING = """
-UPDATE pending_rows AS p
-SET error = f.error, attempts = p.attempts + 1, last_attempt_at = $2
+_BY_SEQ = (
+    "FROM unnest($2::text[], $3::bigint[]) AS d(key, seq) WHERE r.sync_id = $1 AND r.key = d.key"
+)
+#: A removal sent: the destination holds nothing; the row goes unless a newer one arrived.
+_REMOVED = (
+    f"UPDATE row_state AS r SET synced_hash = NULL {_BY_SEQ} AND r.seq <> d.seq",
+    f"DELETE FROM row_state AS r USING {_BY_SEQ.removeprefix('FROM ')} AND r.seq = d.seq",
+)
+#: A version that needs no send leaves pending; a row the destination never held goes.
+_DROPPED = (
+    f"DELETE FROM row_state AS r USING {_BY_SEQ.removeprefix('FROM ')} AND r.seq = d.seq "
+    "AND r.synced_hash IS NULL",
+    f"UPDATE row_state AS r SET pending = 0, attempts = 0, error = NULL {_BY_SEQ} "
+    "AND r.seq = d.seq",
+)
+_FAILED = """
+UPDATE row_state AS r
+SET error = f.error, attempts = r.attempts + 1, last_attempt_at = $2
 FROM unnest($3::text[], $4::bigint[], $5::text[]) AS f(key, seq, error)
-WHERE p.sync_id = $1 AND p.key = f.key AND p.seq = f.seq
+WHERE r.sync_id = $1 AND r.key = f.key AND r.seq = f.seq AND r.pending = 1
+"""
+#: Full resync: every row the destination holds and that is not pending becomes pending again.
+_REQUEUE = """
+UPDATE row_state SET pending = 1, op = 'upsert', seq = nextval('pending_seq'), emitted_at = NULL,
+  attempts = 0, error = NULL, last_attempt_at = NULL
+WHERE sync_id = $1 AND pending = 0 AND data IS NOT NULL
 """
 
 _BUMP_CATALOG = "UPDATE meta SET value = value + 1 WHERE name = 'catalog_version'"
@@ -273,7 +285,7 @@ class PostgresStore(SqlReads):
             if status == "DELETE 0":
                 return False
             if kind is Sync:
-                for child in ("pending_rows", "synced_rows", "sync_runs"):
+                for child in ("row_state", "sync_runs"):
                     await conn.execute(f"DELETE FROM {child} WHERE sync_id = $1", item_id)
             await conn.execute(_BUMP_CATALOG)
         return True
@@ -344,10 +356,7 @@ class PostgresStore(SqlReads):
             await conn.executemany(pg(shared.SNAPSHOT_KEY), snapshot.keys)
         for sync_id, snap in snapshot.closed:
             absent = [
-                r[0]
-                for r in await conn.fetch(
-                    pg(shared.ABSENT_FROM_SNAPSHOT), sync_id, sync_id, sync_id, snap
-                )
+                r[0] for r in await conn.fetch(pg(shared.ABSENT_FROM_SNAPSHOT), sync_id, snap)
             ]
             if absent:
                 await conn.execute(
@@ -375,21 +384,14 @@ class PostgresStore(SqlReads):
         return _count(status)
 
     async def requeue_synced(self, sync_id: str) -> int:
-        status = await self._pool.execute(
-            "INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash) "
-            "SELECT s.sync_id, s.key, nextval('pending_seq'), 'upsert', s.source, s.row_hash "
-            "FROM synced_rows s WHERE s.sync_id = $1 AND s.source IS NOT NULL "
-            "ON CONFLICT (sync_id, key) DO NOTHING",
-            sync_id,
-        )
-        return _count(status)
+        return _count(await self._pool.execute(_REQUEUE, sync_id))
 
     async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]:
         if not keys:
             return {}
         rows = await self._fetch(
-            "SELECT key, row_hash, source FROM synced_rows WHERE sync_id = $1 "
-            "AND key = ANY($2::text[])",
+            "SELECT key, synced_hash, data FROM row_state WHERE sync_id = $1 "
+            "AND synced_hash IS NOT NULL AND key = ANY($2::text[])",
             sync_id,
             list(keys),
         )
@@ -398,28 +400,26 @@ class PostgresStore(SqlReads):
     async def record_outcomes(self, sync_id: str, outcomes: RowOutcomes, now: float) -> None:
         if not outcomes:
             return
-        kept = {r.key: r for r in outcomes.delivered if r.op != "removed"}
-        removed = list(dict.fromkeys(r.key for r in outcomes.delivered if r.op == "removed"))
-        done = [(r.key, r.seq) for r in outcomes.delivered]
-        done.extend(outcomes.dropped)
+        # UPDATE ... FROM touches a row once: the last outcome of a key wins.
+        sent = {r.key: r for r in outcomes.delivered if r.op != "removed"}
+        removed = {r.key: r.seq for r in outcomes.delivered if r.op == "removed"}
+        dropped = dict(outcomes.dropped)
         async with self._tx() as conn:
-            if kept:
+            if sent:
                 await conn.execute(
-                    _UPSERT_SYNCED,
+                    _SENT,
                     sync_id,
-                    list(kept),
-                    [r.row_hash for r in kept.values()],
-                    [r.source for r in kept.values()],
+                    list(sent),
+                    [r.row_hash for r in sent.values()],
+                    [r.seq for r in sent.values()],
                 )
-            if removed:
-                await conn.execute(_DELETE_SYNCED, sync_id, removed)
-            if done:
-                await conn.execute(
-                    _DELETE_PENDING, sync_id, [k for k, _ in done], [s for _, s in done]
-                )
+            for statement in _REMOVED if removed else ():
+                await conn.execute(statement, sync_id, list(removed), list(removed.values()))
+            for statement in _DROPPED if dropped else ():
+                await conn.execute(statement, sync_id, list(dropped), list(dropped.values()))
             if outcomes.failed:
                 await conn.execute(
-                    _FAIL_PENDING,
+                    _FAILED,
                     sync_id,
                     now,
                     [f.key for f in outcomes.failed],

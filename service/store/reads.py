@@ -37,7 +37,7 @@ class SqlReads(Store):
         return [shared.item_from_row(kind, r) for r in rows]
 
     async def pending_counts(self) -> dict[str, int]:
-        rows = await self._rows("SELECT sync_id, COUNT(*) FROM pending_rows GROUP BY sync_id")
+        rows = await self._rows(shared.PENDING_COUNTS)
         return {r[0]: r[1] for r in rows}
 
     async def failed_counts(self) -> dict[str, int]:
@@ -50,9 +50,7 @@ class SqlReads(Store):
         return [PendingRow(*r) for r in rows[:limit]], len(rows) > limit
 
     async def max_pending_seq(self, sync_id: str) -> int:
-        rows = await self._rows(
-            "SELECT COALESCE(MAX(seq), 0) FROM pending_rows WHERE sync_id = ?", (sync_id,)
-        )
+        rows = await self._rows(shared.MAX_PENDING_SEQ, (sync_id,))
         return int(rows[0][0])
 
     async def pending_page(

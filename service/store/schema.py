@@ -2,6 +2,37 @@
 
 from __future__ import annotations
 
+
+def _row_state(blob: str, real: str) -> list[str]:
+    """Version 7: one row per (sync, key) in place of `pending_rows` and `synced_rows`: the newest
+    version received (seq, op, data, row_hash, ...), whether it still waits for a run
+    (`pending`), and the hash of the version the destination holds (`synced_hash`, NULL when it
+    holds none). Sending a row then updates it in place instead of moving it between tables.
+    `data` keeps the newest upsert's source columns when a delete arrives, for the removal."""
+    return [
+        f"""CREATE TABLE row_state (
+            sync_id TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, op TEXT NOT NULL,
+            data {blob}, row_hash {blob}, emitted_at {real},
+            attempts INTEGER NOT NULL DEFAULT 0, error TEXT, last_attempt_at {real},
+            synced_hash {blob}, pending SMALLINT NOT NULL,
+            PRIMARY KEY (sync_id, key))"""
+        + (" WITHOUT ROWID" if blob == "BLOB" else ""),
+        "CREATE INDEX row_state_pending ON row_state (sync_id, seq) WHERE pending = 1",
+        "INSERT INTO row_state (sync_id, key, seq, op, data, row_hash, synced_hash, pending) "
+        "SELECT sync_id, key, 0, 'upsert', COALESCE(source, data), row_hash, row_hash, 0 "
+        "FROM synced_rows",
+        "INSERT INTO row_state (sync_id, key, seq, op, data, row_hash, emitted_at, attempts, "
+        "error, last_attempt_at, pending) SELECT sync_id, key, seq, op, data, row_hash, "
+        "emitted_at, attempts, error, last_attempt_at, 1 FROM pending_rows WHERE 1 = 1 "
+        "ON CONFLICT (sync_id, key) DO UPDATE SET seq = excluded.seq, op = excluded.op, "
+        "data = COALESCE(excluded.data, row_state.data), row_hash = excluded.row_hash, "
+        "emitted_at = excluded.emitted_at, attempts = excluded.attempts, "
+        "error = excluded.error, last_attempt_at = excluded.last_attempt_at, pending = 1",
+        "DROP TABLE pending_rows",
+        "DROP TABLE synced_rows",
+    ]
+
+
 # Each entry is one schema version: statements applied in one transaction.
 SQLITE_MIGRATIONS: list[list[str]] = [
     [
@@ -54,16 +85,7 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             sync_id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)""",
     ],
     ["ALTER TABLE snapshots ADD COLUMN closed_at REAL"],
-    # A synced row keeps its source columns (`source`); `data`, the payload as once sent, is
-    # only read for rows synced before `source` existed, so new rows leave it NULL.
-    [
-        """CREATE TABLE synced_rows_v7 (
-            sync_id TEXT NOT NULL, key TEXT NOT NULL, row_hash BLOB NOT NULL, data BLOB,
-            source BLOB, PRIMARY KEY (sync_id, key)) WITHOUT ROWID""",
-        "INSERT INTO synced_rows_v7 SELECT sync_id, key, row_hash, data, source FROM synced_rows",
-        "DROP TABLE synced_rows",
-        "ALTER TABLE synced_rows_v7 RENAME TO synced_rows",
-    ],
+    _row_state("BLOB", "REAL"),
 ]
 
 # The same tables for PostgreSQL. Run ids and pending-row `seq` come from sequences, so
@@ -129,5 +151,5 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             sync_id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
     ],
     ["ALTER TABLE snapshots ADD COLUMN closed_at DOUBLE PRECISION"],
-    ["ALTER TABLE synced_rows ALTER COLUMN data DROP NOT NULL"],
+    _row_state("BYTEA", "DOUBLE PRECISION"),
 ]

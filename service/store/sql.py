@@ -83,12 +83,10 @@ SNAPSHOT_KEY = (
 )
 #: The keys a closing snapshot removes: synced or pending as upsert, and absent from it.
 ABSENT_FROM_SNAPSHOT = """
-SELECT key FROM (
-  SELECT key FROM synced_rows WHERE sync_id = ?
-  UNION SELECT key FROM pending_rows WHERE sync_id = ? AND op = 'upsert'
-) AS present
-WHERE NOT EXISTS (
-  SELECT 1 FROM snapshot_keys k WHERE k.sync_id = ? AND k.snapshot_id = ? AND k.key = present.key
+SELECT r.key FROM row_state r
+WHERE r.sync_id = ? AND (r.synced_hash IS NOT NULL OR (r.pending = 1 AND r.op = 'upsert'))
+AND NOT EXISTS (
+  SELECT 1 FROM snapshot_keys k WHERE k.sync_id = r.sync_id AND k.snapshot_id = ? AND k.key = r.key
 )
 """
 #: Closing forgets the keys but keeps the snapshot, marked closed, for a month: a closing
@@ -124,32 +122,46 @@ WHERE sync_leases.owner = excluded.owner OR sync_leases.expires_at < ?
 """
 RELEASE_LEASE = "DELETE FROM sync_leases WHERE sync_id = ? AND owner = ?"
 
-#: A run's page of pending rows in seq order, each with what the destination holds for its key
-#: (PendingRow's fields in order); a removal needs the source (or old payload) last sent.
-PENDING_PAGE = """
-SELECT p.key, p.seq, p.op, p.data, p.row_hash, p.emitted_at, p.attempts, p.error,
-  p.last_attempt_at, s.row_hash,
-  CASE WHEN p.op = 'delete' THEN s.source END,
-  CASE WHEN p.op = 'delete' AND s.source IS NULL THEN s.data END
-FROM pending_rows p
-LEFT JOIN synced_rows s ON s.sync_id = p.sync_id AND s.key = p.key
-WHERE p.sync_id = ? AND p.seq > ? AND p.seq <= ?
-ORDER BY p.seq LIMIT ?
+#: What a new version of a row sets (`{seq}`: how the dialect numbers it). A delete keeps the
+#: source columns of the upsert before it: a removal maps them to the payload it sends.
+NEW_VERSION = """
+  seq = {seq}, op = excluded.op, data = COALESCE(excluded.data, row_state.data),
+  row_hash = excluded.row_hash, emitted_at = excluded.emitted_at,
+  attempts = 0, error = NULL, last_attempt_at = NULL, pending = 1
+"""
+#: When a new version of a known key counts (Store.write_pending): an older one is pending, or
+#: the destination holds another version (for a delete: holds one at all).
+CHANGES_WHAT_IS_HELD = """
+row_state.pending = 1 OR CASE WHEN excluded.op = 'delete' THEN row_state.synced_hash IS NOT NULL
+  ELSE row_state.synced_hash IS NULL OR row_state.synced_hash <> excluded.row_hash END
 """
 
-FAILED_COUNTS = (
-    "SELECT sync_id, COUNT(*) FROM pending_rows WHERE error IS NOT NULL GROUP BY sync_id"
+#: PendingRow's columns: data only for upserts (a delete keeps the old source in it).
+_PENDING_COLUMNS = (
+    "key, seq, op, CASE WHEN op = 'upsert' THEN data END, row_hash, emitted_at, attempts, "
+    "error, last_attempt_at"
 )
+#: A run's page of pending rows in seq order, each with what the destination holds for its key;
+#: a removal gets the source columns it maps to its payload.
+PENDING_PAGE = (
+    f"SELECT {_PENDING_COLUMNS}, synced_hash, "
+    "CASE WHEN op = 'delete' AND synced_hash IS NOT NULL THEN data END "
+    "FROM row_state WHERE sync_id = ? AND pending = 1 AND seq > ? AND seq <= ? "
+    "ORDER BY seq LIMIT ?"
+)
+PENDING_COUNTS = "SELECT sync_id, COUNT(*) FROM row_state WHERE pending = 1 GROUP BY sync_id"
+FAILED_COUNTS = (
+    "SELECT sync_id, COUNT(*) FROM row_state WHERE pending = 1 AND error IS NOT NULL "
+    "GROUP BY sync_id"
+)
+MAX_PENDING_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM row_state WHERE sync_id = ? AND pending = 1"
 
 
 def select_pending(
     sync_id: str, failed_only: bool, limit: int, offset: int
 ) -> tuple[str, list[Any]]:
     """One page of pending rows by key, plus one row to tell whether more follow."""
-    sql = (
-        "SELECT key, seq, op, data, row_hash, emitted_at, attempts, error, last_attempt_at "
-        "FROM pending_rows WHERE sync_id = ?"
-    )
+    sql = f"SELECT {_PENDING_COLUMNS} FROM row_state WHERE sync_id = ? AND pending = 1"
     if failed_only:
         sql += " AND error IS NOT NULL"
     return sql + " ORDER BY key LIMIT ? OFFSET ?", [sync_id, limit + 1, offset]

@@ -27,30 +27,57 @@ from service.store.schema import SQLITE_MIGRATIONS
 
 _IN_CHUNK = 500  # keys per IN (...) list, well under SQLite's variable limit
 
-_UPSERT_PENDING = """
-INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash, emitted_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (sync_id, key) DO UPDATE SET
-  seq = excluded.seq, op = excluded.op, data = excluded.data, row_hash = excluded.row_hash,
-  emitted_at = excluded.emitted_at, attempts = 0, error = NULL, last_attempt_at = NULL
+_INSERT_VERSION = (
+    "INSERT INTO row_state (sync_id, key, seq, op, data, row_hash, emitted_at, pending) "
+)
+#: A new version of a row, whatever the destination holds (the deletes a snapshot plans).
+_UPSERT_PENDING = (
+    _INSERT_VERSION
+    + "VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (sync_id, key) DO UPDATE SET"
+    + shared.NEW_VERSION.format(seq="excluded.seq")
+)
+#: A new version from an event: left out when it changes nothing (see Store.write_pending).
+_UPSERT_CHANGED = (
+    _INSERT_VERSION
+    + "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, 1 WHERE ?4 = 'upsert' "
+    + "OR EXISTS (SELECT 1 FROM row_state r WHERE r.sync_id = ?1 AND r.key = ?2) "
+    + "ON CONFLICT (sync_id, key) DO UPDATE SET"
+    + shared.NEW_VERSION.format(seq="excluded.seq")
+    + "WHERE"
+    + shared.CHANGES_WHAT_IS_HELD
+)
+#: A version sent: the destination holds it; it leaves pending unless a newer one arrived.
+_SENT = (
+    "UPDATE row_state SET synced_hash = ?3, pending = CASE WHEN seq = ?4 THEN 0 ELSE pending END, "
+    "attempts = CASE WHEN seq = ?4 THEN 0 ELSE attempts END, "
+    "error = CASE WHEN seq = ?4 THEN NULL ELSE error END WHERE sync_id = ?1 AND key = ?2"
+)
+#: A removal sent: the destination holds nothing; the row goes unless a newer one arrived.
+_REMOVED = (
+    ("UPDATE row_state SET synced_hash = NULL WHERE sync_id = ? AND key = ? AND seq <> ?"),
+    ("DELETE FROM row_state WHERE sync_id = ? AND key = ? AND seq = ?"),
+)
+#: A version that needs no send leaves pending; a row the destination never held goes.
+_DROPPED = (
+    "DELETE FROM row_state WHERE sync_id = ? AND key = ? AND seq = ? AND synced_hash IS NULL",
+    "UPDATE row_state SET pending = 0, attempts = 0, error = NULL "
+    "WHERE sync_id = ? AND key = ? AND seq = ?",
+)
+_FAILED = (
+    "UPDATE row_state SET error = ?, attempts = attempts + 1, last_attempt_at = ? "
+    "WHERE sync_id = ? AND key = ? AND seq = ? AND pending = 1"
+)
+#: Full resync: every row the destination holds and that is not pending becomes pending again.
+_REQUEUE = """
+UPDATE row_state SET pending = 1, op = 'upsert', seq = ?1 + r.n, emitted_at = NULL,
+  attempts = 0, error = NULL, last_attempt_at = NULL
+FROM (
+  SELECT key, ROW_NUMBER() OVER (ORDER BY key) AS n FROM row_state
+  WHERE sync_id = ?2 AND pending = 0 AND data IS NOT NULL
+) AS r
+WHERE row_state.sync_id = ?2 AND row_state.key = r.key
 """
 
-
-#: The same, for rows from events: left out when the destination holds that version already
-#: and no older version is pending (see Store.write_pending).
-_UPSERT_CHANGED = """
-INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash, emitted_at)
-SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
-WHERE EXISTS (SELECT 1 FROM pending_rows p WHERE p.sync_id = ?1 AND p.key = ?2)
-  OR CASE WHEN ?4 = 'delete'
-    THEN EXISTS (SELECT 1 FROM synced_rows s WHERE s.sync_id = ?1 AND s.key = ?2)
-    ELSE NOT EXISTS (
-      SELECT 1 FROM synced_rows s WHERE s.sync_id = ?1 AND s.key = ?2 AND s.row_hash = ?6)
-  END
-ON CONFLICT (sync_id, key) DO UPDATE SET
-  seq = excluded.seq, op = excluded.op, data = excluded.data, row_hash = excluded.row_hash,
-  emitted_at = excluded.emitted_at, attempts = 0, error = NULL, last_attempt_at = NULL
-"""
 
 _SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
 
@@ -85,11 +112,10 @@ class SqliteStore(SqlReads):
         # FULL: a committed ingest transaction survives power loss before offsets are committed.
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._migrate()
-        async with self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM pending_rows") as cur:
-            row = await cur.fetchone()
+        # Every transaction that hands out seqs records the last one here.
         async with self._db.execute("SELECT value FROM meta WHERE name = 'seq'") as cur:
             meta = await cur.fetchone()
-        self._seq = max(row[0] if row else 0, meta[0] if meta else 0)
+        self._seq = meta[0] if meta else 0
 
     async def _wal(self) -> None:
         """Switch to WAL. SQLite answers "locked" at once, without its busy wait, while another
@@ -212,7 +238,7 @@ class SqliteStore(SqlReads):
             if cur.rowcount == 0:
                 return False
             if kind is Sync:
-                for child in ("pending_rows", "synced_rows", "sync_runs"):
+                for child in ("row_state", "sync_runs"):
                     await db.execute(f"DELETE FROM {child} WHERE sync_id = ?", (item_id,))
             await db.execute("UPDATE meta SET value = value + 1 WHERE name = 'catalog_version'")
         return True
@@ -273,9 +299,7 @@ class SqliteStore(SqlReads):
         await db.executemany(shared.OPEN_SNAPSHOT, [(s, n, now) for s, n in sorted(opened)])
         await db.executemany(shared.SNAPSHOT_KEY, snapshot.keys)
         for sync_id, snap in snapshot.closed:
-            async with db.execute(
-                shared.ABSENT_FROM_SNAPSHOT, (sync_id, sync_id, sync_id, snap)
-            ) as cur:
+            async with db.execute(shared.ABSENT_FROM_SNAPSHOT, (sync_id, snap)) as cur:
                 absent = [r[0] for r in await cur.fetchall()]
             deletes = [
                 (sync_id, key, seq + 1 + i, "delete", None, None, None)
@@ -300,14 +324,7 @@ class SqliteStore(SqlReads):
 
     async def requeue_synced(self, sync_id: str) -> int:
         async with self._tx() as db:
-            cur = await db.execute(
-                "INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash) "
-                "SELECT s.sync_id, s.key, ? + ROW_NUMBER() OVER (ORDER BY s.key), 'upsert', "
-                "s.source, s.row_hash FROM synced_rows s WHERE s.sync_id = ? "
-                "AND s.source IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pending_rows p "
-                "WHERE p.sync_id = s.sync_id AND p.key = s.key)",
-                (self._seq, sync_id),
-            )
+            cur = await db.execute(_REQUEUE, (self._seq, sync_id))
             added = max(cur.rowcount, 0)
             await db.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (self._seq + added,))
             self._seq += added
@@ -318,8 +335,8 @@ class SqliteStore(SqlReads):
         for start in range(0, len(keys), _IN_CHUNK):
             chunk = keys[start : start + _IN_CHUNK]
             rows = await self._rows(
-                "SELECT key, row_hash, source FROM synced_rows WHERE sync_id = ? "
-                f"AND key IN ({', '.join('?' * len(chunk))})",
+                "SELECT key, synced_hash, data FROM row_state WHERE sync_id = ? "
+                f"AND synced_hash IS NOT NULL AND key IN ({', '.join('?' * len(chunk))})",
                 (sync_id, *chunk),
             )
             for key, row_hash, source in rows:
@@ -329,33 +346,24 @@ class SqliteStore(SqlReads):
     async def record_outcomes(self, sync_id: str, outcomes: RowOutcomes, now: float) -> None:
         if not outcomes:
             return
-
-        kept = [r for r in outcomes.delivered if r.op != "removed"]
-        removed = [r for r in outcomes.delivered if r.op == "removed"]
+        sent = []
+        removed = []
+        for r in outcomes.delivered:
+            if r.op == "removed":
+                removed.append((sync_id, r.key, r.seq))
+            else:
+                sent.append((sync_id, r.key, r.row_hash, r.seq))
+        dropped = [(sync_id, key, seq) for key, seq in outcomes.dropped]
         async with self._tx() as db:
-            if kept:
-                await db.executemany(
-                    "INSERT INTO synced_rows (sync_id, key, row_hash, source) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (sync_id, key) DO UPDATE SET "
-                    "row_hash = excluded.row_hash, data = NULL, source = excluded.source",
-                    [(sync_id, r.key, r.row_hash, r.source) for r in kept],
-                )
-            if removed:
-                await db.executemany(
-                    "DELETE FROM synced_rows WHERE sync_id = ? AND key = ?",
-                    [(sync_id, r.key) for r in removed],
-                )
-            done = [(sync_id, r.key, r.seq) for r in outcomes.delivered]
-            done.extend((sync_id, key, seq) for key, seq in outcomes.dropped)
-            if done:
-                await db.executemany(
-                    "DELETE FROM pending_rows WHERE sync_id = ? AND key = ? AND seq = ?", done
-                )
+            if sent:
+                await db.executemany(_SENT, sent)
+            for statement in _REMOVED if removed else ():
+                await db.executemany(statement, removed)
+            for statement in _DROPPED if dropped else ():
+                await db.executemany(statement, dropped)
             if outcomes.failed:
                 await db.executemany(
-                    "UPDATE pending_rows SET error = ?, attempts = attempts + 1, "
-                    "last_attempt_at = ? WHERE sync_id = ? AND key = ? AND seq = ?",
-                    [(f.error, now, sync_id, f.key, f.seq) for f in outcomes.failed],
+                    _FAILED, [(f.error, now, sync_id, f.key, f.seq) for f in outcomes.failed]
                 )
 
     # runs ------------------------------------------------------------------------------

@@ -132,6 +132,48 @@ async def test_migrations_are_idempotent(store: Store, open_store: StoreFactory)
     assert [m.id for m in await third.list(Model)] == ["1"]
 
 
+async def test_rows_stored_by_schema_version_6_carry_over(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 7 merges pending_rows and synced_rows into row_state, keeping every row."""
+    import service.store.postgres as pg_module
+    import service.store.sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "SQLITE_MIGRATIONS", sqlite_module.SQLITE_MIGRATIONS[:6])
+    monkeypatch.setattr(pg_module, "POSTGRES_MIGRATIONS", pg_module.POSTGRES_MIGRATIONS[:6])
+    old = await open_store()
+    synced = "INSERT INTO synced_rows (sync_id, key, row_hash, data, source) VALUES (?, ?, ?, ?, ?)"
+    waiting = (
+        "INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash) VALUES (?, ?, ?, ?, ?, ?)"
+    )
+    statements = [
+        (synced, ("1", "held", b"h1", b'{"sent": 1}', b'{"id": "held"}')),
+        (synced, ("1", "both", b"h2", b'{"sent": 2}', b'{"id": "both"}')),
+        (waiting, ("1", "both", 5, "upsert", b'{"id": "both", "v": 2}', b"h3")),
+        (waiting, ("1", "gone", 6, "delete", None, None)),
+    ]
+    async with old._tx() as conn:  # type: ignore[attr-defined]
+        for sql, params in statements:
+            if isinstance(old, sqlite_module.SqliteStore):
+                await conn.execute(sql, params)
+            else:
+                await conn.execute(pg_module.pg(sql), *params)
+    await old.close()
+    monkeypatch.undo()
+
+    store = await open_store()
+    page = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
+    assert {k: (r.op, r.seq, r.synced_hash) for k, r in page.items()} == {
+        "both": ("upsert", 5, b"h2"),
+        "gone": ("delete", 6, None),
+    }
+    assert orjson.loads(page["both"].data or b"") == {"id": "both", "v": 2}
+    held = await store.synced_rows("1", ["held", "both", "gone"])
+    assert {k: r.row_hash for k, r in held.items()} == {"held": b"h1", "both": b"h2"}
+    assert orjson.loads(held["held"].source or b"") == {"id": "held"}
+    assert await store.pending_counts() == {"1": 2}
+
+
 async def test_replicas_opening_together_migrate_once(open_store: StoreFactory) -> None:
     stores = await asyncio.gather(*(open_store() for _ in range(3)))
     await stores[0].upsert(model())

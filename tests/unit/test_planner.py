@@ -95,14 +95,6 @@ def test_delete_of_a_synced_key_is_removed_carrying_the_data_last_sent() -> None
     assert change.row_hash is None
 
 
-def test_a_removal_of_a_row_synced_without_its_source_sends_the_payload_kept() -> None:
-    sent = {"id": 1, "email_address": "old@x"}
-    row = PendingRow("1", 4, "delete", None, None, None, synced_hash=b"h")
-    row.synced_payload = orjson.dumps(sent)
-    [change] = plan_page([row], "mirror", MAPPER).changes
-    assert (change.op, change.data) == ("removed", sent)
-
-
 def test_a_removal_whose_mapping_fails_is_rejected() -> None:
     mapper = compile_mappings(
         SyncConfiguration.model_validate(
