@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from service.core.models import Sync, SyncRun, SyncStatus
 from service.core.rows import (
@@ -36,31 +37,68 @@ _UPSERT_PENDING = (
     + "VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (sync_id, key) DO UPDATE SET"
     + shared.NEW_VERSION.format(seq="excluded.seq")
 )
-#: A new version from an event: left out when it changes nothing (see Store.write_pending).
-#: Upserts and deletes take separate statements: the plain VALUES form is the faster one, and
-#: only a delete needs the key to be known already.
+# The hot statements take a whole batch as one JSON array plus concatenated blobs, so SQLite
+# runs each as one step in its thread: executemany returns to Python between rows, and each
+# return waits for the event loop's thread to hand over the GIL (milliseconds under load).
+# SQLite's substr() on a BLOB counts bytes from 1.
+_BLOB = "CASE WHEN j.value->>{n} > 0 THEN substr(?{p}, j.value->>{o}, j.value->>{n}) END"
+
+#: New versions from events, ?2 = [[sync_id, key, op, data at, data length, hash at, hash
+#: length, emitted_at], ...], ?3 the data, ?4 the hashes; seq ?1 + 1 onwards, in order. A row
+#: is left out when it changes nothing (see Store.write_pending); a delete needs a known key.
 _UPSERT_CHANGED = (
     _INSERT_VERSION
-    + "VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (sync_id, key) DO UPDATE SET"
-    + shared.NEW_VERSION.format(seq="excluded.seq")
-    + "WHERE"
-    + shared.CHANGES_WHAT_IS_HELD
-)
-_DELETE_KNOWN = (
-    _INSERT_VERSION
-    + "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, 1 "
-    + "WHERE EXISTS (SELECT 1 FROM row_state r WHERE r.sync_id = ?1 AND r.key = ?2) "
+    + "SELECT j.value->>0, j.value->>1, ?1 + 1 + j.key, j.value->>2, "
+    + _BLOB.format(p=3, o=3, n=4)
+    + ", "
+    + _BLOB.format(p=4, o=5, n=6)
+    + ", j.value->>7, 1 FROM json_each(?2) AS j "
+    + "WHERE j.value->>2 = 'upsert' OR EXISTS (SELECT 1 FROM row_state r "
+    + "WHERE r.sync_id = j.value->>0 AND r.key = j.value->>1) "
     + "ON CONFLICT (sync_id, key) DO UPDATE SET"
     + shared.NEW_VERSION.format(seq="excluded.seq")
     + "WHERE"
     + shared.CHANGES_WHAT_IS_HELD
 )
-#: A version sent: the destination holds it; it leaves pending unless a newer one arrived.
+#: Versions sent, ?2 = [[key, seq, hash at, hash length], ...], ?3 the hashes: the destination
+#: holds them; each leaves pending unless a newer version arrived. Only rows still there.
 _SENT = (
-    "UPDATE row_state SET synced_hash = ?3, pending = CASE WHEN seq = ?4 THEN 0 ELSE pending END, "
-    "attempts = CASE WHEN seq = ?4 THEN 0 ELSE attempts END, "
-    "error = CASE WHEN seq = ?4 THEN NULL ELSE error END WHERE sync_id = ?1 AND key = ?2"
+    "INSERT INTO row_state (sync_id, key, seq, op, synced_hash, pending) "
+    "SELECT ?1, j.value->>0, j.value->>1, 'upsert', "
+    + _BLOB.format(p=3, o=2, n=3)
+    + ", 0 FROM json_each(?2) AS j "
+    "WHERE EXISTS (SELECT 1 FROM row_state r WHERE r.sync_id = ?1 AND r.key = j.value->>0) "
+    "ON CONFLICT (sync_id, key) DO UPDATE SET synced_hash = excluded.synced_hash, "
+    "pending = CASE WHEN row_state.seq = excluded.seq THEN 0 ELSE row_state.pending END, "
+    "attempts = CASE WHEN row_state.seq = excluded.seq THEN 0 ELSE row_state.attempts END, "
+    "error = CASE WHEN row_state.seq = excluded.seq THEN NULL ELSE row_state.error END"
 )
+_SNAPSHOT_KEYS = (
+    "INSERT INTO snapshot_keys (sync_id, snapshot_id, key) "
+    "SELECT j.value->>0, j.value->>1, j.value->>2 FROM json_each(?) AS j WHERE 1 "
+    "ON CONFLICT (sync_id, snapshot_id, key) DO NOTHING"
+)
+
+
+class _Blobs:
+    """Byte strings packed into one blob; `add` gives each one's (position, length)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self._at = 1
+
+    def add(self, value: bytes | None) -> tuple[int, int]:
+        if not value:
+            return 0, 0
+        at = self._at
+        self.parts.append(value)
+        self._at += len(value)
+        return at, len(value)
+
+    def blob(self) -> bytes:
+        return b"".join(self.parts)
+
+
 #: A removal sent: the destination holds nothing; the row goes unless a newer one arrived.
 _REMOVED = (
     ("UPDATE row_state SET synced_hash = NULL WHERE sync_id = ? AND key = ? AND seq <> ?"),
@@ -272,18 +310,19 @@ class SqliteStore(SqlReads):
         if not rows and not snapshot:
             return 0
         kept = 0
+        data, hashes = _Blobs(), _Blobs()
+        batch = orjson.dumps(
+            [
+                (r.sync_id, r.key, r.op, *data.add(r.data), *hashes.add(r.row_hash), r.emitted_at)
+                for r in rows
+            ]
+        )
         async with self._tx() as db:
             seq = self._seq
-            upserts = []
-            deletes = []
-            for r in rows:
-                seq += 1
-                row = (r.sync_id, r.key, seq, r.op, r.data, r.row_hash, r.emitted_at)
-                (deletes if r.op == "delete" else upserts).append(row)
-            for statement, params in ((_UPSERT_CHANGED, upserts), (_DELETE_KNOWN, deletes)):
-                if params:
-                    cur = await db.executemany(statement, params)
-                    kept += max(cur.rowcount, 0)
+            if rows:
+                cur = await db.execute(_UPSERT_CHANGED, (seq, batch, data.blob(), hashes.blob()))
+                kept = max(cur.rowcount, 0)
+                seq += len(rows)
             if snapshot:
                 seq = await self._snapshot(db, snapshot, seq)
             await db.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
@@ -308,7 +347,8 @@ class SqliteStore(SqlReads):
         snapshot = snapshot.without(done)
         opened = snapshot.snapshots()
         await db.executemany(shared.OPEN_SNAPSHOT, [(s, n, now) for s, n in sorted(opened)])
-        await db.executemany(shared.SNAPSHOT_KEY, snapshot.keys)
+        if snapshot.keys:
+            await db.execute(_SNAPSHOT_KEYS, (orjson.dumps(snapshot.keys),))
         for sync_id, snap in snapshot.closed:
             async with db.execute(shared.ABSENT_FROM_SNAPSHOT, (sync_id, snap)) as cur:
                 absent = [r[0] for r in await cur.fetchall()]
@@ -357,17 +397,18 @@ class SqliteStore(SqlReads):
     async def record_outcomes(self, sync_id: str, outcomes: RowOutcomes, now: float) -> None:
         if not outcomes:
             return
+        hashes = _Blobs()
         sent = []
         removed = []
         for r in outcomes.delivered:
             if r.op == "removed":
                 removed.append((sync_id, r.key, r.seq))
             else:
-                sent.append((sync_id, r.key, r.row_hash, r.seq))
+                sent.append((r.key, r.seq, *hashes.add(r.row_hash)))
         dropped = [(sync_id, key, seq) for key, seq in outcomes.dropped]
         async with self._tx() as db:
             if sent:
-                await db.executemany(_SENT, sent)
+                await db.execute(_SENT, (sync_id, orjson.dumps(sent), hashes.blob()))
             for statement in _REMOVED if removed else ():
                 await db.executemany(statement, removed)
             for statement in _DROPPED if dropped else ():
