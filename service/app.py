@@ -29,7 +29,7 @@ from service.core.metrics import Metrics
 from service.core.models import RunStatus, Sync, SyncRun
 from service.core.rows import RouteIndex
 from service.destinations.registry import DestinationContext, open_destination
-from service.ingest import Ingest
+from service.ingest import Ingest, PreparedPart
 from service.resources import ResourcesFile, apply_resources
 from service.router import build_routes
 from service.runner.retry import RetryPolicy
@@ -87,19 +87,32 @@ class Pipeline:
         self.catalog_version = version
 
     async def consume(self) -> None:
-        """Fetch, store as pending, then commit: offsets cover only what is durable."""
-        while not self.stopping:
-            batch = await self.source.fetch(timeout_ms=500)
-            if batch.records:
-                await self._ingest(batch)
+        """Fetch, store as pending, then commit: offsets cover only what is durable. While one
+        batch is being stored, the next is fetched, decoded and projected; batches are stored
+        and committed one after another, in order."""
+        storing: asyncio.Task[None] | None = None
+        try:
+            while not self.stopping:
+                batch = await self.source.fetch(timeout_ms=500)
+                if not batch.records:
+                    continue
+                # A sync created a moment ago gets every event fetched after its creation.
+                await self.refresh_catalog()
+                parts = self.ingest.prepare(batch.events, self.routes)
+                if storing is not None:
+                    await storing
+                storing = asyncio.create_task(self._ingest(batch, parts), name="ingest")
+            if storing is not None:
+                await storing
+        finally:
+            if storing is not None and not storing.done():
+                storing.cancel()  # uncommitted: these events are read again
 
-    async def _ingest(self, batch: EventBatch) -> None:
+    async def _ingest(self, batch: EventBatch, parts: list[PreparedPart]) -> None:
         delay = 0.5
         while True:
             try:
-                # A sync created a moment ago gets every event fetched after its creation.
-                await self.refresh_catalog()
-                result = await self.ingest.write(batch.events, self.routes)
+                result = await self.ingest.store(parts)
                 break
             except Exception:
                 # Never move past a batch that is not stored: retry it, or stop uncommitted.

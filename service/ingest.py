@@ -138,18 +138,37 @@ def _project_rows(
     return rejected
 
 
+@dataclass(slots=True)
+class PreparedPart:
+    """One store transaction's worth of a batch: its rows and snapshot progress."""
+
+    writes: list[PendingWrite]
+    snapshot: SnapshotProgress
+    found: IngestResult
+
+
 class Ingest:
+    """`prepare` is pure work on the event loop (projection, hashing); `store` writes what it
+    prepared. The consumer prepares the next batch while the store writes this one."""
+
     def __init__(self, store: Store, metrics: Metrics) -> None:
         self._store = store
         self._metrics = metrics
 
-    async def write(self, events: Sequence[ChangeEvent], routes: RouteIndex) -> IngestResult:
-        """Project and store; returns once the store transaction committed (one per batch,
-        or one per part of it when snapshots close inside it)."""
-        result = IngestResult()
+    def prepare(self, events: Sequence[ChangeEvent], routes: RouteIndex) -> list[PreparedPart]:
+        parts = []
         for part in segments(events):
             snapshot = SnapshotProgress()
             writes, found = project_events(part, routes, snapshot)
+            parts.append(PreparedPart(writes, snapshot, found))
+        return parts
+
+    async def store(self, parts: Sequence[PreparedPart]) -> IngestResult:
+        """Store the prepared parts; returns once the store committed (one transaction per
+        part: a batch is cut after each event that closes a snapshot)."""
+        result = IngestResult()
+        for part in parts:
+            writes, snapshot, found = part.writes, part.snapshot, part.found
             kept = 0
             if writes or snapshot:
                 with self._metrics.store_transaction_seconds.time():
@@ -165,6 +184,14 @@ class Ingest:
             result.unrouted_events += found.unrouted_events
             if snapshot.closed:
                 log.info("snapshots closed: %s", ", ".join(f"{s}/{n}" for s, n in snapshot.closed))
+        self._count(result)
+        return result
+
+    async def write(self, events: Sequence[ChangeEvent], routes: RouteIndex) -> IngestResult:
+        """`prepare` and `store` in one step."""
+        return await self.store(self.prepare(events, routes))
+
+    def _count(self, result: IngestResult) -> None:
         if result.rows:
             self._metrics.rows_ingested.inc(result.rows)
         if result.unchanged:
@@ -174,4 +201,3 @@ class Ingest:
             log.warning("rejected %d rows without a primary key value", result.rejected)
         if result.unrouted_events:
             self._metrics.events_unrouted.inc(result.unrouted_events)
-        return result

@@ -82,7 +82,7 @@ class PendingRow:
     key: str
     seq: int
     op: PendingOp
-    data: bytes | None
+    data: dict[str, Any] | None  # the source columns of an upsert
     row_hash: bytes | None
     emitted_at: float | None
     attempts: int = 0
@@ -90,7 +90,7 @@ class PendingRow:
     last_attempt_at: float | None = None
     synced_hash: bytes | None = None
     #: For a delete of a key the destination holds: the source columns of its last upsert.
-    synced_source: bytes | None = None
+    synced_source: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -113,9 +113,6 @@ class RowChange:
     seq: int
     row_hash: bytes | None = None  # None for removed rows
     emitted_at: float | None = None
-    #: The projected source row, kept with the synced row: a full resync sends it again, and a
-    #: removal maps it to the payload it sends.
-    source: bytes | None = None
 
     def payload(self) -> dict[str, Any]:
         return {"op": self.op, "key": self.key, "data": self.data}

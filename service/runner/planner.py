@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import orjson
-
 from service.core.models import SyncMode
 from service.core.rows import ChangeOp, PendingRow, RowChange, RowFailure
 from service.runner.mapping import MappingError, RowMapper
@@ -44,7 +42,6 @@ def plan_changes(
     allowed = MODE_OPS[mode]
     plan = Plan()
     changes, dropped = plan.changes, plan.dropped
-    loads = orjson.loads
     for row in pending:
         held = row.synced_hash
         if row.op == "delete":
@@ -52,7 +49,7 @@ def plan_changes(
                 dropped.append((row.key, row.seq))
                 continue
             try:
-                data = mapper(loads(row.synced_source or b"{}"))
+                data = mapper(row.synced_source or {})
             except MappingError as exc:
                 plan.rejected.append(RowFailure(row.key, row.seq, "removed", str(exc)))
                 continue
@@ -69,11 +66,9 @@ def plan_changes(
             dropped.append((row.key, row.seq))
             continue
         try:
-            data = mapper(loads(row.data or b"{}"))
+            data = mapper(row.data or {})
         except MappingError as exc:
             plan.rejected.append(RowFailure(row.key, row.seq, op, str(exc)))
             continue
-        changes.append(
-            RowChange(op, row.key, data, row.seq, row.row_hash, row.emitted_at, row.data)
-        )
+        changes.append(RowChange(op, row.key, data, row.seq, row.row_hash, row.emitted_at))
     return plan

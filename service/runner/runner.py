@@ -12,10 +12,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from service.core.errors import DestinationError
-from service.core.interfaces import Batch, Clock, DestinationWriter, RunReporter, RunRequest
+from service.core.interfaces import (
+    Batch,
+    BatchResult,
+    Clock,
+    DestinationWriter,
+    RunReporter,
+    RunRequest,
+)
 from service.core.metrics import Metrics
-from service.core.models import Destination, RunStatus, Sync, SyncRun
-from service.core.rows import RowChange, RowFailure, RowOutcomes
+from service.core.models import Destination, RunStatus, Sync, SyncMode, SyncRun
+from service.core.rows import PendingRow, RowChange, RowFailure, RowOutcomes
 from service.runner.batcher import Batcher
 from service.runner.delivery import Delivery
 from service.runner.mapping import RowMapper, compile_mappings
@@ -169,45 +176,69 @@ class SyncRunner:
             await self._store.requeue_synced(sync.id)
         upto = await self._store.max_pending_seq(sync.id)
         cursor = 0
-        while True:
-            page = await self._store.pending_page(sync.id, cursor, upto, self._page_size)
-            if not page:
-                while batch := batcher.drain(force=True):
-                    await sending.dispatch(batch)
-                newest = await self._more_rows(sync.id, upto, request, deadline)
-                if newest is None:
-                    return
-                upto = newest
-                continue
-            cursor = page[-1].seq
-            run.query_size += len(page)
-            plan = plan_changes(page, mode, mapper, full_resync=request.full_resync)
-            if request.reset_cdc:
-                # What is pending becomes what the destination is taken to hold; nothing is sent.
-                await self._store.record_outcomes(
-                    sync.id,
-                    RowOutcomes(delivered=plan.changes, dropped=plan.dropped),
-                    self._clock.time(),
-                )
-                continue
-            counts = Counter(c.op for c in plan.changes)
-            counts.update(f.op for f in plan.rejected)
-            for op, n in counts.items():
-                run.planned_rows.add(op, n)
-                self._metrics.rows_planned.labels(op).inc(n)
-            for failure in plan.rejected:
-                run.failed_rows.add(failure.op)
-            if plan.dropped:
-                self._metrics.rows_unchanged.inc(len(plan.dropped))
-            if plan.dropped or plan.rejected:
-                await self._store.record_outcomes(
-                    sync.id,
-                    RowOutcomes(failed=plan.rejected, dropped=plan.dropped),
-                    self._clock.time(),
-                )
-            batcher.add(plan.changes)
-            while batch := batcher.drain():
-                await sending.dispatch(batch)
+        reading = self._read(sync.id, cursor, upto)
+        try:
+            while True:
+                page = await reading
+                if not page:
+                    while batch := batcher.drain(force=True):
+                        await sending.dispatch(batch)
+                    newest = await self._more_rows(sync.id, upto, request, deadline)
+                    if newest is None:
+                        return
+                    upto = newest
+                    reading = self._read(sync.id, cursor, upto)
+                    continue
+                cursor = page[-1].seq
+                reading = self._read(sync.id, cursor, upto)  # the next page, while this one goes
+                run.query_size += len(page)
+                await self._plan_page(sync, run, request, page, mapper, mode, batcher, sending)
+        finally:
+            reading.cancel()
+
+    def _read(self, sync_id: str, cursor: int, upto: int) -> asyncio.Task[list[PendingRow]]:
+        return asyncio.create_task(
+            self._store.pending_page(sync_id, cursor, upto, self._page_size), name="read-page"
+        )
+
+    async def _plan_page(
+        self,
+        sync: Sync,
+        run: SyncRun,
+        request: RunRequest,
+        page: list[PendingRow],
+        mapper: RowMapper,
+        mode: SyncMode,
+        batcher: Batcher[RowChange],
+        sending: _Sending,
+    ) -> None:
+        plan = plan_changes(page, mode, mapper, full_resync=request.full_resync)
+        if request.reset_cdc:
+            # What is pending becomes what the destination is taken to hold; nothing is sent.
+            await self._store.record_outcomes(
+                sync.id,
+                RowOutcomes(delivered=plan.changes, dropped=plan.dropped),
+                self._clock.time(),
+            )
+            return
+        counts = Counter(c.op for c in plan.changes)
+        counts.update(f.op for f in plan.rejected)
+        for op, n in counts.items():
+            run.planned_rows.add(op, n)
+            self._metrics.rows_planned.labels(op).inc(n)
+        for failure in plan.rejected:
+            run.failed_rows.add(failure.op)
+        if plan.dropped:
+            self._metrics.rows_unchanged.inc(len(plan.dropped))
+        if plan.dropped or plan.rejected:
+            await self._store.record_outcomes(
+                sync.id,
+                RowOutcomes(failed=plan.rejected, dropped=plan.dropped),
+                self._clock.time(),
+            )
+        batcher.add(plan.changes)
+        while batch := batcher.drain():
+            await sending.dispatch(batch)
 
     async def _more_rows(
         self, sync_id: str, upto: int, request: RunRequest, deadline: float
@@ -228,12 +259,15 @@ class SyncRunner:
                 return None
         return None
 
-    async def _deliver(
-        self, sync: Sync, run: SyncRun, delivery: Delivery, rows: list[RowChange], n: int
-    ) -> DestinationError | None:
-        """Send one batch and record what became of each row; returns a fatal error."""
-        self._metrics.batch_rows.observe(len(rows))
-        result = await delivery.send(Batch(sync.id, run.id, f"{run.id}-{n}", rows))
+    async def _record(
+        self,
+        sync: Sync,
+        run: SyncRun,
+        delivery: Delivery,
+        rows: list[RowChange],
+        result: BatchResult,
+    ) -> None:
+        """Record what became of each row of a batch sent."""
         outcomes = RowOutcomes()
         for row in rows:
             error = result.rejected.get(row.key)
@@ -244,7 +278,6 @@ class SyncRunner:
         now = self._clock.time()
         await self._store.record_outcomes(sync.id, outcomes, now)
         self._count(run, delivery.writer.type_name, outcomes, now)
-        return result.fatal
 
     def _count(self, run: SyncRun, kind: str, outcomes: RowOutcomes, now: float) -> None:
         delivered = Counter(r.op for r in outcomes.delivered)
@@ -289,28 +322,43 @@ class SyncRunner:
         return mapper
 
 
+#: Batches sent and still being recorded, beyond the destination's concurrency limit.
+_RECORDING = 2
+
+
 class _Sending:
-    """The batches of one run in flight at once, up to the destination's adaptive concurrency
-    limit. A fatal error stops new batches; the ones in flight finish and record their rows."""
+    """The batches of one run in flight at once: up to the destination's adaptive concurrency
+    limit in requests, and a few more being recorded in the store, so the next batch goes
+    while the last one is written. A batch holding a key another batch in flight holds waits
+    for that one: versions of a row reach the destination and the store in order. A fatal
+    error stops new batches; the ones in flight finish and record their rows."""
 
     def __init__(self, runner: SyncRunner, sync: Sync, run: SyncRun, delivery: Delivery) -> None:
         self._runner = runner
         self._sync = sync
         self._run = run
         self._delivery = delivery
-        self._tasks: set[asyncio.Task[DestinationError | None]] = set()
+        self._tasks: dict[asyncio.Task[DestinationError | None], set[str]] = {}
         self._fatal: DestinationError | None = None
         self._count = 0
 
     def _collect(self) -> None:
         for task in [t for t in self._tasks if t.done()]:
-            self._tasks.discard(task)
+            del self._tasks[task]
             fatal = task.result()  # an unexpected error (the store) ends the run here
             if fatal is not None and self._fatal is None:
                 self._fatal = fatal
 
     async def dispatch(self, rows: list[RowChange]) -> None:
         limiter = self._delivery.limiter
+        keys = {r.key for r in rows}
+        clashes = [t for t, held in self._tasks.items() if not keys.isdisjoint(held)]
+        if clashes:
+            await asyncio.wait(clashes)
+        self._collect()
+        while len(self._tasks) >= limiter.limit + _RECORDING:
+            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            self._collect()
         await limiter.acquire()
         self._collect()
         if self._fatal is not None:
@@ -318,16 +366,19 @@ class _Sending:
             raise _RunAborted(self._fatal)
         self._count += 1
         task = asyncio.create_task(self._send(rows, self._count))
-        self._tasks.add(task)
+        self._tasks[task] = keys
 
     async def _send(self, rows: list[RowChange], n: int) -> DestinationError | None:
+        sync, run = self._sync, self._run
         try:
-            fatal = await self._runner._deliver(self._sync, self._run, self._delivery, rows, n)
-            if fatal is not None and self._fatal is None:
-                self._fatal = fatal  # before the slot frees, so no further batch starts
-            return fatal
+            self._runner._metrics.batch_rows.observe(len(rows))
+            result = await self._delivery.send(Batch(sync.id, run.id, f"{run.id}-{n}", rows))
+            if result.fatal is not None and self._fatal is None:
+                self._fatal = result.fatal  # before the slot frees, so no further batch starts
         finally:
             await asyncio.shield(self._delivery.limiter.release())
+        await self._runner._record(sync, run, self._delivery, rows, result)
+        return result.fatal
 
     async def finish(self) -> None:
         if self._tasks:

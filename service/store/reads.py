@@ -6,6 +6,8 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from service.core.models import SyncRun
 from service.core.rows import PendingRow, RejectedRow
 from service.store import sql as shared
@@ -43,11 +45,28 @@ class SqlReads(Store):
     async def failed_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in await self._rows(shared.FAILED_COUNTS)}
 
+    async def _pending(
+        self, fields: tuple[tuple[str, str], ...], rest: str, params: Sequence[Any]
+    ) -> list[PendingRow]:
+        """PendingRows of `fields` (shared.PENDING_FIELDS or PAGE_FIELDS), in the order `rest`
+        (FROM ... ORDER BY ...) gives them."""
+        rows = await self._rows(shared.select_fields(fields, rest), params)
+        json_at = [i for i, (_, kind) in enumerate(fields) if kind == "json"]
+        found = []
+        for r in rows:
+            values = list(r)
+            for i in json_at:
+                if values[i] is not None:
+                    values[i] = orjson.loads(values[i])
+            found.append(PendingRow(*values))
+        return found
+
     async def list_pending(
         self, sync_id: str, *, failed_only: bool, limit: int, offset: int
     ) -> tuple[list[PendingRow], bool]:
-        rows = await self._rows(*shared.select_pending(sync_id, failed_only, limit, offset))
-        return [PendingRow(*r) for r in rows[:limit]], len(rows) > limit
+        rest, params = shared.select_pending(sync_id, failed_only, limit, offset)
+        rows = await self._pending(shared.PENDING_FIELDS, rest, params)
+        return rows[:limit], len(rows) > limit
 
     async def max_pending_seq(self, sync_id: str) -> int:
         rows = await self._rows(shared.MAX_PENDING_SEQ, (sync_id,))
@@ -56,8 +75,8 @@ class SqlReads(Store):
     async def pending_page(
         self, sync_id: str, after_seq: int, upto_seq: int, limit: int
     ) -> list[PendingRow]:
-        rows = await self._rows(shared.PENDING_PAGE, (sync_id, after_seq, upto_seq, limit))
-        return [PendingRow(*r) for r in rows]
+        params = (sync_id, after_seq, upto_seq, limit)
+        return await self._pending(shared.PAGE_FIELDS, shared.PENDING_PAGE, params)
 
     async def list_rejected(
         self, sync_id: str, *, limit: int, offset: int

@@ -136,19 +136,46 @@ row_state.pending = 1 OR CASE WHEN excluded.op = 'delete' THEN row_state.synced_
   ELSE row_state.synced_hash IS NULL OR row_state.synced_hash <> excluded.row_hash END
 """
 
-#: PendingRow's columns: data only for upserts (a delete keeps the old source in it).
-_PENDING_COLUMNS = (
-    "key, seq, op, CASE WHEN op = 'upsert' THEN data END, row_hash, emitted_at, attempts, "
-    "error, last_attempt_at"
+#: PendingRow's fields as (SQL, kind): "json" for a JSON blob, "bytes" for a hash. Data only
+#: for upserts (a delete keeps the old source in it); a run's page adds what the destination
+#: holds, and for a removal the source columns it maps to its payload.
+PENDING_FIELDS: tuple[tuple[str, str], ...] = (
+    ("key", ""),
+    ("seq", ""),
+    ("op", ""),
+    ("CASE WHEN op = 'upsert' THEN data END", "json"),
+    ("row_hash", "bytes"),
+    ("emitted_at", ""),
+    ("attempts", ""),
+    ("error", ""),
+    ("last_attempt_at", ""),
 )
-#: A run's page of pending rows in seq order, each with what the destination holds for its key;
-#: a removal gets the source columns it maps to its payload.
+PAGE_FIELDS = (
+    *PENDING_FIELDS,
+    ("synced_hash", "bytes"),
+    ("CASE WHEN op = 'delete' AND synced_hash IS NOT NULL THEN data END", "json"),
+)
+#: A run's page of pending rows, in seq order.
 PENDING_PAGE = (
-    f"SELECT {_PENDING_COLUMNS}, synced_hash, "
-    "CASE WHEN op = 'delete' AND synced_hash IS NOT NULL THEN data END "
-    "FROM row_state WHERE sync_id = ? AND pending = 1 AND seq > ? AND seq <= ? "
-    "ORDER BY seq LIMIT ?"
+    "FROM row_state WHERE sync_id = ? AND pending = 1 AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 )
+
+
+def select_fields(fields: tuple[tuple[str, str], ...], rest: str) -> str:
+    return f"SELECT {', '.join(sql for sql, _ in fields)} {rest}"
+
+
+def json_rows(fields: tuple[tuple[str, str], ...], rest: str) -> str:
+    """The same rows as one JSON array of arrays in one value (SQLite: one step for the
+    whole page); JSON blobs embedded as JSON, bytes as hex."""
+    inner = ", ".join(f"{sql} AS f{i}" for i, (sql, _) in enumerate(fields))
+    values = ", ".join(
+        f"json(f{i})" if kind == "json" else f"hex(f{i})" if kind == "bytes" else f"f{i}"
+        for i, (_, kind) in enumerate(fields)
+    )
+    return f"SELECT json_group_array(json_array({values})) FROM (SELECT {inner} {rest})"
+
+
 PENDING_COUNTS = "SELECT sync_id, COUNT(*) FROM row_state WHERE pending = 1 GROUP BY sync_id"
 FAILED_COUNTS = (
     "SELECT sync_id, COUNT(*) FROM row_state WHERE pending = 1 AND error IS NOT NULL "
@@ -160,8 +187,9 @@ MAX_PENDING_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM row_state WHERE sync_id = ?
 def select_pending(
     sync_id: str, failed_only: bool, limit: int, offset: int
 ) -> tuple[str, list[Any]]:
-    """One page of pending rows by key, plus one row to tell whether more follow."""
-    sql = f"SELECT {_PENDING_COLUMNS} FROM row_state WHERE sync_id = ? AND pending = 1"
+    """The FROM ... of one page of pending rows by key, plus one row to tell whether more
+    follow (PENDING_FIELDS)."""
+    sql = "FROM row_state WHERE sync_id = ? AND pending = 1"
     if failed_only:
         sql += " AND error IS NOT NULL"
     return sql + " ORDER BY key LIMIT ? OFFSET ?", [sync_id, limit + 1, offset]

@@ -28,8 +28,7 @@ def _hash(data: bytes) -> bytes:
 
 
 def upsert(key: str, data: dict[str, Any], seq: int = 1) -> PendingRow:
-    raw = orjson.dumps(data)
-    return PendingRow(key, seq, "upsert", raw, _hash(raw), emitted_at=None)
+    return PendingRow(key, seq, "upsert", data, _hash(orjson.dumps(data)), emitted_at=None)
 
 
 def delete(key: str, seq: int = 1) -> PendingRow:
@@ -52,7 +51,7 @@ def plan_changes(
         if previous is None:
             page.append(row)
         else:
-            source = previous.source if row.op == "delete" else None
+            source = orjson.loads(previous.source or b"{}") if row.op == "delete" else None
             page.append(replace(row, synced_hash=previous.row_hash, synced_source=source))
     return plan_page(page, mode, mapper, **kw)
 
@@ -101,7 +100,7 @@ def test_a_removal_whose_mapping_fails_is_rejected() -> None:
             {"mappings": [{"type": "template", "to": "x", "template": "{{ n | divided_by: 0 }}"}]}
         )
     )
-    row = PendingRow("1", 4, "delete", None, None, None, synced_hash=b"h", synced_source=b"{}")
+    row = PendingRow("1", 4, "delete", None, None, None, synced_hash=b"h", synced_source={})
     plan = plan_page([row], "mirror", mapper)
     assert plan.changes == []
     assert [(f.key, f.op) for f in plan.rejected] == [("1", "removed")]
