@@ -260,21 +260,17 @@ class SyncRunner:
         return None
 
     async def _record(
-        self,
-        sync: Sync,
-        run: SyncRun,
-        delivery: Delivery,
-        rows: list[RowChange],
-        result: BatchResult,
+        self, sync: Sync, run: SyncRun, delivery: Delivery, sent: list[_Sent]
     ) -> None:
-        """Record what became of each row of a batch sent."""
+        """Record what became of each row of the batches sent, in one store transaction."""
         outcomes = RowOutcomes()
-        for row in rows:
-            error = result.rejected.get(row.key)
-            if error is None:
-                outcomes.delivered.append(row)
-            else:
-                outcomes.failed.append(RowFailure(row.key, row.seq, row.op, error))
+        for rows, result in sent:
+            for row in rows:
+                error = result.rejected.get(row.key)
+                if error is None:
+                    outcomes.delivered.append(row)
+                else:
+                    outcomes.failed.append(RowFailure(row.key, row.seq, row.op, error))
         now = self._clock.time()
         await self._store.record_outcomes(sync.id, outcomes, now)
         self._count(run, delivery.writer.type_name, outcomes, now)
@@ -322,16 +318,17 @@ class SyncRunner:
         return mapper
 
 
-#: Batches sent and still being recorded, beyond the destination's concurrency limit.
-_RECORDING = 2
+#: A batch sent: its rows and what the destination answered.
+_Sent = tuple[list[RowChange], BatchResult]
 
 
 class _Sending:
     """The batches of one run in flight at once: up to the destination's adaptive concurrency
-    limit in requests, and a few more being recorded in the store, so the next batch goes
-    while the last one is written. A batch holding a key another batch in flight holds waits
-    for that one: versions of a row reach the destination and the store in order. A fatal
-    error stops new batches; the ones in flight finish and record their rows."""
+    limit in requests, and as many again being recorded. Batches that come back while the
+    store records others are recorded together, in one transaction. A batch holding a key
+    another batch in flight holds waits for that one: versions of a row reach the destination
+    and the store in order. A fatal error stops new batches; the ones in flight finish and
+    record their rows."""
 
     def __init__(self, runner: SyncRunner, sync: Sync, run: SyncRun, delivery: Delivery) -> None:
         self._runner = runner
@@ -341,6 +338,8 @@ class _Sending:
         self._tasks: dict[asyncio.Task[DestinationError | None], set[str]] = {}
         self._fatal: DestinationError | None = None
         self._count = 0
+        self._sent: list[tuple[_Sent, asyncio.Future[None]]] = []
+        self._recorder: asyncio.Task[None] | None = None
 
     def _collect(self) -> None:
         for task in [t for t in self._tasks if t.done()]:
@@ -356,7 +355,7 @@ class _Sending:
         if clashes:
             await asyncio.wait(clashes)
         self._collect()
-        while len(self._tasks) >= limiter.limit + _RECORDING:
+        while len(self._tasks) >= 2 * limiter.limit:
             await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
             self._collect()
         await limiter.acquire()
@@ -377,8 +376,28 @@ class _Sending:
                 self._fatal = result.fatal  # before the slot frees, so no further batch starts
         finally:
             await asyncio.shield(self._delivery.limiter.release())
-        await self._runner._record(sync, run, self._delivery, rows, result)
+        recorded = asyncio.get_running_loop().create_future()
+        self._sent.append(((rows, result), recorded))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record())
+        await recorded
         return result.fatal
+
+    async def _record(self) -> None:
+        while self._sent:
+            taken, self._sent = self._sent, []
+            try:
+                await self._runner._record(
+                    self._sync, self._run, self._delivery, [sent for sent, _ in taken]
+                )
+            except BaseException as exc:  # the batches' own tasks raise it
+                for _, recorded in taken:
+                    if not recorded.done():
+                        recorded.set_exception(exc)
+                return
+            for _, recorded in taken:
+                if not recorded.done():
+                    recorded.set_result(None)
 
     async def finish(self) -> None:
         if self._tasks:
@@ -389,8 +408,9 @@ class _Sending:
 
     async def cancel(self) -> None:
         """Stop whatever is still in flight (shutdown, cancel); those rows stay pending."""
-        for task in self._tasks:
+        waiting = [*self._tasks, *([self._recorder] if self._recorder else [])]
+        for task in waiting:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        if waiting:
+            await asyncio.wait(waiting)
         self._tasks.clear()
