@@ -133,7 +133,9 @@ def _project_rows(
         if op == "delete":
             latest[(sync_id, key)] = PendingWrite(sync_id, key, "delete", None, None, emitted)
             continue
-        data = dumps({c: row.get(c) for c in columns})  # type: ignore[operator]
+        # A row that has exactly the referenced columns, in their order, is its own projection.
+        projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
+        data = dumps(projected)  # type: ignore[operator]
         latest[(sync_id, key)] = PendingWrite(sync_id, key, "upsert", data, row_hash(data), emitted)
     return rejected
 

@@ -30,6 +30,18 @@ def compile_mappings(configuration: SyncConfiguration) -> RowMapper:
         else:
             templates.append((mapping.to, _LIQUID.from_string(mapping.template)))
 
+    if not static and not templates and all(src == to for src, to in standard):
+        names = [to for _, to in standard]
+        name_set = set(names)
+
+        def same_names(row: dict[str, Any]) -> dict[str, Any]:
+            """Every column under its own name: the row itself when it has just those."""
+            if row.keys() == name_set:
+                return row
+            return {n: row.get(n) for n in names}
+
+        return same_names
+
     def apply(row: dict[str, Any]) -> dict[str, Any]:
         out = {to: row.get(src) for src, to in standard}
         if static:

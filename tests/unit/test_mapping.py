@@ -19,6 +19,13 @@ def test_standard_mapping_renames_a_column() -> None:
     assert apply({"email": "a@x", "other": 1}) == {"email_address": "a@x"}
 
 
+def test_columns_mapped_to_their_own_names_give_those_columns_only() -> None:
+    apply = mapper({"from": "id", "to": "id"}, {"from": "email", "to": "email"})
+    assert apply({"email": "a@x", "id": 1}) == {"email": "a@x", "id": 1}
+    assert apply({"id": 1, "email": "a@x", "other": 2}) == {"id": 1, "email": "a@x"}
+    assert apply({"id": 1}) == {"id": 1, "email": None}
+
+
 def test_standard_mapping_keeps_the_value_type() -> None:
     apply = mapper({"type": "standard", "from": "n", "to": "count"})
     assert apply({"n": 3}) == {"count": 3}
