@@ -67,7 +67,7 @@ def project_events(
         for route in targets:
             refused = _project_rows(event.rows, route, op, emitted, latest, dumps)
             result.rejected += len(refused)
-            if snapshot is not None:
+            if refused and snapshot is not None:
                 snapshot.rejected.extend(
                     RejectedRow(
                         route.sync_id,
