@@ -180,6 +180,10 @@ class SyncRunner:
         try:
             while True:
                 page = await reading
+                if page and await sending.settle({r.key for r in page}):
+                    # An older version of one of these keys was in flight: read the page again,
+                    # with what the destination holds now.
+                    page = await self._store.pending_page(sync.id, cursor, upto, self._page_size)
                 if not page:
                     while batch := batcher.drain(force=True):
                         await sending.dispatch(batch)
@@ -325,9 +329,10 @@ _Sent = tuple[list[RowChange], BatchResult]
 class _Sending:
     """The batches of one run in flight at once: up to the destination's adaptive concurrency
     limit in requests, and as many again being recorded. Batches that come back while the
-    store records others are recorded together, in one transaction. A batch holding a key
-    another batch in flight holds waits for that one: versions of a row reach the destination
-    and the store in order. A fatal error stops new batches; the ones in flight finish and
+    store records others are recorded together, in one transaction. A page holding a key that
+    a batch in flight holds is planned only after that batch is recorded (`settle`): versions
+    of a row reach the destination and the store in order, and each is compared with what
+    the destination holds. A fatal error stops new batches; the ones in flight finish and
     record their rows."""
 
     def __init__(self, runner: SyncRunner, sync: Sync, run: SyncRun, delivery: Delivery) -> None:
@@ -348,12 +353,15 @@ class _Sending:
             if fatal is not None and self._fatal is None:
                 self._fatal = fatal
 
+    async def settle(self, keys: set[str]) -> bool:
+        """Wait for the batches in flight that hold any of these keys; whether there were any."""
+        holding = [t for t, held in self._tasks.items() if not keys.isdisjoint(held)]
+        if holding:
+            await asyncio.wait(holding)
+        return bool(holding)
+
     async def dispatch(self, rows: list[RowChange]) -> None:
         limiter = self._delivery.limiter
-        keys = {r.key for r in rows}
-        clashes = [t for t, held in self._tasks.items() if not keys.isdisjoint(held)]
-        if clashes:
-            await asyncio.wait(clashes)
         self._collect()
         while len(self._tasks) >= 2 * limiter.limit:
             await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -365,7 +373,7 @@ class _Sending:
             raise _RunAborted(self._fatal)
         self._count += 1
         task = asyncio.create_task(self._send(rows, self._count))
-        self._tasks[task] = keys
+        self._tasks[task] = {r.key for r in rows}
 
     async def _send(self, rows: list[RowChange], n: int) -> DestinationError | None:
         sync, run = self._sync, self._run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
@@ -30,7 +31,7 @@ from service.router import build_routes
 from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
 from service.store.sqlite import SqliteStore
-from tests.support import Receiver
+from tests.support import Receiver, wait_for
 
 MAPPINGS = [
     {"from": "id", "to": "id"},
@@ -404,3 +405,24 @@ async def test_a_sync_held_by_another_replica_is_not_run_here(harness: Harness) 
     assert run is not None
     assert run.status is RunStatus.SUCCESS
     assert harness.receiver.ops() == [("added", "1")]
+
+
+async def test_a_row_changed_back_while_its_last_version_is_in_flight_is_sent(
+    harness: Harness,
+) -> None:
+    """v0 synced, v1 in flight, then v0 again: v0 differs from what the destination will hold
+    (v1), so it must be sent, not dropped as equal to the v0 the store held before v1 landed."""
+    await harness.setup(mode="upsert")
+    await harness.send("upsert", [user(1, "v0@example.com")])
+    await harness.run()
+    harness.receiver.rows.clear()
+    harness.receiver.delay = 0.5
+    await harness.send("upsert", [user(1, "v1@example.com")])
+    running = asyncio.create_task(harness.run(window=10.0))
+    await wait_for(lambda: len(harness.receiver.requests) >= 2, what="v1 in flight")
+    await harness.send("upsert", [user(1, "v0@example.com")])
+    harness.receiver.delay = 0.0
+    run = await running
+    emails = [r["data"]["email_address"] for r in harness.receiver.rows]
+    assert emails == ["v1@example.com", "v0@example.com"]
+    assert run.successful_rows.changed_count == 2
