@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -42,6 +43,8 @@ from service.store.base import RunQuery, Store
 from service.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CATALOG_POLL_SECONDS = 1.0
 GAUGE_POLL_SECONDS = 5.0
@@ -90,17 +93,19 @@ class Pipeline:
         """Fetch, store as pending, then commit: offsets cover only what is durable. While one
         batch is being stored, the next is fetched, decoded and projected; batches are stored
         and committed one after another, in order."""
-        storing: asyncio.Task[None] | None = None
+        storing: asyncio.Task[bool] | None = None
         try:
             while not self.stopping:
                 batch = await self.source.fetch(timeout_ms=500)
                 if not batch.records:
                     continue
-                # A sync created a moment ago gets every event fetched after its creation.
-                await self.refresh_catalog()
-                parts = self.ingest.prepare(batch.events, self.routes)
-                if storing is not None:
-                    await storing
+                parts = await self._retrying(
+                    "preparing", batch, functools.partial(self._prepare, batch)
+                )
+                if storing is not None and not await storing:
+                    return  # stopping before the last batch was stored: nothing after it either
+                if parts is None:
+                    return  # stopping: uncommitted, these events are read again
                 storing = asyncio.create_task(self._ingest(batch, parts), name="ingest")
             if storing is not None:
                 await storing
@@ -108,23 +113,37 @@ class Pipeline:
             if storing is not None and not storing.done():
                 storing.cancel()  # uncommitted: these events are read again
 
-    async def _ingest(self, batch: EventBatch, parts: list[PreparedPart]) -> None:
+    async def _prepare(self, batch: EventBatch) -> list[PreparedPart]:
+        # A sync created a moment ago gets every event fetched after its creation.
+        await self.refresh_catalog()
+        return self.ingest.prepare(batch.events, self.routes)
+
+    async def _ingest(self, batch: EventBatch, parts: list[PreparedPart]) -> bool:
+        """Store, then commit the batch's offsets; False if the service stopped first."""
+        result = await self._retrying("storing", batch, lambda: self.ingest.store(parts))
+        if result is None:
+            return False
+        await self.source.commit(batch.offsets)
+        self.scheduler.notify_pending(result.sync_ids)
+        return True
+
+    async def _retrying(
+        self, what: str, batch: EventBatch, step: Callable[[], Awaitable[T]]
+    ) -> T | None:
+        """Never move past a batch that is not stored: retry the step with backoff, or give up
+        uncommitted (None) once the service is stopping."""
         delay = 0.5
         while True:
             try:
-                result = await self.ingest.store(parts)
-                break
+                return await step()
             except Exception:
-                # Never move past a batch that is not stored: retry it, or stop uncommitted.
                 log.exception(
-                    "storing %d events failed; retrying in %.1fs", len(batch.events), delay
+                    "%s %d events failed; retrying in %.1fs", what, len(batch.events), delay
                 )
                 if self.stopping:
-                    return
+                    return None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        await self.source.commit(batch.offsets)
-        self.scheduler.notify_pending(result.sync_ids)
 
     async def _watch_snapshots(self) -> None:
         snapshots = await self.store.open_snapshots()

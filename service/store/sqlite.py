@@ -102,8 +102,8 @@ class _Blobs:
 
 #: A removal sent: the destination holds nothing; the row goes unless a newer one arrived.
 _REMOVED = (
-    ("UPDATE row_state SET synced_hash = NULL WHERE sync_id = ? AND key = ? AND seq <> ?"),
-    ("DELETE FROM row_state WHERE sync_id = ? AND key = ? AND seq = ?"),
+    "UPDATE row_state SET synced_hash = NULL WHERE sync_id = ? AND key = ? AND seq <> ?",
+    "DELETE FROM row_state WHERE sync_id = ? AND key = ? AND seq = ?",
 )
 #: A version that needs no send leaves pending; a row the destination never held goes.
 _DROPPED = (
