@@ -254,8 +254,11 @@ class SyncRunner:
             return None
         idle_since = self._clock.monotonic()
         step = max(request.linger, _IDLE_POLL_SECONDS)  # lingerMs still gathers a burst
+        wait = request.linger > 0  # without linger, rows that came during the send go at once
         while self._clock.monotonic() < deadline and not request.should_stop():
-            await self._clock.sleep(step)
+            if wait:
+                await self._clock.sleep(step)
+            wait = True
             newest = await self._store.max_pending_seq(sync_id)
             if newest > upto:
                 return newest
