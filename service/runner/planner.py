@@ -36,8 +36,8 @@ def plan_changes(
 
     A row whose source-column hash equals the one last sent is unchanged and dropped. Rows the
     mode does not send are dropped too, leaving what the destination holds on record as it was.
-    With `full_resync`, unchanged rows are sent too (as changed). A removal sends the row last
-    sent, mapped again from its source columns.
+    With `full_resync`, unchanged rows are sent too (as changed). A removal sends the key's last
+    upsert, mapped again from its source columns.
     """
     allowed = MODE_OPS[mode]
     plan = Plan()
