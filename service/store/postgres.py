@@ -84,20 +84,21 @@ UPDATE row_state AS r SET synced_hash = d.row_hash,
 FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS d(key, row_hash, seq)
 WHERE r.sync_id = $1 AND r.key = d.key
 """
-_BY_SEQ = (
-    "FROM unnest($2::text[], $3::bigint[]) AS d(key, seq) WHERE r.sync_id = $1 AND r.key = d.key"
-)
+#: (key, seq) pairs of one sync ($1 the sync, $2 keys, $3 seqs), each matched to its row `r`.
+_KEYS_SEQS = "unnest($2::text[], $3::bigint[]) AS d(key, seq)"
+_OF_SYNC = "r.sync_id = $1 AND r.key = d.key"
 #: A removal sent: the destination holds nothing; the row goes unless a newer one arrived.
 _REMOVED = (
-    f"UPDATE row_state AS r SET synced_hash = NULL {_BY_SEQ} AND r.seq <> d.seq",
-    f"DELETE FROM row_state AS r USING {_BY_SEQ.removeprefix('FROM ')} AND r.seq = d.seq",
+    f"UPDATE row_state AS r SET synced_hash = NULL FROM {_KEYS_SEQS} "
+    f"WHERE {_OF_SYNC} AND r.seq <> d.seq",
+    f"DELETE FROM row_state AS r USING {_KEYS_SEQS} WHERE {_OF_SYNC} AND r.seq = d.seq",
 )
 #: A version that needs no send leaves pending; a row the destination never held goes.
 _DROPPED = (
-    f"DELETE FROM row_state AS r USING {_BY_SEQ.removeprefix('FROM ')} AND r.seq = d.seq "
-    "AND r.synced_hash IS NULL",
-    f"UPDATE row_state AS r SET pending = 0, attempts = 0, error = NULL {_BY_SEQ} "
-    "AND r.seq = d.seq",
+    f"DELETE FROM row_state AS r USING {_KEYS_SEQS} "
+    f"WHERE {_OF_SYNC} AND r.seq = d.seq AND r.synced_hash IS NULL",
+    f"UPDATE row_state AS r SET pending = 0, attempts = 0, error = NULL FROM {_KEYS_SEQS} "
+    f"WHERE {_OF_SYNC} AND r.seq = d.seq",
 )
 _FAILED = """
 UPDATE row_state AS r

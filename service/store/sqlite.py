@@ -27,8 +27,6 @@ from service.store.base import TABLES, CatalogItem, Conflict, T
 from service.store.reads import SqlReads
 from service.store.schema import SQLITE_MIGRATIONS
 
-_IN_CHUNK = 500  # keys per IN (...) list, well under SQLite's variable limit
-
 _INSERT_VERSION = (
     "INSERT INTO row_state (sync_id, key, seq, op, data, row_hash, emitted_at, pending) "
 )
@@ -400,17 +398,12 @@ class SqliteStore(SqlReads):
         return added
 
     async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]:
-        found: dict[str, SyncedRow] = {}
-        for start in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[start : start + _IN_CHUNK]
-            rows = await self._rows(
-                "SELECT key, synced_hash, data FROM row_state WHERE sync_id = ? "
-                f"AND synced_hash IS NOT NULL AND key IN ({', '.join('?' * len(chunk))})",
-                (sync_id, *chunk),
-            )
-            for key, row_hash, source in rows:
-                found[key] = SyncedRow(key, row_hash, source)
-        return found
+        rows = await self._rows(
+            "SELECT key, synced_hash, data FROM row_state WHERE sync_id = ? "
+            "AND synced_hash IS NOT NULL AND key IN (SELECT value FROM json_each(?))",
+            (sync_id, orjson.dumps(list(keys))),
+        )
+        return {key: SyncedRow(key, row_hash, source) for key, row_hash, source in rows}
 
     async def record_outcomes(self, sync_id: str, outcomes: RowOutcomes, now: float) -> None:
         if not outcomes:
