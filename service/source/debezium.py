@@ -93,8 +93,12 @@ def _int(value: Any, what: str) -> int:
 
 
 def _kind(value: Any) -> str:
-    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=repr)[:40].decode()
-    return f"{type(value).__name__} {text}"
+    """The value's type and its first characters, for a reason."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=repr)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        return type(value).__name__
+    return f"{type(value).__name__} {text[:40].decode(errors='replace')}"
 
 
 def decimal_text(unscaled: int, scale: int) -> str:

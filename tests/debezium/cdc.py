@@ -72,9 +72,7 @@ def connector_config(
         "database.password": "sync",
         "database.dbname": "sync",
         "topic.prefix": connector.prefix,
-        "table.include.list": ",".join(
-            t if "." in t else f"public.{t}" for t in connector.tables
-        ),
+        "table.include.list": ",".join(t if "." in t else f"public.{t}" for t in connector.tables),
         "slot.name": slot,
         "slot.drop.on.stop": "true",
         "publication.name": f"{slot}_pub",
@@ -164,7 +162,7 @@ async def read_topics(
     records: list[RawRecord] = []
     try:
         while True:
-            metadata = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+            metadata = await consumer._client.fetch_all_metadata()
             if set(topics) <= metadata.topics():
                 break
             if loop.time() > deadline:

@@ -153,7 +153,9 @@ async def main() -> None:
             # insert on the pairs. Read until quiet.
             seen: list[int] = []
 
-            def settled(rs: list[RawRecord], t: str = t, p: str = p, seen: list[int] = seen) -> bool:
+            def settled(
+                rs: list[RawRecord], t: str = t, p: str = p, seen: list[int] = seen
+            ) -> bool:
                 seen.append(len(rs))
                 return count(rs, p) >= 4 and count(rs, t) >= 8 and seen[-12:] == [len(rs)] * 12
 
