@@ -6,13 +6,17 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean
+.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean \
+	cdc-up cdc-down demo-cdc
 
 help:
 	@echo "make demo        run the service with a demo receiver and sample events"
 	@echo "make test        lint, import contracts and every test (starts Kafka if needed)"
 	@echo "make kafka-up    start a local Apache Kafka broker on 127.0.0.1:$(KAFKA_PORT)"
 	@echo "make kafka-down  stop it"
+	@echo "make demo-cdc    a Debezium PostgreSQL connector streams a table's changes; prints them"
+	@echo "make cdc-up      PostgreSQL with logical replication and Kafka Connect with Debezium"
+	@echo "make cdc-down    stop them (never the broker)"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,3 +65,13 @@ bench-quick: venv kafka-up pg-up
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .ruff_cache
+
+# Change data capture: Debezium's PostgreSQL connector in Kafka Connect (scripts/connect/).
+cdc-up:
+	scripts/connect/cdc.sh up
+
+cdc-down:
+	scripts/connect/cdc.sh down
+
+demo-cdc: venv
+	scripts/demo-cdc.sh
