@@ -128,6 +128,29 @@ class ConnectClient:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"connector {name} not running after {timeout}s: {last}")
 
+    async def stop(self, name: str) -> None:
+        """Stops the connector and its tasks (Connect's STOPPED state); `resume` starts it."""
+        await self._state(name, "stop")
+
+    async def resume(self, name: str) -> None:
+        await self._state(name, "resume")
+
+    async def _state(self, name: str, action: str) -> None:
+        async with self._http.put(
+            f"{self.url}/connectors/{name}/{action}", headers={"Content-Type": "application/json"}
+        ) as resp:
+            if resp.status >= 300:
+                raise RuntimeError(f"{action} connector {name}: {await resp.text()}")
+
+    async def wait_stopped(self, name: str, timeout: float = 60) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            status = await self.status(name)
+            if status is not None and status["connector"]["state"] == "STOPPED":
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"connector {name} not stopped after {timeout}s")
+
     async def delete(self, name: str) -> None:
         async with self._http.delete(f"{self.url}/connectors/{name}") as resp:
             if resp.status not in (204, 404):

@@ -113,3 +113,47 @@ async def test_records_of_one_table_spread_over_six_partitions(
     assert len(last) == 40
     assert all(last[i].startswith("-") for i in range(1, 11))
     assert last[14] == "2"  # Debezium sends numeric without trailing zeros
+
+
+async def test_resnapshot_after_downtime(
+    cdc: str, connect: ConnectClient, source_db: asyncpg.Connection, uid: str
+) -> None:
+    """The connector stopped (its slot dropped with it), the table changed meanwhile, the
+    connector restarted with snapshot.mode=when_needed: a second snapshot of what the table now
+    holds, and the row deleted meanwhile shows only as a key missing from it."""
+    table = f"cdcre_{uid}"
+    await source_db.execute(
+        f"""CREATE TABLE {table} (id int PRIMARY KEY, v text);
+            INSERT INTO {table} VALUES (1, 'a'), (2, 'b'), (3, 'c')"""
+    )
+    connector = Connector(f"e2ere-{uid}", f"e2ere{uid}", (table,))
+    topic = connector.topic(table)
+    await connect.put(connector, connector_config(connector))
+    try:
+        await connect.wait_running(connector.name)
+        await read_topics(cdc, [topic], lambda rs: len(rs) >= 3)
+        await connect.stop(connector.name)
+        await connect.wait_stopped(connector.name)
+        await source_db.execute(f"DELETE FROM {table} WHERE id = 2")
+        await source_db.execute(f"UPDATE {table} SET v = 'A' WHERE id = 1")
+        await connect.put(
+            connector, connector_config(connector, **{"snapshot.mode": "when_needed"})
+        )
+        await connect.resume(connector.name)
+        await connect.wait_running(connector.name)
+        changes = decode(
+            await read_topics(
+                cdc, [topic], lambda rs: sum(c.closes_snapshot for c in decode(rs)) >= 2
+            )
+        )
+    finally:
+        await connect.delete(connector.name)
+    first, second = (
+        [c for c in changes if c.op == "snapshot" and c.snapshot_id == sid]
+        for sid in dict.fromkeys(c.snapshot_id for c in changes if c.op == "snapshot")
+    )
+    assert [c.row for c in first] == [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}, {"id": 3, "v": "c"}]
+    assert sorted((c.row or {})["id"] for c in second) == [1, 3]
+    assert {c.row["id"]: c.row["v"] for c in second if c.row} == {1: "A", 3: "c"}
+    assert second[-1].closes_snapshot
+    assert all(c.op == "snapshot" for c in changes)
