@@ -376,7 +376,9 @@ class DebeziumDecoder:
         where = (topic, partition, offset)
         if not value:
             if key_row is None:
-                raise InvalidEvent("empty", "a record without value (tombstone) needs a key")
+                raise InvalidEvent(
+                    "empty", "a record without value (tombstone) needs a key that is a JSON object"
+                )
             return DebeziumChange(
                 "delete", key_row, key_row, *where, tombstone=True, rejected=key_rejected
             )
@@ -407,7 +409,10 @@ class DebeziumDecoder:
     def _key(self, key: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
         if not key:
             return None, None
-        schema_bytes, schema, payload = _split(key, self._key_shapes)
+        try:
+            schema_bytes, schema, payload = _split(key, self._key_shapes)
+        except InvalidEvent:
+            return None, None  # a key of another converter: only deletes need it
         if not isinstance(payload, dict):
             return None, None
         if schema_bytes is not None and schema is None:

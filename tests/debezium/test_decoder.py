@@ -444,3 +444,12 @@ def test_arrays_and_structs_of_logical_types() -> None:
 )
 def test_decimal_text(unscaled: int, scale: int, text: str) -> None:
     assert decimal_text(unscaled, scale) == text
+
+
+def test_a_key_that_is_not_json_matters_only_to_deletes() -> None:
+    _, _, _, _, value = records("envelope_schema", "fx_types")[0]
+    change = DebeziumDecoder().decode(b"Struct{id=1}", value, "t", 0, 0)
+    assert (change.op, change.key, change.rejected) == ("snapshot", None, None)
+    with pytest.raises(InvalidEvent) as caught:
+        DebeziumDecoder().decode(b"Struct{id=1}", None, "t", 0, 1)
+    assert caught.value.reason == "empty"
