@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Context, Decimal
 from typing import Any, Literal
 
 import orjson
@@ -31,6 +33,8 @@ _SCHEMA_PREFIX = b'{"schema":'
 _PAYLOAD_MARK = b',"payload":'
 _ENVELOPE_FIELDS = frozenset({"before", "after", "op", "source"})
 _MAX_CACHED_SCHEMAS = 512
+#: Enough digits that moving a float's decimal point never rounds.
+_EXACT = Context(prec=100)
 
 
 @dataclass(slots=True, frozen=True)
@@ -122,17 +126,15 @@ def _unscaled(value: Any) -> int:
 
 
 def _number_text(value: Any, scale: int) -> str:
-    """A decimal the converter wrote as a JSON number (`decimal.format=NUMERIC`)."""
+    """A decimal the converter wrote as a JSON number (`decimal.format=NUMERIC`): parsed as a
+    float, exact when its shortest form has at most `scale` decimal places."""
     if type(value) is int:
         return decimal_text(value * 10**scale, scale) if scale >= 0 else str(value)
-    if type(value) is float:
-        text = repr(value)
-        if "e" in text or "n" in text:  # nan, inf, exponent forms: not an exact decimal
-            raise RowRejected(f"decimal {text} has no exact form")
-        whole, _, frac = text.partition(".")
-        if len(frac.rstrip("0")) > max(scale, 0):
-            raise RowRejected(f"decimal {text} has more than {scale} decimal places")
-        return decimal_text(int(whole + frac.ljust(max(scale, 0), "0")[: max(scale, 0)]), scale)
+    if type(value) is float and math.isfinite(value):
+        unscaled = Decimal(repr(value)).scaleb(scale, context=_EXACT)
+        if unscaled != unscaled.to_integral_value():
+            raise RowRejected(f"decimal {value!r} has more than {scale} decimal places")
+        return decimal_text(int(unscaled), scale)
     raise RowRejected(f"decimal must be base64 bytes or a number, got {_kind(value)}")
 
 

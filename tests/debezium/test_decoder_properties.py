@@ -157,3 +157,16 @@ def test_micro_times(moment: time) -> None:
     )
     assert change.row is not None
     assert change.row["v"] == moment.strftime("%H:%M:%S.%f")
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False), st.integers(min_value=0, max_value=12))
+def test_decimals_as_json_numbers_are_exact_or_rejected(number: float, scale: int) -> None:
+    value = record("bytes", "org.apache.kafka.connect.data.Decimal", {"scale": str(scale)}, number)
+    change = decoder.decode(None, value, "t", 0, 0)
+    assert change.row is not None
+    if change.rejected is None:
+        text = change.row["v"]
+        assert Decimal(text) == Decimal(repr(number))
+        assert len(text.partition(".")[2]) == scale
+    else:
+        assert "decimal places" in change.rejected
