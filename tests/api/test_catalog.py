@@ -29,10 +29,12 @@ from service.resources import ResourcesError, apply_resources, parse_resources
 from service.store.base import Store
 from tests.api.conftest import (
     POSTGRES_URL,
-    TOKENS as TOKEN_TABLE,
     Api,
     _postgres_schema,
     catalog_for,
+)
+from tests.api.conftest import (
+    TOKENS as TOKEN_TABLE,
 )
 
 KINDS = (Source, Model, Destination, Sync)
