@@ -12,6 +12,8 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from service.catalog import Catalog, CatalogError
 from service.catalog.checks import (
+    ConfigurationLimits,
+    check_limits,
     destination_configuration,
     source_configuration,
     sync_configuration,
@@ -120,15 +122,21 @@ def _check(path: Path, resources: ResourcesFile) -> None:
                 raise ResourcesError(f"{path}: {kind}[{i}].slug: slug {item.slug!r} is used twice")
             ids.add(item.id)
             slugs.add(item.slug)
+    limits = ConfigurationLimits()  # the catalog's defaults; applying checks its own again
     try:
         for i, source in enumerate(resources.sources):
             where = f"sources[{i}]"
             source_configuration(source.configuration.model_dump())
+        for i, model in enumerate(resources.models):
+            where = f"models[{i}]"
+            check_limits("tags", model.tags, limits)
         for i, destination in enumerate(resources.destinations):
             where = f"destinations[{i}]"
+            check_limits("configuration", destination.configuration, limits)
             destination_configuration(destination.type, destination.configuration)
         for i, sync in enumerate(resources.syncs):
             where = f"syncs[{i}]"
+            check_limits("configuration", sync.configuration, limits)
             sync_configuration(sync.configuration)
     except CatalogError as exc:
         raise _error(path, where, exc) from None
