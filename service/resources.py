@@ -154,7 +154,7 @@ async def apply_resources(catalog: Catalog | Store, resources: ResourcesFile, pa
     """Upsert every resource by id, in the order sources, models, destinations, syncs, through
     the catalog service: the same rules, defaults and errors as the same calls to the API.
     References may point at resources already in the store."""
-    if not isinstance(catalog, Catalog):
+    if not isinstance(catalog, Catalog):  # a bare store: the catalog's rules without settings
         catalog = Catalog(catalog)
     ws = resources.workspace_id
     for name, kind in _KINDS:

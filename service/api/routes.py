@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from service.api.webhooks import DBT_CLOUD_PATH, dbt_cloud
 from service.catalog import Catalog
 
 __all__ = ["ROUTES", "Route", "add_api_routes"]
+
+log = logging.getLogger(__name__)
 
 ROUTES: list[Route] = [
     *syncs.ROUTES,
@@ -42,6 +45,10 @@ def add_api_routes(app: web.Application, openapi: Callable[[], dict[str, Any]]) 
         return json_response(document)
 
     if CATALOG not in app:
+        log.warning(
+            "no catalog service given: the API checks no workspace's topics against the "
+            "service's own (status, DLQ, events)"
+        )
         app[CATALOG] = Catalog(
             app[STORE], kafka_bootstrap_servers=app[DESTINATION_CONTEXT].kafka_bootstrap_servers
         )
