@@ -153,7 +153,10 @@ def bootstrap_problem(servers: str) -> str | None:
 
 def _dsn_problem(dsn: str) -> str | None:
     """A DSN the driver would fail to parse; the reason never quotes it (it holds a password)."""
-    netloc = urlsplit(dsn).netloc.rpartition("@")[2]
+    try:
+        netloc = urlsplit(dsn).netloc.rpartition("@")[2]
+    except ValueError:  # an unclosed [IPv6 address
+        return "not a URL the driver can read"
     for entry in netloc.split(","):  # libpq takes several hosts: h1:5432,h2:5433
         host = entry.partition("]")[2] if entry.startswith("[") else entry  # [IPv6]:port
         _, sep, port = host.rpartition(":")
@@ -190,11 +193,17 @@ def secret_values(type_name: str, configuration: dict[str, Any]) -> list[str]:
         if isinstance(value, dict):
             found.extend(str(v) for v in value.values())
         elif key == "dsn" and isinstance(value, str):
-            password = urlsplit(value).password
-            found.extend(p for p in (password, value) if p)
+            found.extend(p for p in (_password(value), value) if p)
         elif value is not None:
             found.append(str(value))
     return [s for s in found if s and s != MASK]
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def scrub(text: str, secrets: list[str]) -> str:

@@ -210,11 +210,26 @@ async def test_a_header_name_that_is_no_token_is_refused(catalog: Catalog) -> No
     assert set(error.details) == {"configuration.headers"}
 
 
-async def test_a_dsn_port_out_of_range_is_refused_without_echoing_it(catalog: Catalog) -> None:
-    config = {"dsn": "postgresql://u:hunter2-secret@db:99999/x", "table": "t"}
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:hunter2-secret@db:99999/x",
+        "postgresql://u:hunter2-secret@db:5432,db2:port/x",
+        "postgresql://u:hunter2-secret@[::1/x",
+    ],
+)
+async def test_an_unreadable_dsn_is_refused_without_echoing_it(catalog: Catalog, dsn: str) -> None:
+    config = {"dsn": dsn, "table": "t"}
     error = await refused(catalog.create(Destination, "1", destination("postgres", config)))
     assert set(error.details) == {"configuration.dsn"}
     assert "hunter2-secret" not in str(error.details)
+
+
+@pytest.mark.parametrize(
+    "dsn", ["postgresql://u:p@db/x", "postgresql://u:p@h1:5432,h2:5433/x", "postgres://[::1]:5/x"]
+)
+async def test_a_readable_dsn_is_taken(catalog: Catalog, dsn: str) -> None:
+    await catalog.create(Destination, "1", destination("postgres", {"dsn": dsn, "table": "t"}))
 
 
 # --- the egress hook ------------------------------------------------------------------------
