@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from cronsim import CronSim, CronSimError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -68,7 +68,17 @@ _FINAL_RUN_STATUSES = frozenset(
     }
 )
 
-NumericId = Annotated[str, Field(pattern=r"^[0-9]+$", max_length=20)]
+#: The largest id the stores can hold (a signed 64-bit integer).
+MAX_ID = (1 << 63) - 1
+
+
+def _in_id_range(value: str) -> str:
+    if int(value) > MAX_ID:
+        raise ValueError(f"an id is at most {MAX_ID}")
+    return value
+
+
+NumericId = Annotated[str, Field(pattern=r"^[0-9]+$", max_length=20), AfterValidator(_in_id_range)]
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=128)]
 
 
