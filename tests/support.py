@@ -10,6 +10,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from service.destinations.egress import EgressPolicy
+
+#: The egress policy of tests whose endpoints listen on 127.0.0.1 (as SYNC_EGRESS_ALLOW does).
+LOCAL_ONLY = EgressPolicy.from_settings(["127.0.0.1/32"])
+
 Reply = tuple[int, dict[str, Any] | None, dict[str, str]]
 
 #: The fourteen fields of Hightouch's Sync, camelCase, as the API returns them.
