@@ -64,10 +64,10 @@ def split_servers(servers: str) -> list[tuple[str, int]]:
     for raw in servers.split(","):
         entry = raw.strip()
         host, sep, port = entry.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
+        bracketed = host.startswith("[") and host.endswith("]")
+        if bracketed:
             host = host[1:-1]
-        bare_ipv6 = ":" in host and not entry.startswith("[")
-        if not sep or not host or bare_ipv6 or not port.isdigit():
+        if not sep or not host or not port.isdigit() or (":" in host) != bracketed:
             raise ValueError(f"{entry!r} is not host:port")
         if not 1 <= int(port) <= 65535:
             raise ValueError(f"{entry!r}: the port must be 1 to 65535")

@@ -181,7 +181,7 @@ async def probe_destination(
             await writer.open()
             await writer.check(timeout_seconds)
     except TimeoutError:
-        return f"no answer within {timeout_seconds:g} s"
+        return f"timed out (no answer within {timeout_seconds:g} s)"
     except DestinationError as exc:
         return snippet(str(exc), 300)
     except (OSError, ValueError) as exc:
