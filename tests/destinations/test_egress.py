@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -34,39 +34,9 @@ from service.destinations.registry import (
     validate_configuration,
 )
 from service.destinations.webhook import RedirectRefused
-from tests.support import LOCAL_ONLY
+from tests.support import LOCAL_ONLY, Listener
 
 DEFAULT = EgressPolicy()
-
-
-@dataclass
-class Listener:
-    """A TCP listener that counts the connections it accepts (and answers HTTP 200)."""
-
-    host: str
-    port: int = 0
-    connections: int = 0
-    server: asyncio.Server | None = field(default=None, repr=False)
-
-    async def start(self) -> Listener:
-        self.server = await asyncio.start_server(self._accept, self.host, 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-        await writer.drain()
-        writer.close()
-
-    @property
-    def netloc(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
 
 @pytest.fixture(params=["127.0.0.2", "::1"])
