@@ -25,8 +25,8 @@ from service.core.models import Destination, RunStatus, Sync, SyncMode, SyncRun
 from service.core.rows import PendingRow, RowChange, RowFailure, RowOutcomes
 from service.runner.batcher import Batcher
 from service.runner.delivery import Delivery
-from service.runner.mapping import RowMapper, compile_mappings
-from service.runner.planner import plan_changes
+from service.runner.mapping import RowMapper, compile_mappings, renders_templates
+from service.runner.planner import Plan, plan_changes
 from service.runner.retry import RetryPolicy
 from service.store.base import Store
 
@@ -216,7 +216,10 @@ class SyncRunner:
         batcher: Batcher[RowChange],
         sending: _Sending,
     ) -> None:
-        plan = plan_changes(page, mode, mapper, full_resync=request.full_resync)
+        if renders_templates(mapper):
+            plan = await _plan_in_thread(page, mode, mapper, request.full_resync)
+        else:
+            plan = plan_changes(page, mode, mapper, full_resync=request.full_resync)
         if request.reset_cdc:
             # What is pending becomes what the destination is taken to hold; nothing is sent.
             await self._store.record_outcomes(
@@ -323,6 +326,31 @@ class SyncRunner:
         mapper = compile_mappings(sync.parsed_configuration)
         self._mappers[sync.id] = (sync.updated_at, mapper)
         return mapper
+
+
+#: Rows planned per worker-thread call when templates render: a cancelled run waits for one
+#: such slice at most (each row's render is bounded in CPU time).
+_TEMPLATE_SLICE = 32
+
+
+async def _plan_in_thread(
+    page: list[PendingRow], mode: SyncMode, mapper: RowMapper, full_resync: bool
+) -> Plan:
+    """Templates may take milliseconds a row: planned in a worker thread, slice by slice, the
+    event loop (every other sync, the API, the consumer) keeps running meanwhile."""
+    plan = Plan()
+    for start in range(0, len(page), _TEMPLATE_SLICE):
+        part = await asyncio.to_thread(
+            plan_changes,
+            page[start : start + _TEMPLATE_SLICE],
+            mode,
+            mapper,
+            full_resync=full_resync,
+        )
+        plan.changes.extend(part.changes)
+        plan.dropped.extend(part.dropped)
+        plan.rejected.extend(part.rejected)
+    return plan
 
 
 #: A batch sent: its rows and what the destination answered.
