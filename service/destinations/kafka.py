@@ -93,8 +93,9 @@ class KafkaDestination(DestinationWriter):
     ) -> None:
         self._config = config
         self._bootstrap = config.bootstrap_servers or default_bootstrap
-        #: The service's own cluster is the operator's choice; another one obeys the policy.
-        own = config.bootstrap_servers in (None, default_bootstrap)
+        #: The service's own cluster (no bootstrapServers) is the operator's choice; any
+        #: cluster named in the configuration obeys the policy, as `check_destination` does.
+        own = config.bootstrap_servers is None
         self._egress = None if own else (egress or EgressPolicy())
         self._brokers_checked: set[tuple[str, int]] = set()
         self.batch_size = config.batch_size

@@ -392,7 +392,7 @@ class PostgresDestination(DestinationWriter):
                 except (*_SCHEMA_ERRORS, *_CONNECTION_ERRORS):
                     raise
                 except asyncpg.PostgresError as exc:
-                    rejected[row.key] = f"{type(exc).__name__}: {exc}"
+                    rejected[row.key] = f"{type(exc).__name__}: {exc}"[:300]
         return BatchResult(rejected)
 
     def _upsert_sql(self, records: list[dict[str, Any]]) -> str:
