@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -328,24 +329,41 @@ class SyncRunner:
         return mapper
 
 
-#: Rows planned per worker-thread call when templates render: a cancelled run waits for one
-#: such slice at most (each row's render is bounded in CPU time).
-_TEMPLATE_SLICE = 32
+#: Work per worker-thread call when templates render: a few rows at a time, until this many
+#: seconds have passed. A cancelled run waits for one such call at most, and each row's render
+#: is bounded in CPU time.
+_TEMPLATE_SLICE_SECONDS = 0.02
+_TEMPLATE_ROWS_AT_ONCE = 8
+
+
+def _plan_for_a_while(
+    page: list[PendingRow], start: int, mode: SyncMode, mapper: RowMapper, full_resync: bool
+) -> tuple[Plan, int]:
+    """Plans rows of `page` from `start` for about `_TEMPLATE_SLICE_SECONDS`; returns the
+    plan and where it stopped. Runs in a worker thread."""
+    plan = Plan()
+    deadline = time.perf_counter() + _TEMPLATE_SLICE_SECONDS
+    while start < len(page) and time.perf_counter() < deadline:
+        part = plan_changes(
+            page[start : start + _TEMPLATE_ROWS_AT_ONCE], mode, mapper, full_resync=full_resync
+        )
+        plan.changes.extend(part.changes)
+        plan.dropped.extend(part.dropped)
+        plan.rejected.extend(part.rejected)
+        start += _TEMPLATE_ROWS_AT_ONCE
+    return plan, start
 
 
 async def _plan_in_thread(
     page: list[PendingRow], mode: SyncMode, mapper: RowMapper, full_resync: bool
 ) -> Plan:
-    """Templates may take milliseconds a row: planned in a worker thread, slice by slice, the
-    event loop (every other sync, the API, the consumer) keeps running meanwhile."""
+    """Templates may take milliseconds a row: planned in a worker thread, a slice at a time,
+    the event loop (every other sync, the API, the consumer) keeps running meanwhile."""
     plan = Plan()
-    for start in range(0, len(page), _TEMPLATE_SLICE):
-        part = await asyncio.to_thread(
-            plan_changes,
-            page[start : start + _TEMPLATE_SLICE],
-            mode,
-            mapper,
-            full_resync=full_resync,
+    done = 0
+    while done < len(page):
+        part, done = await asyncio.to_thread(
+            _plan_for_a_while, page, done, mode, mapper, full_resync
         )
         plan.changes.extend(part.changes)
         plan.dropped.extend(part.dropped)
