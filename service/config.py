@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.destinations.egress import parse_networks
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SYNC_", extra="ignore", frozen=True)
@@ -90,6 +92,20 @@ class Settings(BaseSettings):
         except (KeyError, IndexError, ValueError):
             raise ValueError("only {workspaceId} may appear in braces") from None
         return value
+
+    # Destinations' egress policy: CIDRs reachable even so (and `unix`: local sockets and
+    # files), and CIDRs refused besides loopback, link-local, unspecified and multicast.
+    egress_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    egress_deny: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("egress_allow", "egress_deny", mode="before")
+    @classmethod
+    def _cidrs(cls, value: object) -> object:
+        entries = value.split(",") if isinstance(value, str) else value
+        if isinstance(entries, list | tuple):
+            entries = [str(e).strip() for e in entries if str(e).strip()]
+            parse_networks(entries, "")
+        return entries
 
 
 class SettingsError(Exception):

@@ -135,6 +135,7 @@ async def service(
         http_port=port,
         api_max_body_bytes=64 * 1024,
         dbt_cloud_webhook_secret=DBT_SECRET,
+        egress_allow=["127.0.0.1/32"],  # the receivers of these tests listen there
     )
     app = build_app(settings, None, TOKENS)
     app[CATALOG] = catalog_for(settings, app[STORE])
