@@ -12,6 +12,8 @@ from cronsim import CronSim, CronSimError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from service.core.templates import TEMPLATE_MAX_CHARS, parse, parse_template
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -206,18 +208,13 @@ class StaticMapping(ApiModel):
 class TemplateMapping(ApiModel):
     type: Literal["template"]
     to: str = Field(min_length=1)
-    template: str = Field(min_length=1, max_length=10_000)
+    template: str = Field(min_length=1, max_length=TEMPLATE_MAX_CHARS)
 
     @field_validator("template")
     @classmethod
     def _parses(cls, value: str) -> str:
-        from liquid import parse
-        from liquid.exceptions import LiquidError
-
-        try:
-            parse(value)
-        except LiquidError as exc:
-            raise ValueError(f"not a valid Liquid template: {' '.join(str(exc).split())}") from None
+        if (why := parse_template(value)) is not None:
+            raise ValueError(f"not a valid Liquid template: {' '.join(why.split())}")
         return value
 
 
@@ -313,14 +310,13 @@ class Sync(ApiModel):
 
 def referenced_columns(primary_key: str, configuration: SyncConfiguration) -> list[str]:
     """The key plus every column a mapping reads, in first-use order."""
-    from liquid import parse  # deferred: only catalog writes need the template parser
-
     columns = [primary_key]
     for mapping in configuration.mappings:
         if isinstance(mapping, StandardMapping):
             reads = [mapping.from_]
         elif isinstance(mapping, TemplateMapping):
-            reads = list(parse(mapping.template).global_variables())
+            template = parse(mapping.template)
+            reads = [] if isinstance(template, str) else list(template.global_variables())
         else:
             reads = []
         columns.extend(c for c in reads if c not in columns)

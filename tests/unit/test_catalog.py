@@ -168,14 +168,16 @@ async def test_the_prefix_is_a_setting(store: Store) -> None:
 # --- destination fields a driver would trip over ------------------------------------------
 
 
-@pytest.mark.parametrize("servers", ["a:b:c", "host:99999", "host:0", "host:port", ",", "[::1"])
+@pytest.mark.parametrize(
+    "servers", ["a:b:c", "host:99999", "host:0", "host:port", ",", "[::1", "host"]
+)
 async def test_unusable_bootstrap_servers_are_refused(catalog: Catalog, servers: str) -> None:
     config = {"topic": "t", "bootstrapServers": servers}
     error = await refused(catalog.create(Destination, "1", destination("kafka", config)))
     assert set(error.details) == {"configuration.bootstrapServers"}
 
 
-@pytest.mark.parametrize("servers", ["host", "host:9092", "h1:1,h2:2", "[::1]:9092"])
+@pytest.mark.parametrize("servers", ["host:9092", "h1:1,h2:2", "[::1]:9092"])
 async def test_usable_bootstrap_servers_are_taken(catalog: Catalog, servers: str) -> None:
     config = {"topic": "t", "bootstrapServers": servers}
     await catalog.create(Destination, "1", destination("kafka", config))
@@ -200,7 +202,7 @@ async def test_a_missing_ca_file_is_refused(catalog: Catalog, tmp_path: Path) ->
 async def test_a_header_value_with_cr_or_lf_is_refused(catalog: Catalog, value: str) -> None:
     config = {"url": "http://example.com/hook", "headers": {"X-Key": value}}
     error = await refused(catalog.create(Destination, "1", destination("webhook", config)))
-    assert set(error.details) == {"configuration.headers.X-Key"}
+    assert set(error.details) == {"configuration.headers"}
     assert value not in str(error.details)
 
 

@@ -6,14 +6,9 @@ from typing import Any
 
 import pytest
 
-from service.core.models import SyncConfiguration
-from service.runner.mapping import (
-    MappingError,
-    RowMapper,
-    compile_mappings,
-    parse_template,
-    renders_templates,
-)
+from service.core.models import SyncConfiguration, TemplateMapping
+from service.core.templates import parse_template
+from service.runner.mapping import MappingError, RowMapper, compile_mappings, renders_templates
 
 
 def mapper(*mappings: dict[str, Any]) -> RowMapper:
@@ -126,9 +121,8 @@ def test_parse_template_names_what_is_wrong() -> None:
 
 def test_a_template_that_does_not_parse_rejects_each_row() -> None:
     too_deep = "{% if a %}" * 12 + "x" + "{% endif %}" * 12  # stored before the limit
-    configuration = SyncConfiguration.model_validate(
-        {"mappings": [{"type": "template", "to": "x", "template": too_deep}]}
-    )
+    stored = TemplateMapping.model_construct(type="template", to="x", template=too_deep)
+    configuration = SyncConfiguration.model_construct(mode="upsert", mappings=[stored])
     apply = compile_mappings(configuration)
     with pytest.raises(MappingError, match="invalid: block nesting limit"):
         apply({"id": 1})

@@ -196,7 +196,7 @@ def test_an_unknown_source_format_names_the_format_field(tmp_path: Path) -> None
 def test_an_unusable_destination_field_stops_the_file(tmp_path: Path) -> None:
     data = example()
     data["destinations"][0]["configuration"]["headers"] = {"X-Key": "a\r\nb"}
-    assert "destinations[0].configuration.headers.X-Key" in error_of(write(tmp_path, data))
+    assert "destinations[0].configuration.headers" in error_of(write(tmp_path, data))
 
 
 def test_a_configuration_nested_too_deep_stops_the_file(tmp_path: Path) -> None:
