@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The deployment checkers at pinned versions, installed into .cache/tools/ on first use:
+# helm and promtool built from the Go module proxy, kubernetes-validate from PyPI.
+#
+#   scripts/deploy/tools.sh helm|promtool|kubernetes-validate|python   prints the tool's path
+#
+# (python: the interpreter of the kubernetes-validate venv, which also has jsonschema and PyYAML.)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+tools="${TOOLS_DIR:-$root/.cache/tools}"
+
+HELM_VERSION=v3.22.0
+PROMETHEUS_VERSION=v0.316.0 # the Go module version of Prometheus 3.16.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+
+say() { echo "tools: $*" >&2; }
+
+go_tool() { # name version package [build flags...]
+  local name=$1 version=$2 package=$3
+  shift 3
+  local dir="$tools/$name-$version"
+  if [ ! -x "$dir/$name" ]; then
+    command -v go >/dev/null || { say "$name needs the Go toolchain"; exit 1; }
+    say "building $name $version from the Go module proxy (once; cached in $dir)"
+    mkdir -p "$dir"
+    GOBIN="$dir" GOFLAGS=-trimpath CGO_ENABLED=0 go install -ldflags="-s -w" "$@" \
+      "$package@$version" >&2
+  fi
+  echo "$dir/$name"
+}
+
+py_venv() {
+  local dir="$tools/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+  if [ ! -x "$dir/bin/kubernetes-validate" ]; then
+    say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (once; cached in $dir)"
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install -q --disable-pip-version-check \
+      "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema>=4.18,<5" "PyYAML>=6,<7" >&2
+  fi
+  echo "$dir"
+}
+
+case "${1:-}" in
+  helm) go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+  # remove_all_sd: promtool without the service-discovery plugins it does not need here.
+  promtool) go_tool promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool \
+    -tags remove_all_sd ;;
+  kubernetes-validate) echo "$(py_venv)/bin/kubernetes-validate" ;;
+  python) echo "$(py_venv)/bin/python" ;;
+  *) echo "usage: $0 helm|promtool|kubernetes-validate|python" >&2; exit 2 ;;
+esac
