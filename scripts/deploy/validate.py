@@ -86,9 +86,9 @@ def main(rendered: Path, out: Path) -> int:
     if rules is not None:
         (out / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
     for p in problems:
-        print(f"{rendered.name}: {p}", file=sys.stderr)
+        print(f"{out.name}: {p}", file=sys.stderr)
     kinds = sorted({f"{d['kind']}" for d in docs})
-    print(f"{rendered.name}: {len(docs)} objects ({', '.join(kinds)})")
+    print(f"{out.name}: {len(docs)} objects ({', '.join(kinds)})")
     return 1 if problems else 0
 
 
