@@ -6,13 +6,17 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean
+.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean \
+	image image-test deploy-check
 
 help:
 	@echo "make demo        run the service with a demo receiver and sample events"
 	@echo "make test        lint, import contracts and every test (starts Kafka if needed)"
 	@echo "make kafka-up    start a local Apache Kafka broker on 127.0.0.1:$(KAFKA_PORT)"
 	@echo "make kafka-down  stop it"
+	@echo "make image       build the container image with a real engine"
+	@echo "make image-test  build it and run it read-only against the local broker"
+	@echo "make deploy-check  lint, render and validate the Helm chart; test the alert rules"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +62,16 @@ bench: venv kafka-up pg-up
 
 bench-quick: venv kafka-up pg-up
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
+
+# The container image and the deployment files (README, "Deploy").
+image: venv
+	scripts/image/build.sh
+
+image-test: venv kafka-up
+	scripts/image/test.sh
+
+deploy-check:
+	scripts/deploy/check.sh
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .ruff_cache

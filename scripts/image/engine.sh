@@ -7,8 +7,8 @@
 # The daemon started here leaves the host's network as it is: no bridge, no iptables rules, no
 # IP forwarding. Containers and builds use the host network (`--network host`).
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-state="${DOCKER_ENGINE_DIR:-$root/.cache/docker-engine}"
+# A short runtime directory: containerd's sockets under it must fit in 108 characters.
+state="${DOCKER_ENGINE_DIR:-/run/sync-service-docker}"
 pidfile="$state/dockerd.pid"
 sock="$state/docker.sock"
 
