@@ -4,7 +4,8 @@
 # Kubernetes versions supported, the custom resources against their CRD schemas
 # (k8s/schemas/), the pod rules (scripts/deploy/validate.py); the alert rules by promtool
 # (check rules, and the unit tests in k8s/tests/); values the chart must refuse; and
-# docker-compose.yml by `docker compose config` where the compose plugin is installed.
+# docker-compose.yml against the Compose schema (and by `docker compose config` where the
+# compose plugin is installed).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -73,13 +74,12 @@ refuse "kafka.sasl.existingSecret" "${base[@]}" --set kafka.securityProtocol=SAS
 refuse "image.digest" "${base[@]}" --set image.digest=sha256:abc
 refuse "autoscaling: needs store.type=postgresql" "${base[@]}" --set autoscaling.enabled=true
 
+"$python" scripts/deploy/compose_check.py docker-compose.yml || fail "docker-compose.yml"
 if docker compose version >/dev/null 2>&1; then
-  SYNC_API_TOKENS=check-only-token=1 docker compose -f docker-compose.yml config -q \
-    || fail "docker compose config"
-  SYNC_API_TOKENS=check-only-token=1 docker compose -f docker-compose.yml --profile demo config -q \
-    || fail "docker compose --profile demo config"
-else
-  echo "deploy-check: no docker compose plugin here: docker-compose.yml checked by tests only" >&2
+  for profile in "" demo; do
+    SYNC_API_TOKENS=check-only-token=1 COMPOSE_PROFILES="$profile" \
+      docker compose -f docker-compose.yml config -q || fail "docker compose config ($profile)"
+  done
 fi
 
 if [ "$failed" != 0 ]; then
