@@ -17,8 +17,10 @@ from aiokafka import AIOKafkaProducer
 async def receiver() -> None:
     async def hook(request: web.Request) -> web.Response:
         for row in (await request.json())["rows"]:
-            print(f"receiver <- {row['op']:<8} key={row['key']:<4} {json.dumps(row['data'])}",
-                  flush=True)
+            print(
+                f"receiver <- {row['op']:<8} key={row['key']:<4} {json.dumps(row['data'])}",
+                flush=True,
+            )
         return web.json_response({})
 
     app = web.Application()
@@ -39,10 +41,18 @@ async def producer() -> None:
     try:
         for i in range(1, 1_000_000):
             key = rng.randint(1, max(i // 2, 1))
-            row = {"id": key, "email": f"user{key}.{rng.randint(1, 9)}@example.com",
-                   "first_name": "Ada", "last_name": f"L{key}"}
-            event = {"modelId": "1", "op": "upsert", "rows": [row],
-                     "emittedAt": datetime.now(UTC).isoformat()}
+            row = {
+                "id": key,
+                "email": f"user{key}.{rng.randint(1, 9)}@example.com",
+                "first_name": "Ada",
+                "last_name": f"L{key}",
+            }
+            event = {
+                "modelId": "1",
+                "op": "upsert",
+                "rows": [row],
+                "emittedAt": datetime.now(UTC).isoformat(),
+            }
             await p.send_and_wait(topic, json.dumps(event).encode(), key=b"1")
             print(f"producer -> upsert id={key}", flush=True)
             await asyncio.sleep(3)

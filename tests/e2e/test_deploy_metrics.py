@@ -43,8 +43,11 @@ def used_names() -> dict[str, set[str]]:
     rules += RULES.read_text().replace("kube_{{ $kind }}_", "kube_statefulset_")
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if "query" in v
-              and isinstance(v["query"], dict)]
+    exprs += [
+        v["query"]["query"]
+        for v in dashboard["templating"]["list"]
+        if "query" in v and isinstance(v["query"], dict)
+    ]
     return {
         "rules": set(METRIC.findall(rules)),
         "dashboard": set(METRIC.findall("\n".join(exprs))),
@@ -56,15 +59,16 @@ async def test_rules_and_dashboard_use_only_exported_metrics(e2e: Harness) -> No
     await e2e.event("upsert", [{"id": 1, "email": "a@example.com", "first": "A", "last": "B"}])
     await e2e.produce(b"not json")
     await e2e.receiver.wait_rows(1)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{service.base}/metrics") as response:
-            assert response.status == 200
-            exported = series_names(await response.text())
+    async with aiohttp.ClientSession() as session, session.get(f"{service.base}/metrics") as r:
+        assert r.status == 200
+        exported = series_names(await r.text())
 
     used = used_names()
     # The checks below can fail: both files use the service's own metrics.
     assert {"sync_consumer_lag", "sync_runs_total"} <= used["rules"]
-    assert {"sync_event_to_delivery_seconds_bucket", "sync_rows_delivered_total"} <= used["dashboard"]
+    assert {"sync_event_to_delivery_seconds_bucket", "sync_rows_delivered_total"} <= set(
+        used["dashboard"]
+    )
     for where, names in used.items():
         unknown = sorted(names - exported - NOT_OURS)
         assert not unknown, f"{where} uses metrics the service does not export: {unknown}"
