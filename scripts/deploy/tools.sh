@@ -2,7 +2,7 @@
 # The deployment checkers at pinned versions, installed into .cache/tools/ on first use:
 # helm and promtool built from the Go module proxy, kubernetes-validate from PyPI.
 #
-#   scripts/deploy/tools.sh helm|promtool|kubernetes-validate|python   prints the tool's path
+#   scripts/deploy/tools.sh helm|promtool|compose|kubernetes-validate|python   prints its path
 #
 # (python: the interpreter of the kubernetes-validate venv, which also has jsonschema and PyYAML.)
 set -euo pipefail
@@ -12,6 +12,7 @@ tools="${TOOLS_DIR:-$root/.cache/tools}"
 HELM_VERSION=v3.22.0
 PROMETHEUS_VERSION=v0.316.0 # the Go module version of Prometheus 3.16.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
+COMPOSE_VERSION=v2.40.3
 
 say() { echo "tools: $*" >&2; }
 
@@ -27,6 +28,23 @@ go_tool() { # name version package [build flags...]
       "$package@$version" >&2
   fi
   echo "$dir/$name"
+}
+
+# Compose's go.mod has exclude directives, which `go install pkg@version` refuses: build it
+# inside its own module, fetched from the module proxy.
+compose() {
+  local dir="$tools/docker-compose-$COMPOSE_VERSION"
+  if [ ! -x "$dir/docker-compose" ]; then
+    say "building docker compose $COMPOSE_VERSION from the Go module proxy (once; cached in $dir)"
+    local src
+    src="$(go mod download -json "github.com/docker/compose/v2@$COMPOSE_VERSION" \
+      | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+    mkdir -p "$dir"
+    (cd "$src" && GOFLAGS="-trimpath -mod=mod" CGO_ENABLED=0 go build -ldflags="-s -w \
+      -X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION" \
+      -o "$dir/docker-compose" ./cmd) >&2
+  fi
+  echo "$dir/docker-compose"
 }
 
 py_venv() {
@@ -46,7 +64,8 @@ case "${1:-}" in
   # remove_all_sd: promtool without the service-discovery plugins it does not need here.
   promtool) go_tool promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool \
     -tags remove_all_sd ;;
+  compose) compose ;;
   kubernetes-validate) echo "$(py_venv)/bin/kubernetes-validate" ;;
   python) echo "$(py_venv)/bin/python" ;;
-  *) echo "usage: $0 helm|promtool|kubernetes-validate|python" >&2; exit 2 ;;
+  *) echo "usage: $0 helm|promtool|compose|kubernetes-validate|python" >&2; exit 2 ;;
 esac
