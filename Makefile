@@ -7,7 +7,7 @@ KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
 .PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean \
-	image image-test deploy-check
+	image image-test compose-test deploy-check
 
 help:
 	@echo "make demo        run the service with a demo receiver and sample events"
@@ -16,6 +16,7 @@ help:
 	@echo "make kafka-down  stop it"
 	@echo "make image       build the container image with a real engine"
 	@echo "make image-test  build it and run it read-only against the local broker"
+	@echo "make compose-test  docker compose --profile demo up --wait, checked, then down"
 	@echo "make deploy-check  lint, render and validate the Helm chart; test the alert rules"
 
 $(BIN)/.installed: pyproject.toml
@@ -69,6 +70,9 @@ image: venv
 
 image-test: venv kafka-up
 	scripts/image/test.sh
+
+compose-test: venv kafka-up
+	scripts/image/compose-test.sh
 
 deploy-check:
 	scripts/deploy/check.sh

@@ -53,6 +53,20 @@ for values in k8s/examples/values-*.yaml; do
 done
 [ -f "$out/rendered/values-postgresql/rules.yaml" ] || fail "no example renders the alert rules"
 
+# The other autoscaler: an HPA on CPU instead of KEDA.
+dir="$out/rendered/values-postgresql-hpa"
+mkdir -p "$dir"
+if "$helm" template sync-service "$chart" -f k8s/examples/values-postgresql.yaml \
+    --namespace sync --kube-version "v${k8s_versions[0]}" --set autoscaling.kind=hpa \
+    >"$dir/all.yaml" && "$python" scripts/deploy/validate.py "$dir/all.yaml" "$dir" \
+    && grep -q '^kind: HorizontalPodAutoscaler' "$dir/all.yaml"; then
+  for version in "${k8s_versions[@]}"; do
+    "$kv" --strict --quiet -k "$version" "$dir/core.yaml" || fail "kubernetes-validate $version HPA"
+  done
+else
+  fail "the HPA variant"
+fi
+
 # Values that must be refused with a message naming the value.
 refuse() { # expected-message helm-args...
   local expected=$1
