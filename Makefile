@@ -71,7 +71,7 @@ image: venv
 image-test: venv kafka-up
 	scripts/image/test.sh
 
-compose-test: venv kafka-up
+compose-test: venv
 	scripts/image/compose-test.sh
 
 deploy-check:

@@ -61,11 +61,12 @@ say "docker compose --profile demo up --wait ($image, $kafka_image, $postgres_im
 dc up --wait --wait-timeout 240 --no-build --quiet-pull >&2 || fail "compose up --wait"
 code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SYNC_HOST_PORT/readyz")"
 [ "$code" = 200 ] || fail "/readyz answered $code"
+received() { [[ "$(dc logs demo-receiver 2>/dev/null)" == *"receiver <-"* ]]; }
 for _ in $(seq 1 60); do
-  dc logs demo-receiver 2>/dev/null | grep -q 'receiver <-' && break
+  received && break
   sleep 1
 done
-dc logs demo-receiver | grep -q 'receiver <-' || fail "the demo receiver got no rows in 60 s"
+received || fail "the demo receiver got no rows in 60 s"
 say "healthy; the demo receiver got rows from the service on PostgreSQL"
 status=0
 say "passed in $((SECONDS - started)) s"
