@@ -26,6 +26,11 @@ if ! pull "$kafka_image" || ! pull "$postgres_image"; then
   scripts/kafka/kafka.sh reachable >/dev/null 2>&1 || true # resolves the jars
   lib="${KAFKA_CACHE_DIR:-$root/.cache/kafka}/lib"
   cp "$lib"/*.jar "$ctx/lib/"
+  if ! command -v javac >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless >/dev/null
+  fi
+  # The health check's client, compiled here: the image has a JRE only.
   javac -nowarn -cp "$lib/*" -d "$ctx/ready" scripts/kafka/Ready.java
   cp scripts/image/compose/*.sh "$ctx/"
   kafka_image=sync-service-kafka:4.1.1-local
