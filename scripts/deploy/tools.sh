@@ -24,7 +24,9 @@ go_tool() { # name version package [build flags...]
     command -v go >/dev/null || { say "$name needs the Go toolchain"; exit 1; }
     say "building $name $version from the Go module proxy (once; cached in $dir)"
     mkdir -p "$dir"
-    GOBIN="$dir" GOFLAGS=-trimpath CGO_ENABLED=0 go install -ldflags="-s -w" "$@" \
+    local flags=(-ldflags="-s -w")
+    case "${1:-}" in -ldflags=*) flags=() ;; esac
+    GOBIN="$dir" GOFLAGS=-trimpath CGO_ENABLED=0 go install "${flags[@]}" "$@" \
       "$package@$version" >&2
   fi
   echo "$dir/$name"
@@ -60,7 +62,14 @@ py_venv() {
 }
 
 case "${1:-}" in
-  helm) go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+  # As helm's own release build: its version, and the Kubernetes version of the client-go it
+  # is built with (1.37) as the default for `helm template` and lint.
+  helm) go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm -ldflags="-s -w \
+    -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 \
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37 \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37" ;;
   # remove_all_sd: promtool without the service-discovery plugins it does not need here.
   promtool) go_tool promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool \
     -tags remove_all_sd ;;
