@@ -89,11 +89,23 @@ refuse "image.digest" "${base[@]}" --set image.digest=sha256:abc
 refuse "autoscaling: needs store.type=postgresql" "${base[@]}" --set autoscaling.enabled=true
 
 "$python" scripts/deploy/compose_check.py docker-compose.yml || fail "docker-compose.yml"
+compose=()
 if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+elif built="$(ls .cache/tools/docker-compose-*/docker-compose 2>/dev/null | head -1)" \
+    && [ -n "$built" ]; then
+  compose=("$built") # built by `scripts/deploy/tools.sh compose` for make compose-test
+fi
+if [ ${#compose[@]} -gt 0 ]; then
   for profile in "" demo; do
     SYNC_API_TOKENS=check-only-token=1 COMPOSE_PROFILES="$profile" \
-      docker compose -f docker-compose.yml config -q || fail "docker compose config ($profile)"
+      "${compose[@]}" -f docker-compose.yml config -q || fail "docker compose config ($profile)"
   done
+  # No API token, no service: compose must refuse.
+  if SYNC_API_TOKENS= "${compose[@]}" -f docker-compose.yml config -q 2>/dev/null; then
+    fail "docker compose accepted an empty SYNC_API_TOKENS"
+  fi
+  echo "docker-compose.yml: docker compose config passed"
 fi
 
 if [ "$failed" != 0 ]; then
