@@ -7,7 +7,7 @@ KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
 .PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean \
-	cdc-up cdc-down demo-cdc
+	cdc-up cdc-down demo-cdc image image-test compose-test deploy-check
 
 help:
 	@echo "make demo        run the service with a demo receiver and sample events"
@@ -17,6 +17,10 @@ help:
 	@echo "make demo-cdc    a Debezium PostgreSQL connector streams a table's changes; prints them"
 	@echo "make cdc-up      PostgreSQL with logical replication and Kafka Connect with Debezium"
 	@echo "make cdc-down    stop them (never the broker)"
+	@echo "make image       build the container image with a real engine"
+	@echo "make image-test  build it and run it read-only against the local broker"
+	@echo "make compose-test  docker compose --profile demo up --wait, checked, then down"
+	@echo "make deploy-check  lint, render and validate the Helm chart; test the alert rules"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +66,19 @@ bench: venv kafka-up pg-up
 
 bench-quick: venv kafka-up pg-up
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
+
+# The container image and the deployment files (README, "Deploy").
+image: venv
+	scripts/image/build.sh
+
+image-test: venv kafka-up
+	scripts/image/test.sh
+
+compose-test: venv
+	scripts/image/compose-test.sh
+
+deploy-check:
+	scripts/deploy/check.sh
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .ruff_cache
