@@ -195,8 +195,10 @@ def build_app(
             return False
 
     async def consumer_ready() -> bool:
-        source = parts.get("source")
-        return isinstance(source, KafkaSource) and source.joined and not health.stuck
+        source, loop = parts.get("source"), parts.get("loop")
+        if not isinstance(source, KafkaSource) or not isinstance(loop, ConsumeLoop):
+            return False
+        return source.joined and not loop.stuck
 
     readiness.add("store", store_answers)
     readiness.add("consumer", consumer_ready)
@@ -272,7 +274,7 @@ def build_app(
         run_control.attach(store, catalog, scheduler, reporter)
         await connect_kafka(settings, consumer.start)
         stack.push_async_callback(consumer.stop)
-        parts["source"] = source
+        parts["source"], parts["loop"] = source, loop
         scheduler.notify_pending((await store.pending_counts()).keys())
         watcher = Watcher(store, catalog, metrics, settings.snapshot_warn_seconds)
         consume = asyncio.create_task(loop.run(), name="consume")

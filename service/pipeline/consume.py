@@ -42,6 +42,9 @@ class Catalog(Protocol):
 
 
 class DeadLetterSink(Protocol):
+    #: True while the DLQ refuses what it is sent.
+    failing: bool
+
     async def send(
         self, letters: Sequence[DeadLetter], stopping: Callable[[], bool] = ...
     ) -> bool: ...
@@ -200,11 +203,12 @@ class ConsumeLoop:
     async def _send_dead(self, letters: Sequence[DeadLetter]) -> bool:
         if not letters:
             return True
-        self.health.failed("the DLQ", "sending")  # cleared below once acknowledged
-        sent = await self.dead_letters.send(letters, lambda: self.stopping)
-        if sent:
-            self.health.recovered("the DLQ")
-        return sent
+        return await self.dead_letters.send(letters, lambda: self.stopping)
+
+    @property
+    def stuck(self) -> bool:
+        """True while a step fails and is retried: the DLQ, the store, the catalog."""
+        return self.health.stuck or self.dead_letters.failing
 
     async def _store(self, batch: EventBatch, prepared: Prepared) -> Stored | None:
         try:

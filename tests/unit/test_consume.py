@@ -115,6 +115,7 @@ class Catalog:
 class DLQ:
     def __init__(self) -> None:
         self.refusing = False
+        self.failing = False
         self.letters: list[DeadLetter] = []
         self.attempts = 0
 
@@ -123,6 +124,7 @@ class DLQ:
     ) -> bool:
         while True:
             self.attempts += 1
+            self.failing = self.refusing
             if not self.refusing:
                 self.letters.extend(letters)
                 return True
@@ -224,12 +226,12 @@ async def test_a_refusing_dlq_holds_back_the_commit_until_it_accepts() -> None:
     task = asyncio.create_task(c.run())
     await until(lambda: dlq.attempts > 5)
     assert source.commits == []
-    assert c.health.stuck
+    assert c.stuck
     dlq.refusing = False
     await until(lambda: source.commits == [1, 2])
     await stop(c, task)
     assert [d.offset for d in dlq.letters] == [7]
-    assert not c.health.stuck
+    assert not c.stuck
 
 
 async def test_an_event_that_fails_to_prepare_goes_to_the_dlq_alone() -> None:
