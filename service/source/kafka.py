@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 #: Decodes one record (key, value) into an event or raises InvalidEvent; one per topic format.
 Decoder = Callable[[bytes | None, bytes | None], ChangeEvent]
 
-#: Tokens that JSON parsers turn into non-finite floats: NaN, Infinity, or an exponent too big
-#: for a double. A message with none of them can hold no such value, so only the few that match
-#: are looked at value by value.
-_NON_FINITE_HINT = re.compile(rb"NaN|Infinity|[eE]\+?[0-9]{3}")
+#: Tokens that JSON parsers turn into non-finite floats: NaN, Infinity, an exponent or a run of
+#: digits too big for a double. A message with none of them can hold no such value, so only
+#: the few that match are looked at value by value.
+_NON_FINITE_HINT = re.compile(rb"NaN|Infinity|[eE]\+?[0-9]{3}|[0-9]{309}")
 
 
 @dataclass(slots=True)

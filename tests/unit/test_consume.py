@@ -200,9 +200,7 @@ async def test_a_store_outage_holds_the_consumer_back_then_it_resumes_by_itself(
     assert set(store.rows) == {"1", "2"}
 
 
-async def test_a_batch_the_store_keeps_refusing_is_stored_event_by_event_and_the_rest_go_to_dlq() -> (
-    None
-):
+async def test_a_batch_the_store_keeps_refusing_goes_event_by_event_failures_to_dlq() -> None:
     rows = ({"id": 1, "v": "a"}, {"id": 66, "v": "bad"}, {"id": 3, "v": "c"})
     source, store, dlq = Source([batch(1, *rows), batch(2)]), Store(), DLQ()
     store.poison = {"66"}
