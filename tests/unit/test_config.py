@@ -96,7 +96,7 @@ def test_a_postgresql_database_url_is_accepted(clean_env: pytest.MonkeyPatch) ->
     assert load_settings().database_url == url
 
 
-def test_static_membership_defaults_to_the_pod_name(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_static_membership_defaults_to_the_pod_name(monkeypatch: pytest.MonkeyPatch) -> None:
     from service.app import new_consumer
 
     monkeypatch.setenv("POD_NAME", "sync-service-2")
