@@ -122,9 +122,10 @@ class KafkaSource:
             self._topics = wanted
 
     async def fetch(self, timeout_ms: int = 500) -> EventBatch:
-        generation = self._membership.generation
         records = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
-        batch = EventBatch(generation=generation)
+        # Stamped on return: records getmany hands out belong to the assignment of that moment
+        # (the fetcher drops what it fetched for partitions revoked meanwhile).
+        batch = EventBatch(generation=self._membership.generation)
         if not records:
             return batch
         invalid: dict[str, int] = {}

@@ -146,3 +146,32 @@ async def _plant_sources(e2e: Harness, sources: list[tuple[str, str, str]]) -> N
             )
     finally:
         await store.close()
+
+
+async def test_a_second_replica_joining_mid_stream_loses_no_row(e2e: Harness) -> None:
+    """The first replica finishes and commits its batch in flight before its partitions move;
+    every key arrives, whoever holds its partition when."""
+    first = await e2e.service()
+    for i in range(0, 200, 10):
+        await e2e.produce(
+            {"modelId": "1", "op": "upsert", "rows": [user(k) for k in range(i, i + 10)]}
+        )
+    e2e.env["SYNC_HTTP_PORT"] = str(free_port())
+    e2e.env["SYNC_DATABASE_URL"] = f"sqlite:///{e2e.tmp_path / 'second.db'}"
+    second = ServiceProcess(e2e.env, e2e.tmp_path / "second.log")
+    e2e.services.append(second)
+    await second.start()
+    for i in range(200, 400, 10):
+        await e2e.produce(
+            {"modelId": "1", "op": "upsert", "rows": [user(k) for k in range(i, i + 10)]}
+        )
+
+    def keys() -> set[str]:
+        return {str(r["key"]) for r in e2e.receiver.rows}
+
+    await wait_for(
+        lambda: len(keys()) == 400,
+        timeout=60,
+        what=f"all 400 keys; first:\n{first.log()}\nsecond:\n{second.log()}",
+    )
+    assert "offset commit failed" not in first.log()
