@@ -32,14 +32,23 @@ class Watcher:
 
     async def run(self) -> None:
         since_gauge = GAUGE_POLL_SECONDS
+        failing = False
         while not self.stopping:
             try:
                 await self._catalog.refresh()
                 if since_gauge >= GAUGE_POLL_SECONDS:
                     await self.gauges()
                     since_gauge = 0.0
-            except Exception:
-                log.exception("catalog refresh failed")
+                if failing:
+                    log.info("catalog refresh works again")
+                failing = False
+            except Exception as exc:
+                # Once per outage with its traceback, not every second while the store is away.
+                if not failing:
+                    log.exception("catalog refresh failed")
+                else:
+                    log.debug("catalog refresh still fails: %s", exc)
+                failing = True
             await asyncio.sleep(CATALOG_POLL_SECONDS)
             since_gauge += CATALOG_POLL_SECONDS
 
