@@ -28,7 +28,14 @@ log = logging.getLogger(__name__)
 MAX_KEY_LENGTH = 512
 
 #: Why a row is rejected: the label of sync_rows_rejected_total{reason}, from this fixed set.
-REJECT_REASONS = ("missing_key", "key_type", "key_too_long", "unencodable", "non_finite")
+REJECT_REASONS = (
+    "missing_key",
+    "key_type",
+    "key_too_long",
+    "key_invalid",
+    "unencodable",
+    "non_finite",
+)
 
 _Dumps = Callable[[object], bytes]
 
@@ -82,6 +89,8 @@ def _key_problem(value: object, key: str | None) -> tuple[str, str] | None:
         return "missing_key", ""
     if len(key) > MAX_KEY_LENGTH:
         return "key_too_long", f"the primary key has {len(key)} characters (most {MAX_KEY_LENGTH})"
+    if "\x00" in key:
+        return "key_invalid", "the primary key holds a NUL character, which PostgreSQL can't store"
     return None
 
 
@@ -182,7 +191,7 @@ def _note_snapshot(event: ChangeEvent, route: SyncRoute, snapshot: SnapshotProgr
     pk = route.primary_key
     for row in event.rows:
         key = row_key(row.get(pk))
-        if key is not None and len(key) <= MAX_KEY_LENGTH:
+        if key is not None and _key_problem(None, key) is None:
             snapshot.keys.append((route.sync_id, snapshot_id, key))
     if event.last:
         snapshot.closed.append((route.sync_id, snapshot_id))
@@ -242,7 +251,7 @@ def _project_fast(
     for row in rows:
         value = row.get(pk)
         key = row_key(value)
-        if key is None or len(key) > MAX_KEY_LENGTH:
+        if key is None or len(key) > MAX_KEY_LENGTH or "\x00" in key:
             reason, text = _key_problem(value, key)  # type: ignore[misc]
             refused.add(row, reason, text)
             continue

@@ -272,6 +272,7 @@ def test_nan_and_infinity_reject_their_rows_instead_of_becoming_null() -> None:
         (None, "missing_key"),
         ("", "missing_key"),
         ("k" * (MAX_KEY_LENGTH + 1), "key_too_long"),
+        ("a\x00b", "key_invalid"),
     ],
 )
 def test_a_key_that_cannot_identify_a_row_rejects_that_row(key: object, reason: str) -> None:
