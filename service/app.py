@@ -46,6 +46,9 @@ from service.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
+#: How long a stopping service lets an unfinished start-up end by itself.
+START_STOP_SECONDS = 5.0
+
 #: Exit status of a start-up that can't succeed without an operator (configuration, schema).
 EXIT_CONFIG = 2
 
@@ -62,12 +65,21 @@ class KafkaUnavailable(Exception):
     """The cluster did not answer within SYNC_KAFKA_CONNECT_TIMEOUT_SECONDS at start."""
 
 
+class StartAbandoned(Exception):
+    """The service was asked to stop while it was still connecting."""
+
+
 class SchemaMismatch(Exception):
     """The store's schema is newer than this release knows."""
 
 
-async def connect_kafka(settings: Settings, start: Callable[[], Awaitable[None]]) -> None:
-    """Retry `start` with backoff while the cluster is unreachable (it may still be booting)."""
+async def connect_kafka(
+    settings: Settings,
+    start: Callable[[], Awaitable[None]],
+    stopping: asyncio.Event | None = None,
+) -> None:
+    """Retry `start` with backoff while the cluster is unreachable (it may still be booting);
+    give up between attempts once `stopping` is set."""
     deadline = asyncio.get_running_loop().time() + settings.kafka_connect_timeout_seconds
     delay = 0.5
     while True:
@@ -82,15 +94,21 @@ async def connect_kafka(settings: Settings, start: Callable[[], Awaitable[None]]
                     "(SYNC_KAFKA_BOOTSTRAP_SERVERS, SYNC_KAFKA_CONNECT_TIMEOUT_SECONDS)"
                 ) from exc
             log.warning("Kafka not reachable yet (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
+            if stopping is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+                if stopping.is_set():
+                    raise StartAbandoned("stopped while connecting to Kafka") from exc
             delay = min(delay * 2, 5.0)
 
 
-async def ensure_topics(settings: Settings) -> None:
+async def ensure_topics(settings: Settings, stopping: asyncio.Event | None = None) -> None:
     """Create the topics the service uses when the broker allows it; existing ones are kept."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await connect_kafka(settings, admin.start)
     try:
+        await connect_kafka(settings, admin.start, stopping)
         existing = set(await admin.list_topics())
         names = {*settings.events_topics, settings.status_topic, settings.dlq_topic}
         missing = [
@@ -186,6 +204,7 @@ def build_app(
         log.warning("no API tokens configured (SYNC_API_TOKENS): the API refuses every request")
 
     health = ConsumerHealth()
+    shutting_down = asyncio.Event()
     parts: dict[str, object] = {}
 
     async def store_answers() -> bool:
@@ -210,16 +229,18 @@ def build_app(
             await open_store_checked(store, settings)
             stack.push_async_callback(store.close)
             await apply_file()
-        await ensure_topics(settings)
+        await ensure_topics(settings, shutting_down)
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
         )
-        await connect_kafka(settings, producer.start)
+        # Stopped however start-up ends (a SIGTERM may cancel it while it connects).
         stack.push_async_callback(producer.stop)
+        await connect_kafka(settings, producer.start, shutting_down)
         consumer = new_consumer(settings)
+        stack.push_async_callback(consumer.stop)
         source = KafkaSource(
             consumer,
             metrics,
@@ -272,8 +293,7 @@ def build_app(
         )
         await catalog.refresh()
         run_control.attach(store, catalog, scheduler, reporter)
-        await connect_kafka(settings, consumer.start)
-        stack.push_async_callback(consumer.stop)
+        await connect_kafka(settings, consumer.start, shutting_down)
         parts["source"], parts["loop"] = source, loop
         scheduler.notify_pending((await store.pending_counts()).keys())
         watcher = Watcher(store, catalog, metrics, settings.snapshot_warn_seconds)
@@ -322,6 +342,8 @@ def build_app(
                 if task.cancelled() or task.exception() is None:
                     return
                 exc = task.exception()
+                if isinstance(exc, StartAbandoned):
+                    return
                 if isinstance(exc, KafkaUnavailable):
                     exit_reason.set(1, str(exc))
                 elif isinstance(exc, SchemaMismatch | ResourcesError):
@@ -337,6 +359,10 @@ def build_app(
                 yield
             finally:
                 run_control.detach()
+                shutting_down.set()
+                # A start-up that is connecting gives up between attempts; one that hangs in
+                # an attempt is cancelled (the Kafka client may then leave a socket behind).
+                await asyncio.wait({starting}, timeout=START_STOP_SECONDS)
                 if not starting.done():
                     starting.cancel()
                 await asyncio.wait({starting})
