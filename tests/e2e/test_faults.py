@@ -175,3 +175,53 @@ async def test_a_second_replica_joining_mid_stream_loses_no_row(e2e: Harness) ->
         what=f"all 400 keys; first:\n{first.log()}\nsecond:\n{second.log()}",
     )
     assert "offset commit failed" not in first.log()
+
+
+async def test_a_dlq_that_refuses_pauses_the_consumer_until_it_accepts(e2e: Harness) -> None:
+    """The broker refuses the dead letter (the DLQ topic takes no message that large): the
+    consumer waits, /readyz answers 503, the process stays up; once the DLQ accepts, the dead
+    letter lands and the event behind it is delivered, none skipped."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=e2e.kafka)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    e2e.dlq_topic,
+                    num_partitions=1,
+                    replication_factor=1,
+                    topic_configs={"max.message.bytes": "200"},
+                )
+            ]
+        )
+        service = await e2e.service()
+        await e2e.produce(b"x" * 1000)  # not JSON, and too large for the DLQ as it is
+        await e2e.event("upsert", [user(1)])
+
+        async def not_ready() -> bool:
+            async with aiohttp.ClientSession() as s, s.get(f"{service.base}/readyz") as r:
+                return r.status == 503
+
+        await wait_for(not_ready, what="/readyz 503 while the DLQ refuses")
+        assert e2e.receiver.rows == []  # held back behind the dead letter, not skipped
+        await wait_for(lambda: "refused 1 records" in service.log(), what="the refusal logged")
+        assert service.proc is not None and service.proc.returncode is None
+
+        await admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    e2e.dlq_topic,
+                    configs={"max.message.bytes": "1048588"},
+                )
+            ]
+        )
+        rows = await e2e.receiver.wait_rows(1, timeout=60)
+        assert [r["key"] for r in rows] == ["1"]
+        [dead] = await read_topic(e2e.kafka, e2e.dlq_topic, 1)
+        assert dead.value == b"x" * 1000
+        assert service.proc.returncode is None
+    finally:
+        await admin.close()
