@@ -4,6 +4,7 @@ from another workspace's topic, its own topics named as sources, a broker that i
 from __future__ import annotations
 
 import contextlib
+import json
 
 import aiohttp
 import pytest
@@ -225,3 +226,45 @@ async def test_a_dlq_that_refuses_pauses_the_consumer_until_it_accepts(e2e: Harn
         assert service.proc.returncode is None
     finally:
         await admin.close()
+
+
+async def test_a_poison_corpus_interleaved_with_valid_events_costs_only_the_poison(
+    e2e: Harness,
+) -> None:
+    e2e.env["SYNC_API_TOKENS"] = f"{TOKEN}=1"
+    service = await e2e.service()
+    dead_events = [
+        b"not json",
+        b"",
+        b'{"modelId": "1", "op": "upsert", "rows": "not a list"}',
+        b'{"modelId": "1", "op": "merge", "rows": []}',
+        b'{"modelId": "1", "op": "upsert", "rows": [{"id": 1, "v": "\\ud800"}]}',
+        b"[" * 10_000 + b"]" * 10_000,
+    ]
+    rejected_rows = [
+        {"id": 7, "email": 123456789012345678901234567890},
+        {"id": -(2**70), "email": "the key column is sent too, and JSON can't carry it"},
+        {"id": {"nested": 1}, "email": "x"},
+        {"id": [1], "email": "x"},
+        {"email": "no key"},
+    ]
+    expected: set[str] = set()
+    for i, raw in enumerate(dead_events):
+        await e2e.produce(raw)
+        await e2e.event("upsert", [user(100 + i)])
+        expected.add(str(100 + i))
+    await e2e.produce(b'{"modelId": "1", "op": "upsert", "rows": []}', key=b"2")  # key mismatch
+    rows = [*rejected_rows, user(200, "é" * 1000), user(201, "x" * (1 << 19))]
+    await e2e.produce(json.dumps({"modelId": "1", "op": "upsert", "rows": rows}).encode())
+    expected |= {"200", "201"}
+
+    def keys() -> set[str]:
+        return {str(r["key"]) for r in e2e.receiver.rows}
+
+    await wait_for(lambda: keys() >= expected, timeout=60, what=f"keys {sorted(expected)}")
+    dead = await read_topic(e2e.kafka, e2e.dlq_topic, len(dead_events) + 1)
+    assert len(dead) == len(dead_events) + 1
+    assert all(dict(d.headers)["error.class"] == b"InvalidEvent" for d in dead)
+    await wait_for(lambda: service.metric("sync_rows_rejected_total"), what="rejected rows counted")
+    assert await service.metric("sync_rows_rejected_total") == len(rejected_rows)
+    assert service.proc is not None and service.proc.returncode is None
