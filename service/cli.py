@@ -11,8 +11,8 @@ import sys
 from aiohttp import web
 
 from service.api.auth import TokenError, load_tokens
-from service.api.health import FATAL
-from service.app import KafkaUnavailable, build_app, open_store
+from service.api.health import EXIT_REASON, FATAL
+from service.app import build_app, open_store
 from service.config import Settings, SettingsError, load_settings
 from service.resources import ResourcesError, ResourcesFile, parse_resources
 
@@ -45,9 +45,6 @@ async def serve(settings: Settings, resources: ResourcesFile | None, tokens: dic
     except ResourcesError as exc:
         print(f"sync-service: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except KafkaUnavailable as exc:
-        print(f"sync-service: {exc}", file=sys.stderr)
-        return 1
     try:
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
@@ -60,7 +57,12 @@ async def serve(settings: Settings, resources: ResourcesFile | None, tokens: dic
         log.info("stopping")
     finally:
         await runner.cleanup()
-    return 1 if app[FATAL].is_set() else 0
+    if not app[FATAL].is_set():
+        return 0
+    reason = app[EXIT_REASON]
+    if reason.message:
+        print(f"sync-service: {reason.message}", file=sys.stderr)
+    return reason.code
 
 
 async def migrate(settings: Settings) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -54,11 +55,29 @@ class Settings(BaseSettings):
     #: Most records per fetch; also the most events one ingest transaction covers.
     fetch_max_records: int = Field(default=2000, ge=1, le=100_000)
     # catalog: workspaces and their topics
-    #: The workspace that owns SYNC_EVENTS_TOPICS.
-    default_workspace: str = Field(default="1", pattern=r"^[0-9]+$", max_length=20)
+    #: The workspace that owns the topics of SYNC_EVENTS_TOPICS; a source's topic belongs to
+    #: the source's workspace.
+    default_workspace: str = Field(default="1", pattern=r"^[0-9]{1,18}$")
     #: On the service's own cluster, a workspace's Kafka destinations write only topics
     #: starting with this (`{workspaceId}` is replaced by the workspace's id).
     kafka_destination_topic_prefix: str = Field(default="ws-{workspaceId}.", max_length=200)
+
+    # consume pipeline: failure handling, group membership, start-up
+    #: Attempts of a batch step that keeps failing (the store answering) before its events
+    #: are tried one by one and the failing ones go to the DLQ; and the backoff between them.
+    consumer_max_attempts: int = Field(default=5, ge=1, le=100)
+    consumer_retry_base_seconds: float = Field(default=0.5, gt=0, le=60)
+    consumer_retry_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: How long a partition revocation waits for the batch in flight to be stored and committed.
+    rebalance_drain_seconds: float = Field(default=20.0, gt=0, le=600)
+    #: Static group membership (Kafka group.instance.id); defaults to POD_NAME where it is set,
+    #: so a restarted pod takes its partitions back without a rebalance.
+    group_instance_id: str | None = Field(
+        default_factory=lambda: os.environ.get("POD_NAME") or None, min_length=1, max_length=249
+    )
+    #: Apply store migrations when `serve` starts. Off for several replicas: run
+    #: `sync-service migrate` once per release instead.
+    migrate_on_start: bool = True
 
     @field_validator("events_topics", mode="before")
     @classmethod

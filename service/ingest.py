@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -22,6 +23,22 @@ from service.store.base import Store
 
 log = logging.getLogger(__name__)
 
+#: Longest primary key value, in characters: longer keys can't be indexed by every store
+#: (PostgreSQL's B-tree entries stop near 2,700 bytes), so such a row is rejected alone.
+MAX_KEY_LENGTH = 512
+
+#: Why a row is rejected: the label of sync_rows_rejected_total{reason}, from this fixed set.
+REJECT_REASONS = (
+    "missing_key",
+    "key_type",
+    "key_too_long",
+    "key_invalid",
+    "unencodable",
+    "non_finite",
+)
+
+_Dumps = Callable[[object], bytes]
+
 
 @dataclass(slots=True)
 class IngestResult:
@@ -31,6 +48,8 @@ class IngestResult:
     #: Rows the destinations hold already, left out of the store.
     unchanged: int = 0
     rejected: int = 0
+    #: Rejected rows by reason (REJECT_REASONS).
+    rejected_by: dict[str, int] = field(default_factory=dict)
     unrouted_events: int = 0
 
 
@@ -49,33 +68,102 @@ def row_hash(projected: bytes) -> bytes:
     return hashlib.blake2b(projected, digest_size=16).digest()
 
 
+def _finite(value: object) -> bool:
+    """False when a float anywhere in `value` is NaN or infinite: JSON can't carry it (orjson
+    would write null, silently changing the row)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def _key_problem(value: object, key: str | None) -> tuple[str, str] | None:
+    """(reason, text) when the key value can't identify a row; None when it can."""
+    if key is None:
+        if isinstance(value, (dict, list)):
+            kind = "an object" if isinstance(value, dict) else "an array"
+            return "key_type", f"the primary key is {kind}, not a scalar"
+        return "missing_key", ""
+    if len(key) > MAX_KEY_LENGTH:
+        return "key_too_long", f"the primary key has {len(key)} characters (most {MAX_KEY_LENGTH})"
+    if "\x00" in key:
+        return "key_invalid", "the primary key holds a NUL character, which PostgreSQL can't store"
+    return None
+
+
+def _scrub(value: object, depth: int = 0) -> object:
+    """A JSON-encodable stand-in for a refused row, kept to show why it was refused."""
+    if depth > 100:
+        return "…"
+    if isinstance(value, dict):
+        return {str(k): _scrub(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, depth + 1) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return repr(value)
+
+
+def encode_refused(row: object) -> bytes:
+    """The refused row as JSON, whatever it holds."""
+    try:
+        return orjson.dumps(row)
+    except (TypeError, RecursionError):
+        return orjson.dumps(_scrub(row))
+
+
+@dataclass(slots=True)
+class _Refusals:
+    """Rows refused while projecting one event for one route."""
+
+    rows: list[tuple[dict[str, object], str, str]] = field(default_factory=list)
+
+    def add(self, row: dict[str, object], reason: str, text: str) -> None:
+        self.rows.append((row, reason, text))
+
+
 def project_events(
-    events: Sequence[ChangeEvent], routes: RouteIndex, snapshot: SnapshotProgress | None = None
+    events: Sequence[ChangeEvent],
+    routes: RouteIndex,
+    snapshot: SnapshotProgress | None = None,
+    *,
+    event_routes: Sequence[RouteIndex] | None = None,
+    suspect: Container[int] = (),
+    start: int = 0,
+    end: int | None = None,
 ) -> tuple[list[PendingWrite], IngestResult]:
-    """Pending writes for every routed row; within the batch the last version of a key wins.
-    Keys of snapshot events, and the snapshots they close, go into `snapshot`."""
+    """Pending writes for every routed row of events[start:end]; within it the last version of
+    a key wins. Keys of snapshot events, and the snapshots they close, go into `snapshot`, and
+    so do refused rows. `event_routes[i]`, where given, is the index for event i (the models
+    of the workspace owning its topic); `suspect` holds the events whose values are checked
+    one by one for non-finite numbers."""
     result = IngestResult()
     latest: dict[tuple[str, str], PendingWrite] = {}
     dumps = orjson.dumps
-    for event in events:
-        targets = routes.get(event.model_id)
+    stop = len(events) if end is None else end
+    for i in range(start, stop):
+        event = events[i]
+        index = routes if event_routes is None else event_routes[i]
+        targets = index.get(event.model_id)
         if not targets:
             result.unrouted_events += 1
             continue
         emitted = event.emitted_at.timestamp() if event.emitted_at else None
         op = "delete" if event.op == "delete" else "upsert"
+        careful = i in suspect
         for route in targets:
-            refused = _project_rows(event.rows, route, op, emitted, latest, dumps)
-            result.rejected += len(refused)
-            if refused and snapshot is not None:
-                snapshot.rejected.extend(
-                    RejectedRow(
-                        route.sync_id,
-                        f"no value for the primary key {route.primary_key!r}",
-                        dumps(row),
-                    )
-                    for row in refused
-                )
+            refused = _project_rows(event.rows, route, op, emitted, latest, dumps, careful)
+            if refused.rows:
+                _note_refused(refused, route, result, snapshot)
             if event.snapshot_id is not None and snapshot is not None:
                 _note_snapshot(event, route, snapshot)
     result.rows = len(latest)
@@ -86,30 +174,46 @@ def project_events(
     return list(latest.values()), result
 
 
+def _note_refused(
+    refused: _Refusals, route: SyncRoute, result: IngestResult, snapshot: SnapshotProgress | None
+) -> None:
+    result.rejected += len(refused.rows)
+    for row, reason, text in refused.rows:
+        result.rejected_by[reason] = result.rejected_by.get(reason, 0) + 1
+        if snapshot is not None:
+            why = text or f"no value for the primary key {route.primary_key!r}"
+            snapshot.rejected.append(RejectedRow(route.sync_id, why, encode_refused(row)))
+
+
 def _note_snapshot(event: ChangeEvent, route: SyncRoute, snapshot: SnapshotProgress) -> None:
     snapshot_id = event.snapshot_id
     assert snapshot_id is not None
     pk = route.primary_key
     for row in event.rows:
         key = row_key(row.get(pk))
-        if key is not None:
+        if key is not None and _key_problem(None, key) is None:
             snapshot.keys.append((route.sync_id, snapshot_id, key))
     if event.last:
         snapshot.closed.append((route.sync_id, snapshot_id))
 
 
-def segments(events: Sequence[ChangeEvent]) -> list[Sequence[ChangeEvent]]:
-    """The batch cut after each event that closes a snapshot, so the removals a close plans
-    come after the rows before it and before the rows after it."""
-    cuts: list[Sequence[ChangeEvent]] = []
+def segment_bounds(events: Sequence[ChangeEvent]) -> list[tuple[int, int]]:
+    """(start, end) of the batch's parts: it is cut after each event that closes a snapshot, so
+    the removals a close plans come after the rows before it and before the rows after it."""
+    cuts: list[tuple[int, int]] = []
     start = 0
     for i, event in enumerate(events):
         if event.op == "snapshot" and event.last:
-            cuts.append(events[start : i + 1])
+            cuts.append((start, i + 1))
             start = i + 1
     if start < len(events) or not cuts:
-        cuts.append(events[start:])
+        cuts.append((start, len(events)))
     return cuts
+
+
+def segments(events: Sequence[ChangeEvent]) -> list[Sequence[ChangeEvent]]:
+    """The events of each part (see `segment_bounds`)."""
+    return [events[a:b] for a, b in segment_bounds(events)]
 
 
 def _project_rows(
@@ -118,26 +222,87 @@ def _project_rows(
     op: str,
     emitted: float | None,
     latest: dict[tuple[str, str], PendingWrite],
-    dumps: object,
-) -> list[dict[str, object]]:
-    """Adds the routed rows to `latest`; returns the rows refused for want of a key."""
-    rejected: list[dict[str, object]] = []
+    dumps: _Dumps,
+    careful: bool = False,
+) -> _Refusals:
+    """Adds the routed rows to `latest`; returns the rows refused. The whole event is tried at
+    once; only when a value can't be encoded is it done again row by row, so one bad row costs
+    its own rejection and the hot path carries no per-row error handling."""
+    if not careful:
+        try:
+            return _project_fast(rows, route, op, emitted, latest, dumps)
+        except (TypeError, ValueError, RecursionError):
+            pass  # orjson refused a value (JSONEncodeError is a TypeError): find the row
+    return _project_one_by_one(rows, route, op, emitted, latest, dumps)
+
+
+def _project_fast(
+    rows: list[dict[str, object]],
+    route: SyncRoute,
+    op: str,
+    emitted: float | None,
+    latest: dict[tuple[str, str], PendingWrite],
+    dumps: _Dumps,
+) -> _Refusals:
+    refused = _Refusals()
     pk = route.primary_key
     columns = route.referenced_columns
     sync_id = route.sync_id
     for row in rows:
-        key = row_key(row.get(pk))
-        if key is None:
-            rejected.append(row)
+        value = row.get(pk)
+        key = row_key(value)
+        if key is None or len(key) > MAX_KEY_LENGTH or "\x00" in key:
+            reason, text = _key_problem(value, key)  # type: ignore[misc]
+            refused.add(row, reason, text)
             continue
         if op == "delete":
             latest[(sync_id, key)] = PendingWrite(sync_id, key, "delete", None, None, emitted)
             continue
         # A row that has exactly the referenced columns, in their order, is its own projection.
         projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
-        data = dumps(projected)  # type: ignore[operator]
+        data = dumps(projected)
         latest[(sync_id, key)] = PendingWrite(sync_id, key, "upsert", data, row_hash(data), emitted)
-    return rejected
+    return refused
+
+
+def _project_one_by_one(
+    rows: list[dict[str, object]],
+    route: SyncRoute,
+    op: str,
+    emitted: float | None,
+    latest: dict[tuple[str, str], PendingWrite],
+    dumps: _Dumps,
+) -> _Refusals:
+    """The slow path: every row checked on its own (non-finite numbers included)."""
+    refused = _Refusals()
+    pk = route.primary_key
+    columns = route.referenced_columns
+    sync_id = route.sync_id
+    for row in rows:
+        value = row.get(pk)
+        key = row_key(value)
+        problem = _key_problem(value, key)
+        if problem is not None:
+            refused.add(row, *problem)
+            continue
+        assert key is not None
+        if isinstance(value, float) and not math.isfinite(value):
+            refused.add(row, "non_finite", "the primary key is not a finite number")
+            continue
+        if op == "delete":
+            latest[(sync_id, key)] = PendingWrite(sync_id, key, "delete", None, None, emitted)
+            continue
+        projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
+        if not _finite(projected):
+            refused.add(row, "non_finite", "a value is NaN or infinite, which JSON can't carry")
+            continue
+        try:
+            data = dumps(projected)
+        except (TypeError, ValueError, RecursionError) as exc:
+            refused.add(row, "unencodable", f"a value can't be encoded as JSON: {exc}"[:300])
+            continue
+        latest[(sync_id, key)] = PendingWrite(sync_id, key, "upsert", data, row_hash(data), emitted)
+    return refused
 
 
 @dataclass(slots=True)
@@ -157,11 +322,26 @@ class Ingest:
         self._store = store
         self._metrics = metrics
 
-    def prepare(self, events: Sequence[ChangeEvent], routes: RouteIndex) -> list[PreparedPart]:
+    def prepare(
+        self,
+        events: Sequence[ChangeEvent],
+        routes: RouteIndex,
+        *,
+        event_routes: Sequence[RouteIndex] | None = None,
+        suspect: Container[int] = (),
+    ) -> list[PreparedPart]:
         parts = []
-        for part in segments(events):
+        for start, end in segment_bounds(events):
             snapshot = SnapshotProgress()
-            writes, found = project_events(part, routes, snapshot)
+            writes, found = project_events(
+                events,
+                routes,
+                snapshot,
+                event_routes=event_routes,
+                suspect=suspect,
+                start=start,
+                end=end,
+            )
             parts.append(PreparedPart(writes, snapshot, found))
         return parts
 
@@ -183,6 +363,8 @@ class Ingest:
             result.rows += found.rows
             result.unchanged += len(writes) - kept
             result.rejected += found.rejected
+            for reason, n in found.rejected_by.items():
+                result.rejected_by[reason] = result.rejected_by.get(reason, 0) + n
             result.unrouted_events += found.unrouted_events
             if snapshot.closed:
                 log.info("snapshots closed: %s", ", ".join(f"{s}/{n}" for s, n in snapshot.closed))
@@ -199,7 +381,12 @@ class Ingest:
         if result.unchanged:
             self._metrics.rows_unchanged.inc(result.unchanged)
         if result.rejected:
-            self._metrics.rows_rejected.labels("missing_key").inc(result.rejected)
-            log.warning("rejected %d rows without a primary key value", result.rejected)
+            for reason, n in result.rejected_by.items():
+                self._metrics.rows_rejected.labels(reason).inc(n)
+            log.warning(
+                "rejected %d rows (%s)",
+                result.rejected,
+                ", ".join(f"{r}: {n}" for r, n in sorted(result.rejected_by.items())),
+            )
         if result.unrouted_events:
             self._metrics.events_unrouted.inc(result.unrouted_events)

@@ -23,13 +23,33 @@ class Readiness:
     async def __call__(self) -> dict[str, bool]:
         if not self._checks:
             return {"started": False}
-        return {name: await check() for name, check in self._checks.items()}
+        return {name: await _within(check) for name, check in self._checks.items()}
+
+
+async def _within(check: Callable[[], Awaitable[bool]], seconds: float = 2.0) -> bool:
+    """A check that fails or hangs counts as not ready: /readyz itself always answers."""
+    try:
+        return bool(await asyncio.wait_for(check(), seconds))
+    except Exception:
+        return False
+
+
+class ExitReason:
+    """Why the service stops on its own: the exit status and one line for the operator."""
+
+    def __init__(self) -> None:
+        self.code = 1
+        self.message = ""
+
+    def set(self, code: int, message: str) -> None:
+        self.code, self.message = code, message
 
 
 READINESS = web.AppKey("readiness", Readiness)
 METRICS = web.AppKey("metrics", Metrics)
 #: Set when a background part of the service died; the process then stops.
 FATAL = web.AppKey("fatal", asyncio.Event)
+EXIT_REASON = web.AppKey("exit_reason", ExitReason)
 
 
 async def healthz(request: web.Request) -> web.Response:

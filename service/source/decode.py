@@ -25,6 +25,8 @@ def decode_event(key: bytes | None, value: bytes | None) -> ChangeEvent:
         if exc.error_count() > 1:
             detail += f" (and {exc.error_count() - 1} more errors)"
         raise InvalidEvent("schema", detail[:MAX_ERROR_MESSAGE]) from None
+    except RecursionError:
+        raise InvalidEvent("json", "nested too deeply to decode") from None
     if key is not None:
         model_key = key.decode("utf-8", "replace")
         if model_key != event.model_id:

@@ -109,3 +109,14 @@ def test_a_bad_egress_cidr_is_one_line_naming_the_setting(clean_env: pytest.Monk
     clean_env.setenv("SYNC_EGRESS_DENY", "10.0.0.0/8,10.0.0.0/99")
     with pytest.raises(SettingsError, match=r"^SYNC_EGRESS_DENY: .*'10.0.0.0/99' is not a CIDR"):
         load_settings()
+
+
+def test_static_membership_defaults_to_the_pod_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "sync-service-2")
+    settings = load_settings()
+    assert settings.group_instance_id == "sync-service-2"
+    monkeypatch.setenv("SYNC_GROUP_INSTANCE_ID", "explicit")
+    assert load_settings().group_instance_id == "explicit"
+    monkeypatch.delenv("POD_NAME")
+    monkeypatch.delenv("SYNC_GROUP_INSTANCE_ID")
+    assert load_settings().group_instance_id is None

@@ -1,108 +1,313 @@
-"""Pipeline.consume: batches are stored and committed in order, the next one prepared meanwhile;
-a batch that is not stored is never passed by a later commit."""
+"""ConsumeLoop: batches are stored and committed in order, the next one prepared meanwhile; a
+batch not stored is never passed by a later commit; failures are retried a bounded number of
+times, then set aside to the DLQ; the DLQ or the store failing holds the consumer back."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
+from hypothesis import given
+from hypothesis import strategies as st
 
-from service.app import Pipeline
+from service.core.events import ChangeEvent
 from service.core.metrics import Metrics
-from service.ingest import IngestResult, PreparedPart
+from service.core.rows import PendingWrite, RouteIndex, SnapshotProgress, SyncRoute
+from service.ingest import Ingest
+from service.pipeline.commit import OffsetLedger, OffsetRegression
+from service.pipeline.consume import Backoff, ConsumeLoop
+from service.source.dlq import DeadLetter
 from service.source.kafka import EventBatch
 
 TP = TopicPartition("model-changes", 0)
+ROUTES: RouteIndex = {"1": (SyncRoute("10", "id", ("id", "v")),)}
+FAST = Backoff(attempts=3, base=0.001, most=0.002)
+
+
+def batch(n: int, *rows: dict[str, Any]) -> EventBatch:
+    """Batch n: one event per row (default one row with key n), committing offset n."""
+    rows = rows or ({"id": n, "v": "x"},)
+    events = [
+        ChangeEvent.model_validate({"modelId": "1", "op": "upsert", "rows": [r]}) for r in rows
+    ]
+    messages = [
+        SimpleNamespace(topic=TP.topic, partition=0, offset=n - 1, key=b"1", value=b"{}")
+        for _ in rows
+    ]
+    return EventBatch(
+        events=events,
+        offsets={TP: n},
+        records=len(events),
+        spans=[(TP.topic, len(events))],
+        messages=messages,
+    )
 
 
 class Source:
-    """Hands out batches 1..n (offsets n+1), then empty fetches."""
+    """Hands out the given batches, then empty fetches."""
 
-    def __init__(self, n: int) -> None:
-        self.batches = [EventBatch(offsets={TP: i + 1}, records=1) for i in range(n)]
+    def __init__(self, batches: list[EventBatch]) -> None:
+        self.batches = batches
         self.commits: list[int] = []
+        self.generation = 0
+        self.revoke: Callable[[], Awaitable[None]] | None = None
+        self.fetched = asyncio.Event()
+
+    def on_revoke(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self.revoke = callback
 
     async def fetch(self, timeout_ms: int = 500) -> EventBatch:
         if self.batches:
-            return self.batches.pop(0)
-        await asyncio.sleep(0.01)
+            b = self.batches.pop(0)
+            b.generation = self.generation
+            return b
+        self.fetched.set()
+        await asyncio.sleep(0.001)
         return EventBatch()
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.commits.append(offsets[TP])
+    async def commit(self, offsets: dict[TopicPartition, int]) -> bool:
+        if offsets:
+            self.commits.append(offsets[TP])
+        return True
 
 
 class Store:
-    async def catalog_version(self) -> int:
-        return 0
+    """write_pending fails while `down`, and for any row whose key is in `poison`."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.poison: set[str] = set()
+        self.rows: dict[str, bytes | None] = {}
+        self.gate: asyncio.Event | None = None
+        self.writes = 0
+        #: The write (counted from 1) from which the store is down.
+        self.down_from: int | None = None
+
+    async def write_pending(self, writes: Sequence[PendingWrite], snap: SnapshotProgress) -> int:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.writes += 1
+        if self.down_from is not None and self.writes >= self.down_from:
+            self.down = True
+        if self.down:
+            raise OSError("connection refused")
+        if any(w.key in self.poison for w in writes):
+            raise ValueError("the store refuses this row")
+        self.rows.update((w.key, w.data) for w in writes)
+        return len(writes)
+
+    async def ping(self) -> bool:
+        return not self.down
 
 
-class Ingest:
-    """`store` fails for the batches in `failing` until the pipeline stops."""
+class Catalog:
+    async def refresh(self) -> None:
+        pass
 
-    def __init__(self, failing: set[int]) -> None:
-        self.failing = failing
-        self.prepared = 0
-        self.log: list[tuple[str, int]] = []
+    def routes_for(self, b: EventBatch) -> list[RouteIndex]:
+        return [ROUTES] * len(b.events)
 
-    def prepare(self, events: Any, routes: Any) -> list[PreparedPart]:
-        self.prepared += 1  # the batch's number travels in `rows`
-        return [PreparedPart([], None, IngestResult(rows=self.prepared))]  # type: ignore[arg-type]
 
-    async def store(self, parts: list[PreparedPart]) -> IngestResult:
-        n = parts[0].found.rows
-        self.log.append(("store", n))
-        await asyncio.sleep(0.01)
-        if n in self.failing:
-            raise OSError("disk full")
-        return IngestResult(sync_ids={"1"})
+class DLQ:
+    def __init__(self) -> None:
+        self.refusing = False
+        self.failing = False
+        self.letters: list[DeadLetter] = []
+        self.attempts = 0
+
+    async def send(
+        self, letters: Sequence[DeadLetter], stopping: Callable[[], bool] = bool
+    ) -> bool:
+        while True:
+            self.attempts += 1
+            self.failing = self.refusing
+            if not self.refusing:
+                self.letters.extend(letters)
+                return True
+            if stopping():
+                return False
+            await asyncio.sleep(0.001)
 
 
 class Scheduler:
     def __init__(self) -> None:
-        self.notified = 0
+        self.notified: list[set[str]] = []
 
     def notify_pending(self, sync_ids: Any) -> None:
-        self.notified += 1
+        self.notified.append(set(sync_ids))
 
 
-def pipeline(source: Source, ingest: Ingest) -> Pipeline:
-    return Pipeline(
-        settings=None,  # type: ignore[arg-type]
-        store=Store(),  # type: ignore[arg-type]
-        source=source,  # type: ignore[arg-type]
-        ingest=ingest,  # type: ignore[arg-type]
-        scheduler=Scheduler(),  # type: ignore[arg-type]
-        reporter=None,  # type: ignore[arg-type]
-        metrics=Metrics(),
-        routes={},
-        catalog_version=0,
+def loop(source: Source, store: Store, dlq: DLQ | None = None) -> ConsumeLoop:
+    return ConsumeLoop(
+        source,  # type: ignore[arg-type]
+        Ingest(store, Metrics()),  # type: ignore[arg-type]
+        Catalog(),
+        Scheduler(),
+        dlq or DLQ(),
+        store.ping,
+        backoff=FAST,
+        drain_seconds=5,
     )
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+async def stop(c: ConsumeLoop, task: asyncio.Task[None]) -> None:
+    c.stopping = True
+    await asyncio.wait_for(task, 5)
+
+
 async def test_batches_are_committed_in_order_once_stored() -> None:
-    source = Source(5)
-    p = pipeline(source, Ingest(failing=set()))
-    consuming = asyncio.create_task(p.consume())
-    while len(source.commits) < 5:
-        await asyncio.sleep(0.01)
-    p.stopping = True
-    await asyncio.wait_for(consuming, 5)
+    source, store = Source([batch(i) for i in range(1, 6)]), Store()
+    c = loop(source, store)
+    task = asyncio.create_task(c.run())
+    await until(lambda: len(source.commits) == 5)
+    await stop(c, task)
     assert source.commits == [1, 2, 3, 4, 5]
-    assert p.scheduler.notified == 5  # type: ignore[attr-defined]
+    assert set(store.rows) == {"1", "2", "3", "4", "5"}
+    assert c.scheduler.notified == [{"10"}] * 5  # type: ignore[attr-defined]
 
 
 async def test_a_batch_not_stored_when_stopping_holds_back_every_later_commit() -> None:
-    source = Source(4)
-    ingest = Ingest(failing={2})
-    p = pipeline(source, ingest)
-    consuming = asyncio.create_task(p.consume())
-    while ("store", 2) not in ingest.log:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.1)  # batch 3 is prepared meanwhile, and waits
-    assert ingest.prepared == 3
-    p.stopping = True
-    await asyncio.wait_for(consuming, 5)
+    source, store = Source([batch(1), batch(2), batch(3)]), Store()
+    store.down_from = 2  # batch 2 retries without end: the store does not answer
+    c = loop(source, store)
+    task = asyncio.create_task(c.run())
+    await until(lambda: c.health.stuck and store.writes > 10)
+    await stop(c, task)
     assert source.commits == [1]
-    assert ("store", 3) not in ingest.log
+    assert "3" not in store.rows
+
+
+async def test_a_store_outage_holds_the_consumer_back_then_it_resumes_by_itself() -> None:
+    source, store = Source([batch(1), batch(2)]), Store()
+    store.down = True
+    c = loop(source, store)
+    task = asyncio.create_task(c.run())
+    await until(lambda: c.health.stuck)
+    assert source.commits == []  # far more failures than `attempts`: not the batch's fault
+    store.down = False
+    await until(lambda: source.commits == [1, 2])
+    assert not c.health.stuck
+    await stop(c, task)
+    assert set(store.rows) == {"1", "2"}
+
+
+async def test_a_batch_the_store_keeps_refusing_goes_event_by_event_failures_to_dlq() -> None:
+    rows = ({"id": 1, "v": "a"}, {"id": 66, "v": "bad"}, {"id": 3, "v": "c"})
+    source, store, dlq = Source([batch(1, *rows), batch(2)]), Store(), DLQ()
+    store.poison = {"66"}
+    c = loop(source, store, dlq)
+    task = asyncio.create_task(c.run())
+    await until(lambda: source.commits == [1, 2])
+    await stop(c, task)
+    assert set(store.rows) == {"1", "3", "2"}
+    [letter] = dlq.letters
+    assert (letter.error_class, letter.offset) == ("ValueError", 0)
+    assert "refuses this row" in letter.error_message
+    assert not c.health.stuck
+
+
+async def test_a_refusing_dlq_holds_back_the_commit_until_it_accepts() -> None:
+    b = batch(1)
+    b.dead.append(DeadLetter("model-changes", 0, 7, None, b"nope", "InvalidEvent", "json"))
+    source, store, dlq = Source([b, batch(2)]), Store(), DLQ()
+    dlq.refusing = True
+    c = loop(source, store, dlq)
+    task = asyncio.create_task(c.run())
+    await until(lambda: dlq.attempts > 5)
+    assert source.commits == []
+    assert c.stuck
+    dlq.refusing = False
+    await until(lambda: source.commits == [1, 2])
+    await stop(c, task)
+    assert [d.offset for d in dlq.letters] == [7]
+    assert not c.stuck
+
+
+async def test_an_event_that_fails_to_prepare_goes_to_the_dlq_alone() -> None:
+    source, store, dlq = (
+        Source([batch(1, {"id": 1, "v": "a"}, {"id": 2, "v": "b"})]),
+        Store(),
+        DLQ(),
+    )
+    c = loop(source, store, dlq)
+    real = c.ingest.prepare
+
+    def prepare(events: Any, routes: Any, **kw: Any) -> Any:
+        if any(r.get("id") == 2 for e in events for r in e.rows):
+            raise RuntimeError("a bug met by this event only")
+        return real(events, routes, **kw)
+
+    c.ingest.prepare = prepare  # type: ignore[method-assign]
+    task = asyncio.create_task(c.run())
+    await until(lambda: source.commits == [1])
+    await stop(c, task)
+    assert set(store.rows) == {"1"}
+    assert [d.error_class for d in dlq.letters] == ["RuntimeError"]
+
+
+async def test_a_revocation_waits_for_the_batch_in_flight_and_its_commit() -> None:
+    source, store = Source([batch(1)]), Store()
+    store.gate = asyncio.Event()
+    c = loop(source, store)
+    task = asyncio.create_task(c.run())
+    await until(lambda: c._storing is not None)
+    assert source.revoke is not None
+    revoking = asyncio.create_task(source.revoke())
+    await asyncio.sleep(0.01)
+    assert not revoking.done()  # waits for the store
+    store.gate.set()
+    await asyncio.wait_for(revoking, 5)
+    assert source.commits == [1]  # committed before the partitions move
+    await stop(c, task)
+
+
+async def test_a_batch_fetched_before_a_revocation_is_dropped_uncommitted() -> None:
+    source, store = Source([batch(1), batch(2)]), Store()
+    c = loop(source, store)
+    original = source.fetch
+
+    async def fetch(timeout_ms: int = 500) -> EventBatch:
+        b = await original(timeout_ms)
+        if b.offsets.get(TP) == 2:
+            source.generation += 1  # the group rebalanced after this fetch
+        return b
+
+    source.fetch = fetch  # type: ignore[method-assign]
+    task = asyncio.create_task(c.run())
+    await until(source.fetched.is_set)
+    await stop(c, task)
+    assert source.commits == [1]
+    assert "2" not in store.rows
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1000)), max_size=50))
+def test_committed_offsets_only_grow(steps: list[tuple[int, int]]) -> None:
+    ledger = OffsetLedger()
+    committed: dict[int, list[int]] = {}
+    for partition, offset in steps:
+        tp = TopicPartition("t", partition)
+        try:
+            sent = ledger.forward({tp: offset})
+        except OffsetRegression:
+            assert offset < ledger.committed[tp]
+            continue
+        ledger.record(sent)
+        committed.setdefault(partition, []).extend(sent.values())
+    for offsets in committed.values():
+        assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+
+
+def test_a_lower_offset_is_refused() -> None:
+    ledger = OffsetLedger()
+    ledger.record({TP: 10})
+    with pytest.raises(OffsetRegression):
+        ledger.forward({TP: 9})

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.core.events import InvalidEvent
 from service.source.decode import decode_event
@@ -89,3 +92,54 @@ def test_an_empty_value_is_reason_empty(value: bytes | None) -> None:
 
 def test_a_key_other_than_the_model_id_is_reason_key_mismatch() -> None:
     assert reason_of(b"8", encode(modelId="7", op="upsert", rows=[])) == "key_mismatch"
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(alphabet=st.characters(codec=None)),  # invalid surrogates too
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(_json, st.one_of(st.none(), st.binary(max_size=8)))
+def test_any_json_value_decodes_or_is_invalid_never_an_error(
+    value: object, key: bytes | None
+) -> None:
+    raw = json.dumps(value).encode()
+    try:
+        decode_event(key, raw)
+    except InvalidEvent as exc:
+        assert exc.reason in {"empty", "json", "schema", "key_mismatch"}
+
+
+@given(st.lists(st.dictionaries(st.text(), _json, max_size=4), max_size=4))
+def test_any_rows_decode_or_are_invalid_never_an_error(rows: list[dict[str, object]]) -> None:
+    raw = json.dumps({"modelId": "1", "op": "upsert", "rows": rows}).encode()
+    try:
+        event = decode_event(b"1", raw)
+    except InvalidEvent as exc:
+        assert exc.reason == "json"  # only a lone surrogate makes it invalid
+        return
+    assert len(event.rows) == len(rows)
+
+
+@pytest.mark.parametrize("depth", [100, 1000, 100_000])
+def test_deeply_nested_rows_are_invalid_not_a_crash(depth: int) -> None:
+    raw = b'{"modelId": "1", "op": "upsert", "rows": [{"id": 1, "v": ' + b"[" * depth
+    raw += b"]" * depth + b"}]}"
+    try:
+        decode_event(None, raw)
+    except InvalidEvent as exc:
+        assert exc.reason == "json"
+
+
+def test_a_one_megabyte_string_decodes() -> None:
+    big = "x" * (1 << 20)
+    event = decode_event(
+        None, json.dumps({"modelId": "1", "op": "upsert", "rows": [{"v": big}]}).encode()
+    )
+    assert event.rows[0]["v"] == big

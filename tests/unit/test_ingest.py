@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.core.events import ChangeEvent
-from service.core.rows import PendingWrite, SyncRoute
-from service.ingest import project_events, row_key
+from service.core.events import ChangeEvent, InvalidEvent
+from service.core.metrics import Metrics
+from service.core.rows import PendingWrite, SnapshotProgress, SyncRoute
+from service.ingest import MAX_KEY_LENGTH, REJECT_REASONS, Ingest, project_events, row_key
+from service.source.decode import decode_event
+from service.source.kafka import _NON_FINITE_HINT
 
 ROUTE = SyncRoute("10", "id", ("id", "email"))
 ROUTES = {"1": (ROUTE,)}
@@ -170,3 +175,148 @@ def test_row_key_turns_scalars_into_strings(value: object, key: str) -> None:
 @pytest.mark.parametrize("value", [None, "", {}, [], {"a": 1}, [1]])
 def test_row_key_is_none_for_unusable_values(value: object) -> None:
     assert row_key(value) is None
+
+
+# --- one bad row rejects that row alone -------------------------------------------------
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()  # beyond 64 bits too, both signs
+    | st.integers(min_value=2**63 - 2, max_value=2**64 + 2)
+    | st.floats()  # NaN and infinities included
+    | st.sampled_from(["NaN", "Infinity", "-Infinity", "", "\u0000", "é", "\U0001f600"])
+    | st.text()
+    | st.text(alphabet=st.characters(), min_size=MAX_KEY_LENGTH - 2, max_size=MAX_KEY_LENGTH + 2)
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _raw(rows: list[dict[str, Any]]) -> bytes:
+    """The message a producer would write; Python's json writes NaN and big ints as they are."""
+    return json.dumps({"modelId": "1", "op": "upsert", "rows": rows}).encode()
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.fixed_dictionaries({"id": _values, "email": _values}), min_size=1, max_size=6))
+def test_every_row_is_either_kept_exactly_or_rejected_with_a_reason(
+    rows: list[dict[str, Any]],
+) -> None:
+    raw = _raw(rows)
+    try:
+        ev = decode_event(b"1", raw)
+    except InvalidEvent:
+        return  # the whole message is not JSON (a lone surrogate): the DLQ's, not a row's
+    suspect = {0} if _NON_FINITE_HINT.search(raw) else set()
+    snap = SnapshotProgress()
+    writes, result = project_events([ev], ROUTES, snap, suspect=suspect)
+
+    assert sum(result.rejected_by.values()) == result.rejected == len(snap.rejected)
+    assert set(result.rejected_by) <= set(REJECT_REASONS)
+    for refused in snap.rejected:
+        orjson.loads(refused.data)  # kept, readable, whatever the row held
+    kept = by_key(writes)
+    versions: dict[str, list[dict[str, Any]]] = {}
+    for row in ev.rows:
+        key = row_key(row["id"])
+        if key is not None and len(key) <= MAX_KEY_LENGTH:
+            versions.setdefault(key, []).append(row)
+    assert set(kept) <= set(versions)
+    for key, write in kept.items():
+        assert write.data is not None
+        stored = orjson.loads(write.data)
+        # What is stored is what one of the key's rows said (the last one ingest could take),
+        # never a value changed on the way (NaN -> null).
+        assert any(
+            _same(stored["id"], row["id"]) and _same(stored["email"], row["email"])
+            for row in versions[key]
+        )
+    assert len(kept) + result.rejected >= len(versions)
+
+
+def test_an_integer_beyond_64_bits_rejects_its_row_alone() -> None:
+    raw = b'{"modelId": "1", "op": "upsert", "rows": [{"id": 7, "email": 123456789012345678901234567890}, {"id": 8, "email": "b"}]}'  # noqa: E501
+    snap = SnapshotProgress()
+    writes, result = project_events([decode_event(None, raw)], ROUTES, snap)
+    assert [w.key for w in writes] == ["8"]
+    assert result.rejected_by == {"unencodable": 1}
+    [refused] = snap.rejected
+    assert "64-bit" in refused.reason
+    assert orjson.loads(refused.data) == {"id": 7, "email": "123456789012345678901234567890"}
+
+
+def test_nan_and_infinity_reject_their_rows_instead_of_becoming_null() -> None:
+    raw = b'{"modelId": "1", "op": "upsert", "rows": [{"id": 1, "email": NaN}, {"id": 2, "email": 1e999}, {"id": 3, "email": "NaN"}]}'  # noqa: E501
+    assert _NON_FINITE_HINT.search(raw)
+    snap = SnapshotProgress()
+    writes, result = project_events([decode_event(None, raw)], ROUTES, snap, suspect={0})
+    assert [w.key for w in writes] == ["3"]  # the string "NaN" is a string
+    assert result.rejected_by == {"non_finite": 2}
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ({"a": 1}, "key_type"),
+        ([1, 2], "key_type"),
+        (None, "missing_key"),
+        ("", "missing_key"),
+        ("k" * (MAX_KEY_LENGTH + 1), "key_too_long"),
+        ("a\x00b", "key_invalid"),
+    ],
+)
+def test_a_key_that_cannot_identify_a_row_rejects_that_row(key: object, reason: str) -> None:
+    snap = SnapshotProgress()
+    ev = event("upsert", {"id": key, "email": "a"}, {"id": 2, "email": "b"})
+    writes, result = project_events([ev], ROUTES, snap)
+    assert [w.key for w in writes] == ["2"]
+    assert result.rejected_by == {reason: 1}
+
+
+def test_a_snapshot_does_not_list_a_key_too_long_to_store() -> None:
+    ev = ChangeEvent.model_validate(
+        {
+            "modelId": "1",
+            "op": "snapshot",
+            "snapshotId": "s",
+            "rows": [{"id": "k" * (MAX_KEY_LENGTH + 1)}, {"id": 2}],
+        }
+    )
+    snap = SnapshotProgress()
+    project_events([ev], ROUTES, snap)
+    assert snap.keys == [("10", "s", "2")]
+
+
+def test_events_are_routed_by_the_index_of_their_topics_workspace() -> None:
+    other = {"1": (SyncRoute("20", "id", ("id",)),)}
+    events = [event("upsert", {"id": 1}), event("upsert", {"id": 2})]
+    writes, result = project_events(events, {}, event_routes=[ROUTES, other])
+    assert sorted((w.sync_id, w.key) for w in writes) == [("10", "1"), ("20", "2")]
+    _, result = project_events(events, {}, event_routes=[{}, {}])
+    assert result.unrouted_events == 2
+
+
+async def test_rejections_are_counted_by_reason() -> None:
+    class Store:
+        async def write_pending(self, writes: Any, snapshot: Any) -> int:
+            return len(writes)
+
+    metrics = Metrics()
+    ingest = Ingest(Store(), metrics)  # type: ignore[arg-type]
+    raw = b'{"modelId": "1", "op": "upsert", "rows": [{"id": 1, "email": 99999999999999999999999}, {"email": "x"}]}'  # noqa: E501
+    await ingest.write([decode_event(None, raw)], ROUTES)
+    sample = metrics.registry.get_sample_value
+    assert sample("sync_rows_rejected_total", {"reason": "unencodable"}) == 1
+    assert sample("sync_rows_rejected_total", {"reason": "missing_key"}) == 1

@@ -1,0 +1,1 @@
+"""The consume pipeline: fetch -> route -> ingest -> DLQ -> store -> commit, and its controls."""

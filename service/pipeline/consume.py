@@ -1,0 +1,276 @@
+"""The consume loop: fetch, prepare, then store and commit each batch in order, retrying what
+fails for a while, setting aside what fails for good, and finishing in-flight work before a
+rebalance moves partitions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from aiokafka import TopicPartition
+
+from service.core.rows import RouteIndex
+from service.ingest import Ingest, IngestResult
+from service.pipeline.commit import OffsetLedger, Prepared, Stored, store_then_commit
+from service.pipeline.health import ConsumerHealth
+from service.source.dlq import DeadLetter
+from service.source.kafka import EventBatch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Source(Protocol):
+    @property
+    def generation(self) -> int: ...
+
+    def on_revoke(self, callback: Callable[[], Awaitable[None]]) -> None: ...
+
+    async def fetch(self, timeout_ms: int = 500) -> EventBatch: ...
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> bool: ...
+
+
+class Catalog(Protocol):
+    async def refresh(self) -> None: ...
+
+    def routes_for(self, batch: EventBatch) -> list[RouteIndex]: ...
+
+
+class DeadLetterSink(Protocol):
+    #: True while the DLQ refuses what it is sent.
+    failing: bool
+
+    async def send(
+        self, letters: Sequence[DeadLetter], stopping: Callable[[], bool] = ...
+    ) -> bool: ...
+
+
+class Notify(Protocol):
+    def notify_pending(self, sync_ids: Iterable[str]) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Backoff:
+    """How a failing batch step is retried: `attempts` while the store answers (the batch is
+    then the likely cause); without end while the store itself does not answer."""
+
+    attempts: int = 5
+    base: float = 0.5
+    most: float = 30.0
+
+
+class _GaveUp(Exception):
+    pass
+
+
+class ConsumeLoop:
+    """Owns the order of work: batch n+1 is fetched and prepared while batch n is stored;
+    batches are stored and committed one after another, so a commit never covers a batch that
+    is not durable."""
+
+    def __init__(
+        self,
+        source: Source,
+        ingest: Ingest,
+        catalog: Catalog,
+        scheduler: Notify,
+        dead_letters: DeadLetterSink,
+        store_answers: Callable[[], Awaitable[bool]],
+        *,
+        health: ConsumerHealth | None = None,
+        backoff: Backoff = Backoff(),
+        drain_seconds: float = 20.0,
+    ) -> None:
+        self.source = source
+        self.ingest = ingest
+        self.catalog = catalog
+        self.scheduler = scheduler
+        self.dead_letters = dead_letters
+        self._store_answers = store_answers
+        self.health = health or ConsumerHealth()
+        self.backoff = backoff
+        self.drain_seconds = drain_seconds
+        self.ledger = OffsetLedger()
+        self.stopping = False
+        self._storing: asyncio.Task[IngestResult | None] | None = None
+        source.on_revoke(self.drain)
+
+    # the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        storing: asyncio.Task[IngestResult | None] | None = None
+        try:
+            while not self.stopping:
+                batch = await self.source.fetch(timeout_ms=500)
+                if not batch.records:
+                    continue
+                prepared = await self._prepare(batch)
+                if storing is not None and not await self._finished(storing) and self.stopping:
+                    return  # stopping before the last batch was stored: nothing after it either
+                if prepared is None:
+                    return  # stopping: uncommitted, these events are read again
+                if batch.generation != self.source.generation:
+                    # Fetched before a rebalance: positions restart from the committed offsets,
+                    # so this batch is read again by whoever owns its partitions now.
+                    continue
+                storing = self._storing = asyncio.create_task(
+                    self._store_and_commit(batch, prepared), name="ingest"
+                )
+            if storing is not None:
+                await self._finished(storing)
+        finally:
+            if storing is not None and not storing.done():
+                storing.cancel()  # uncommitted: these events are read again
+
+    @staticmethod
+    async def _finished(task: asyncio.Task[IngestResult | None]) -> bool:
+        """True when the task stored and committed its batch; False when it was abandoned
+        (stopping, or a rebalance that could not wait)."""
+        await asyncio.wait({task})
+        return not task.cancelled() and task.result() is not None
+
+    async def drain(self) -> None:
+        """Before partitions are revoked: let the batch in flight be stored and committed, or
+        abandon it (uncommitted, read again by the next owner) if that takes too long."""
+        task = self._storing
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.drain_seconds)
+            except TimeoutError:
+                log.warning(
+                    "the batch in flight was not stored within %.0fs of a rebalance; "
+                    "abandoned uncommitted, its events are read again",
+                    self.drain_seconds,
+                )
+                task.cancel()
+                await asyncio.wait({task})
+            except Exception:
+                pass  # its own failure is reported by the loop
+        self.ledger.committed.clear()  # the next owner's commits are its own
+
+    # the steps -------------------------------------------------------------------------
+
+    async def _prepare(self, batch: EventBatch) -> Prepared | None:
+        # A sync created a moment ago gets every event fetched after its creation.
+        try:
+            await self._retry("reading the catalog", self.catalog.refresh, bounded=False)
+        except _Stopping:
+            return None
+        routes = self.catalog.routes_for(batch)
+        try:
+            parts = self.ingest.prepare(
+                batch.events, {}, event_routes=routes, suspect=batch.suspect
+            )
+            return Prepared(parts, [], routes)
+        except Exception:
+            log.exception("preparing %d events failed; trying them one by one", len(batch.events))
+        return self._prepare_one_by_one(batch, routes)
+
+    def _prepare_one_by_one(self, batch: EventBatch, routes: list[RouteIndex]) -> Prepared:
+        prepared = Prepared([], [], routes)
+        for i, event in enumerate(batch.events):
+            try:
+                prepared.parts.extend(
+                    self.ingest.prepare(
+                        [event],
+                        {},
+                        event_routes=[routes[i]],
+                        suspect={0} if i in batch.suspect else (),
+                    )
+                )
+            except Exception as exc:
+                prepared.dead.append(DeadLetter.of(batch.messages[i], exc))
+        return prepared
+
+    async def _store_and_commit(self, batch: EventBatch, prepared: Prepared) -> IngestResult | None:
+        result = await store_then_commit(
+            batch,
+            prepared,
+            send_dead=self._send_dead,
+            store=self._store,
+            commit=self.source.commit,
+            ledger=self.ledger,
+        )
+        if result is not None:
+            self.scheduler.notify_pending(result.sync_ids)
+        return result
+
+    async def _send_dead(self, letters: Sequence[DeadLetter]) -> bool:
+        if not letters:
+            return True
+        return await self.dead_letters.send(letters, lambda: self.stopping)
+
+    @property
+    def stuck(self) -> bool:
+        """True while a step fails and is retried: the DLQ, the store, the catalog."""
+        return self.health.stuck or self.dead_letters.failing
+
+    async def _store(self, batch: EventBatch, prepared: Prepared) -> Stored | None:
+        try:
+            result = await self._retry("storing", lambda: self.ingest.store(prepared.parts))
+            return Stored(result)
+        except _Stopping:
+            return None
+        except _GaveUp:
+            log.error(
+                "storing %d events failed %d times while the store answers; storing them "
+                "one by one, the failing ones go to the DLQ",
+                len(batch.events),
+                self.backoff.attempts,
+            )
+        return await self._store_one_by_one(batch, prepared)
+
+    async def _store_one_by_one(self, batch: EventBatch, prepared: Prepared) -> Stored | None:
+        stored = Stored(IngestResult(), [])
+        total = stored.result
+        for i, event in enumerate(batch.events):
+            suspect = {0} if i in batch.suspect else ()
+            parts = self.ingest.prepare(
+                [event], {}, event_routes=[prepared.event_routes[i]], suspect=suspect
+            )
+            try:
+                one = await self._retry("storing one event", lambda p=parts: self.ingest.store(p))
+            except _Stopping:
+                return None
+            except _GaveUp as exc:
+                stored.dead.append(DeadLetter.of(batch.messages[i], exc.__cause__ or exc))
+                continue
+            total.sync_ids |= one.sync_ids
+            total.rows += one.rows
+        return stored
+
+    async def _retry(
+        self, what: str, step: Callable[[], Awaitable[T]], *, bounded: bool = True
+    ) -> T:
+        """Runs `step` until it succeeds. Raises _Stopping once the service stops, and (when
+        `bounded`) _GaveUp after `backoff.attempts` failures while the store answers; while
+        the store does not answer, the failures are not the batch's and are not counted."""
+        delay = self.backoff.base
+        attempts = 0
+        while True:
+            try:
+                value = await step()
+            except Exception as exc:
+                self.health.failed(what, exc)
+                if self.stopping:
+                    raise _Stopping from exc
+                if bounded and await self._store_answers():
+                    attempts += 1
+                    if attempts >= self.backoff.attempts:
+                        self.health.recovered(what)
+                        raise _GaveUp(str(exc)) from exc
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff.most)
+                continue
+            self.health.recovered(what)
+            return value
+
+
+class _Stopping(Exception):
+    pass
