@@ -19,14 +19,20 @@ from service import __version__
 from service.api.auth import TokenTable
 from service.api.health import EXIT_REASON, FATAL, METRICS, READINESS, ExitReason, Readiness
 from service.api.health import add_routes as add_health_routes
-from service.api.http import DESTINATION_CONTEXT, RUNS, STORE, TOKENS, api_middleware
+from service.api.http import CATALOG, DESTINATION_CONTEXT, RUNS, STORE, TOKENS, api_middleware
 from service.api.openapi import build_openapi
 from service.api.routes import add_api_routes
 from service.api.webhooks import DBT_SECRET
+from service.catalog import Catalog
 from service.config import Settings
 from service.core.interfaces import SystemClock
 from service.core.metrics import Metrics
-from service.destinations.registry import DestinationContext, open_destination
+from service.destinations.egress import EgressPolicy
+from service.destinations.registry import (
+    DestinationContext,
+    check_destination,
+    open_destination,
+)
 from service.ingest import Ingest
 from service.pipeline.catalog import CatalogView
 from service.pipeline.consume import Backoff, ConsumeLoop
@@ -179,6 +185,22 @@ class Running:
     watch: asyncio.Task[None]
 
 
+def build_catalog(settings: Settings, store: Store, egress: EgressPolicy | None) -> Catalog:
+    """The one catalog service the API and the resources file both write through."""
+    return Catalog(
+        store,
+        default_workspace=settings.default_workspace,
+        events_topics=settings.events_topics,
+        status_topic=settings.status_topic,
+        dlq_topic=settings.dlq_topic,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+        kafka_destination_topic_prefix=settings.kafka_destination_topic_prefix,
+        destination_check=(
+            None if egress is None else functools.partial(check_destination, policy=egress)
+        ),
+    )
+
+
 def build_app(
     settings: Settings,
     resources: ResourcesFile | None = None,
@@ -195,7 +217,11 @@ def build_app(
     app[STORE] = store
     app[TOKENS] = TokenTable(tokens or {})
     app[RUNS] = run_control
-    app[DESTINATION_CONTEXT] = DestinationContext(settings.kafka_bootstrap_servers)
+    app[DESTINATION_CONTEXT] = context = DestinationContext(
+        settings.kafka_bootstrap_servers,
+        EgressPolicy.from_settings(settings.egress_allow, settings.egress_deny),
+    )
+    app[CATALOG] = catalog_service = build_catalog(settings, store, context.egress)
     if settings.dbt_cloud_webhook_secret is not None:
         app[DBT_SECRET] = settings.dbt_cloud_webhook_secret
     add_health_routes(app)
@@ -312,7 +338,7 @@ def build_app(
     async def apply_file() -> None:
         if resources is not None:
             assert settings.config_file is not None
-            await apply_resources(store, resources, settings.config_file)
+            await apply_resources(catalog_service, resources, settings.config_file)
 
     async def stop(running: Running) -> None:
         running.loop.stopping = True

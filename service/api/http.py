@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.api.auth import TokenTable
 from service.catalog import Catalog, CatalogError
-from service.catalog.checks import validation_details
+from service.core.errors import validation_details
 from service.core.interfaces import RunControl
 from service.core.models import MAX_ID
 from service.destinations.registry import DestinationContext

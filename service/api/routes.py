@@ -11,15 +11,11 @@ from aiohttp import web
 from service.api import destinations, models, runs, sources, syncs
 from service.api.http import (
     API_PREFIX,
-    CATALOG,
-    DESTINATION_CONTEXT,
-    STORE,
     json_response,
     quiet_bad_requests,
 )
 from service.api.resource import Route
 from service.api.webhooks import DBT_CLOUD_PATH, dbt_cloud
-from service.catalog import Catalog
 
 __all__ = ["ROUTES", "Route", "add_api_routes"]
 
@@ -35,8 +31,7 @@ ROUTES: list[Route] = [
 
 
 def add_api_routes(app: web.Application, openapi: Callable[[], dict[str, Any]]) -> None:
-    """The API's routes. The composition root sets app[CATALOG] first; without one, a catalog
-    that knows only the store and the service's own cluster (no reserved topics) is made."""
+    """The API's routes; the composition root sets app[CATALOG] first."""
     document: dict[str, Any] = {}
 
     async def openapi_json(request: web.Request) -> web.Response:
@@ -44,14 +39,6 @@ def add_api_routes(app: web.Application, openapi: Callable[[], dict[str, Any]]) 
             document.update(openapi())
         return json_response(document)
 
-    if CATALOG not in app:
-        log.warning(
-            "no catalog service given: the API checks no workspace's topics against the "
-            "service's own (status, DLQ, events)"
-        )
-        app[CATALOG] = Catalog(
-            app[STORE], kafka_bootstrap_servers=app[DESTINATION_CONTEXT].kafka_bootstrap_servers
-        )
     quiet_bad_requests()
     app.router.add_get(f"{API_PREFIX}/openapi.json", openapi_json)
     app.router.add_post(DBT_CLOUD_PATH, dbt_cloud)

@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from service.catalog.errors import Invalid
-from service.core.errors import ConfigurationError
+from service.core.errors import ConfigurationError, validation_details
 from service.core.models import SyncConfiguration
 from service.core.specs import SourceConfiguration
 from service.destinations.registry import MASK, mask_configuration, validate_configuration
@@ -26,16 +26,6 @@ class ConfigurationLimits:
 
     max_depth: int = 32
     max_bytes: int = 64 * 1024
-
-
-def validation_details(exc: ValidationError, prefix: str = "") -> dict[str, str]:
-    """Pydantic's errors as {dotted field: reason}; the reasons never quote the input."""
-    details: dict[str, str] = {}
-    for error in exc.errors():
-        loc = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
-        field = ".".join([prefix, *loc] if prefix else loc) or prefix or "body"
-        details.setdefault(field, error["msg"])
-    return details
 
 
 def _too_deep(value: Any, limit: int) -> bool:

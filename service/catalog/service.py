@@ -19,9 +19,9 @@ from service.catalog.checks import (
     secret_values,
     source_configuration,
     sync_configuration,
-    validation_details,
 )
 from service.catalog.errors import Conflicting, Invalid, NotFound
+from service.core.errors import validation_details
 from service.core.models import (
     Destination,
     Model,

@@ -1,6 +1,9 @@
-"""Destination errors. `retriable` says whether the framework may send the same batch again."""
+"""Destination errors (`retriable` says whether the framework may send the same batch again),
+and how a validation error is shown without quoting its input."""
 
 from __future__ import annotations
+
+from pydantic import ValidationError
 
 
 class DestinationError(Exception):
@@ -39,3 +42,13 @@ class DestinationUnavailable(DestinationError):
 
 class ConfigurationError(ValueError):
     """A destination or sync configuration that its type cannot use."""
+
+
+def validation_details(exc: ValidationError, prefix: str = "") -> dict[str, str]:
+    """Pydantic's errors as {dotted field: reason}; the reasons never quote the input."""
+    details: dict[str, str] = {}
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+        field = ".".join([prefix, *loc] if prefix else loc) or prefix or "body"
+        details.setdefault(field, error["msg"])
+    return details

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import AnyHttpUrl, BaseModel, TypeAdapter, ValidationError
 
-from service.core.errors import ConfigurationError, DestinationError
+from service.core.errors import ConfigurationError, DestinationError, validation_details
 from service.core.interfaces import DestinationWriter
 from service.core.models import Destination
 from service.destinations.blackhole import BlackholeConfig, BlackholeDestination
@@ -120,7 +121,8 @@ def open_destination(destination: Destination, context: DestinationContext) -> D
     try:
         config = validate_configuration(destination.type, destination.configuration)
     except ValidationError as exc:
-        raise ConfigurationError(f"destination {destination.id}: {exc}") from exc
+        reasons = "; ".join(f"{k}: {v}" for k, v in validation_details(exc).items())
+        raise ConfigurationError(f"destination {destination.id}: {reasons}") from exc
     return DESTINATION_TYPES[destination.type].factory(config, context)
 
 
@@ -184,8 +186,9 @@ async def probe_destination(
         return f"timed out (no answer within {timeout_seconds:g} s)"
     except DestinationError as exc:
         return snippet(str(exc), 300)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a driver's own error on a configuration it cannot use
         return snippet(f"{type(exc).__name__}: {exc}", 300)
     finally:
-        await writer.close()
+        with contextlib.suppress(Exception):  # closing what never opened may fail too
+            await writer.close()
     return None

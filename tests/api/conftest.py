@@ -14,8 +14,7 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from service.api.http import CATALOG, STORE
-from service.app import build_app
+from service.app import build_app, build_catalog
 from service.catalog import Catalog
 from service.config import Settings
 from service.store.base import Store
@@ -87,15 +86,7 @@ class Service:
 
 def catalog_for(settings: Settings, store: Store) -> Catalog:
     """The catalog service as the composition root builds it from the settings."""
-    return Catalog(
-        store,
-        default_workspace=settings.default_workspace,
-        events_topics=settings.events_topics,
-        status_topic=settings.status_topic,
-        dlq_topic=settings.dlq_topic,
-        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
-        kafka_destination_topic_prefix=settings.kafka_destination_topic_prefix,
-    )
+    return build_catalog(settings, store, None)
 
 
 async def _postgres_schema(name: str, *, drop: bool = False) -> None:
@@ -138,7 +129,6 @@ async def service(
         egress_allow=["127.0.0.1/32"],  # the receivers of these tests listen there
     )
     app = build_app(settings, None, TOKENS)
-    app[CATALOG] = catalog_for(settings, app[STORE])
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

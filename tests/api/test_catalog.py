@@ -320,7 +320,7 @@ async def test_source_topics_through_the_api(stores: tuple[Side, Side]) -> None:
         (
             "webhook",
             {"url": "http://example.com/", "headers": {"X-A": "v\r\nX-B: secret-in-header"}},
-            "configuration.headers.X-A",
+            "configuration.headers",
         ),
         ("kafka", {"topic": "sync-status"}, "configuration.topic"),
     ],

@@ -52,6 +52,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iter
         "SYNC_HTTP_PORT": str(port),
         "SYNC_CONFIG_FILE": str(config),
         "SYNC_API_TOKENS": f"{TOKEN}=1",
+        "SYNC_EGRESS_ALLOW": "127.0.0.1/32",  # the resources file's webhook listens there
         "SYNC_LOG_LEVEL": "WARNING",
     }
     log = (folder / "service.log").open("wb")
