@@ -143,6 +143,21 @@ class Store(ABC):
         """Every item of that kind (of one workspace), by numeric id."""
 
     @abstractmethod
+    async def list_page(
+        self,
+        kind: type[T],
+        workspace_id: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        filters: dict[str, str] | None = None,
+    ) -> tuple[list[T], bool]:
+        """Items by numeric id, a page of them with `limit`, and whether more follow; paged
+        and filtered in the database. `filters` match columns exactly (`slug`, `model_id`,
+        `destination_id`, `source_id`). An item whose stored document cannot be read is
+        left out (and logged), never failing the list."""
+
+    @abstractmethod
     async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
         """False when there was no such item. Raises Conflict when a sync still uses the model
         or destination, or a model the source. Deleting a sync drops its rows and runs."""

@@ -125,6 +125,22 @@ def _unlock_file(key: str) -> None:
         os.close(fd)  # drops the lock
 
 
+async def _settled(statement: Any) -> Any:
+    """Await a statement to its end even when the caller is cancelled meanwhile (the
+    statement runs on in SQLite's thread regardless), then pass the cancellation on: the
+    transaction's state is then known when it is committed or rolled back."""
+    task = asyncio.ensure_future(statement)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
+
+
 class SqliteDialect(Dialect):
     """One process: aiosqlite, WAL, one writer at a time, a `<db>.lock` file held for the
     process's life. Pending-row seqs and run ids come from counters in `meta`."""
@@ -217,17 +233,21 @@ class SqliteDialect(Dialect):
     async def tx(self) -> AsyncIterator[Conn]:
         async with self._lock:
             db = self._conn
-            await db.execute("BEGIN IMMEDIATE")
             conn = SqliteConn(db, self._seq)
             try:
+                await _settled(db.execute("BEGIN IMMEDIATE"))
                 yield conn
                 if conn.seq != self._seq:
                     await conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", conn.seq)
+                try:
+                    await _settled(db.execute("COMMIT"))
+                finally:
+                    if not db.in_transaction:  # committed, even if cancelled meanwhile
+                        self._seq = conn.seq
             except BaseException:
-                await db.execute("ROLLBACK")
+                if db.in_transaction:  # never leave the shared connection inside a transaction
+                    await _settled(db.execute("ROLLBACK"))
                 raise
-            await db.execute("COMMIT")
-            self._seq = conn.seq  # only once the transaction committed
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Conn]:

@@ -121,9 +121,6 @@ class SqlStore(Store):
         offset: int = 0,
         filters: dict[str, str] | None = None,
     ) -> tuple[list[T], bool]:
-        """Items by numeric id, a page of them with `limit`, and whether more follow.
-        `filters` match columns exactly (`slug`, `model_id`, `destination_id`, `source_id`).
-        An item whose stored document cannot be read is left out (and logged)."""
         sql, params = catalog.select_items(kind, workspace_id)
         for column, value in (filters or {}).items():
             if column not in {"slug", "model_id", "destination_id", "source_id"}:
