@@ -209,9 +209,10 @@ class Store(ABC):
 
     @abstractmethod
     async def list_rejected(
-        self, sync_id: str, *, limit: int, offset: int
+        self, sync_id: str, *, limit: int, offset: int, workspace_id: str | None = None
     ) -> tuple[list[RejectedRow], bool]:
-        """Rejected rows, newest first, and whether more follow."""
+        """Rejected rows, newest first, and whether more follow (none when the sync is not
+        of `workspace_id`, if given)."""
 
     @abstractmethod
     async def open_snapshots(self) -> list[tuple[str, str, float]]:
@@ -227,10 +228,16 @@ class Store(ABC):
 
     @abstractmethod
     async def list_pending(
-        self, sync_id: str, *, failed_only: bool, limit: int, offset: int
+        self,
+        sync_id: str,
+        *,
+        failed_only: bool,
+        limit: int,
+        offset: int,
+        workspace_id: str | None = None,
     ) -> tuple[list[PendingRow], bool]:
         """Pending rows by key (only those with an error, with `failed_only`), and whether
-        more follow the page."""
+        more follow the page (none when the sync is not of `workspace_id`, if given)."""
 
     @abstractmethod
     async def requeue_synced(self, sync_id: str) -> int:

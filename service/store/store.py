@@ -230,9 +230,11 @@ class SqlStore(Store):
             return await conn.execute(ingest.CLAIM_REJECTED, run_id, sync_id)
 
     async def list_rejected(
-        self, sync_id: str, *, limit: int, offset: int
+        self, sync_id: str, *, limit: int, offset: int, workspace_id: str | None = None
     ) -> tuple[list[RejectedRow], bool]:
-        rows = await self._rows(ingest.LIST_REJECTED, sync_id, limit + 1, offset)
+        rows = await self._rows(
+            ingest.LIST_REJECTED, sync_id, workspace_id, workspace_id, limit + 1, offset
+        )
         return [RejectedRow(*r) for r in rows[:limit]], len(rows) > limit
 
     async def requeue_synced(self, sync_id: str) -> int:
@@ -248,9 +250,15 @@ class SqlStore(Store):
         return {r[0]: r[1] for r in await self._rows(pages.FAILED_COUNTS)}
 
     async def list_pending(
-        self, sync_id: str, *, failed_only: bool, limit: int, offset: int
+        self,
+        sync_id: str,
+        *,
+        failed_only: bool,
+        limit: int,
+        offset: int,
+        workspace_id: str | None = None,
     ) -> tuple[list[PendingRow], bool]:
-        rest, params = pages.select_pending(sync_id, failed_only, limit, offset)
+        rest, params = pages.select_pending(sync_id, failed_only, limit, offset, workspace_id)
         async with self._d.read() as conn:
             rows = await self._d.pages.pending(conn, pages.PENDING_FIELDS, rest, params)
         return rows[:limit], len(rows) > limit

@@ -331,11 +331,18 @@ async def test_deleting_a_sync_drops_everything_hanging_off_it(store: Store) -> 
     assert await store.acquire_lease("1", "b", 60) == 1  # a new lease: nothing left of the old
 
 
-async def test_runs_are_read_within_their_workspace(store: Store) -> None:
+async def test_rows_and_runs_are_read_within_their_workspace(store: Store) -> None:
     await catalog(store)
     await store.save_run(run(1, 0))
+    await store.write_pending([pending("a")])
+    await store.write_pending([], SnapshotProgress(rejected=[RejectedRow("1", "no key", b"{}")]))
     assert len((await store.list_runs(RunQuery("1", workspace_id="1")))[0]) == 1
     assert await store.list_runs(RunQuery("1", workspace_id="2")) == ([], False)
+    page = dict(failed_only=False, limit=5, offset=0)
+    assert len((await store.list_pending("1", **page, workspace_id="1"))[0]) == 1
+    assert await store.list_pending("1", **page, workspace_id="2") == ([], False)
+    assert len((await store.list_rejected("1", limit=5, offset=0, workspace_id="1"))[0]) == 1
+    assert await store.list_rejected("1", limit=5, offset=0, workspace_id="2") == ([], False)
 
 
 async def test_a_damaged_item_is_left_out_of_lists(

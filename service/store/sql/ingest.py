@@ -59,6 +59,7 @@ STORE_REJECTED = "INSERT INTO rejected_rows (sync_id, reason, data, created_at) 
 CLAIM_REJECTED = "UPDATE rejected_rows SET run_id = ? WHERE sync_id = ? AND run_id IS NULL"
 LIST_REJECTED = (
     "SELECT sync_id, reason, data, created_at, run_id FROM rejected_rows WHERE sync_id = ? "
+    "AND (CAST(? AS TEXT) IS NULL OR sync_id IN (SELECT id FROM syncs WHERE workspace_id = ?)) "
     "ORDER BY id DESC LIMIT ? OFFSET ?"
 )
 

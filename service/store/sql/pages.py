@@ -43,14 +43,22 @@ MAX_PENDING_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM row_state WHERE sync_id = ?
 
 
 def select_pending(
-    sync_id: str, failed_only: bool, limit: int, offset: int
+    sync_id: str, failed_only: bool, limit: int, offset: int, workspace_id: str | None = None
 ) -> tuple[str, list[Any]]:
     """The FROM ... of one page of pending rows by key, plus one row to tell whether more
     follow (PENDING_FIELDS)."""
     sql = "FROM row_state WHERE sync_id = ? AND pending = 1"
+    params: list[Any] = [sync_id]
     if failed_only:
         sql += " AND error IS NOT NULL"
-    return sql + " ORDER BY key LIMIT ? OFFSET ?", [sync_id, limit + 1, offset]
+    if workspace_id is not None:
+        sql += f" AND {IN_WORKSPACE}"
+        params.append(workspace_id)
+    return sql + " ORDER BY key LIMIT ? OFFSET ?", [*params, limit + 1, offset]
+
+
+#: The sync of the row belongs to the workspace `?`.
+IN_WORKSPACE = "sync_id IN (SELECT id FROM syncs WHERE workspace_id = ?)"
 
 
 # SQLite ----------------------------------------------------------------------------------

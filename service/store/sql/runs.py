@@ -6,6 +6,7 @@ from typing import Any
 
 from service.core.models import SyncRun
 from service.store.base import Lease, RunQuery
+from service.store.sql.pages import IN_WORKSPACE
 
 _RUN_ORDER = {
     "createdAt": "created_at",
@@ -49,7 +50,7 @@ def select_runs(query: RunQuery) -> tuple[str, list[Any]]:
     sql = "SELECT doc FROM sync_runs WHERE sync_id = ?"
     params: list[Any] = [query.sync_id]
     if query.workspace_id is not None:
-        sql += " AND sync_id IN (SELECT id FROM syncs WHERE workspace_id = ?)"
+        sql += f" AND {IN_WORKSPACE}"
         params.append(query.workspace_id)
     if query.run_id is not None:
         sql += " AND id = ?"
