@@ -53,7 +53,15 @@ class Dialect:
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    async def ping(self) -> bool: ...
+
+    async def ping(self) -> bool:
+        """True when the store answers a trivial query (in time)."""
+        try:
+            async with self.read() as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception:
+            return False
+        return True
 
     def tx(self) -> Any:
         """async context manager: a Conn in a write transaction."""
@@ -254,14 +262,6 @@ class SqliteDialect(Dialect):
         async with self._lock:
             yield SqliteConn(self._conn)
 
-    async def ping(self) -> bool:
-        try:
-            async with self.read() as conn:
-                await conn.fetchval("SELECT 1")
-        except Exception:
-            return False
-        return True
-
     def is_slug_conflict(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.IntegrityError)
 
@@ -383,16 +383,6 @@ class PostgresDialect(Dialect):
     async def read(self) -> AsyncIterator[Conn]:
         async with self._acquire() as raw:
             yield PostgresConn(raw)
-
-    async def ping(self) -> bool:
-        if self._pool is None:
-            return False
-        try:
-            async with self.read() as conn:
-                await conn.fetchval("SELECT 1")
-        except Exception:
-            return False
-        return True
 
     async def lock_table(self, conn: Conn, table: str, mode: str) -> None:
         await conn.execute(f"LOCK TABLE {table} IN {mode} MODE")

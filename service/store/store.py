@@ -277,8 +277,8 @@ class SqlStore(Store):
     async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]:
         if not keys:
             return {}
-        async with self._d.read() as conn:
-            return pages.synced_rows(await self._d.pages.synced(conn, sync_id, keys))
+        found = await self._rows(self._d.pages.SYNCED, sync_id, self._d.pages.keys(keys))
+        return pages.synced_rows(found)
 
     # outcomes --------------------------------------------------------------------------
 

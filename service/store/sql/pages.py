@@ -39,6 +39,9 @@ FAILED_COUNTS = (
     "SELECT sync_id, COUNT(*) FROM row_state WHERE pending = 1 AND error IS NOT NULL "
     "GROUP BY sync_id"
 )
+_SYNCED = (
+    "SELECT key, synced_hash, data FROM row_state WHERE sync_id = ? AND synced_hash IS NOT NULL"
+)
 MAX_PENDING_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM row_state WHERE sync_id = ? AND pending = 1"
 
 
@@ -91,14 +94,12 @@ class SqlitePages:
             found.append(PendingRow(*values))
         return found
 
+    #: What the destination holds for any number of keys, ?2 a JSON array of them.
+    SYNCED = f"{_SYNCED} AND key IN (SELECT value FROM json_each(?))"
+
     @staticmethod
-    async def synced(conn: Conn, sync_id: str, keys: Sequence[str]) -> list[Any]:
-        return await conn.fetch(
-            "SELECT key, synced_hash, data FROM row_state WHERE sync_id = ? "
-            "AND synced_hash IS NOT NULL AND key IN (SELECT value FROM json_each(?))",
-            sync_id,
-            orjson.dumps(list(keys)),
-        )
+    def keys(keys: Sequence[str]) -> bytes:
+        return orjson.dumps(list(keys))
 
 
 # PostgreSQL ------------------------------------------------------------------------------
@@ -120,14 +121,11 @@ class PostgresPages:
             found.append(PendingRow(*values))
         return found
 
+    SYNCED = f"{_SYNCED} AND key = ANY(?::text[])"
+
     @staticmethod
-    async def synced(conn: Conn, sync_id: str, keys: Sequence[str]) -> list[Any]:
-        return await conn.fetch(
-            "SELECT key, synced_hash, data FROM row_state WHERE sync_id = $1 "
-            "AND synced_hash IS NOT NULL AND key = ANY($2::text[])",
-            sync_id,
-            list(keys),
-        )
+    def keys(keys: Sequence[str]) -> list[str]:
+        return list(keys)
 
 
 def synced_rows(rows: list[Any]) -> dict[str, SyncedRow]:
