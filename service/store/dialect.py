@@ -75,6 +75,10 @@ class Dialect:
 
     def is_slug_conflict(self, exc: Exception) -> bool: ...
 
+    async def allow_long(self, conn: Conn, factor: float) -> None:
+        """Let this transaction's statements run `factor` times the store timeout (upkeep
+        over many rows); SQLite's timeout bounds only the wait for the write lock."""
+
     def timestamp(self, value: datetime) -> Any:
         """A sync's last_run_at as the column stores it."""
         return value
@@ -330,6 +334,8 @@ class PostgresDialect(Dialect):
     async def _migrate(self) -> int:
         async with self._acquire() as raw:
             conn = PostgresConn(raw)
+            # A migration rewrites whole tables, and waits for another replica's: unbounded.
+            await conn.execute("SET statement_timeout = 0")
             # Session lock: a second replica waits here until the first has migrated.
             await conn.execute("SELECT pg_advisory_lock(?)", MIGRATION_LOCK)
             try:
@@ -346,6 +352,7 @@ class PostgresDialect(Dialect):
                     current = version
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(?)", MIGRATION_LOCK)
+                await conn.execute("RESET statement_timeout")
         return current
 
     async def close(self) -> None:
@@ -386,6 +393,9 @@ class PostgresDialect(Dialect):
 
     async def lock_table(self, conn: Conn, table: str, mode: str) -> None:
         await conn.execute(f"LOCK TABLE {table} IN {mode} MODE")
+
+    async def allow_long(self, conn: Conn, factor: float) -> None:
+        await conn.execute(f"SET LOCAL statement_timeout = {int(self.timeout * factor * 1000)}")
 
     def is_slug_conflict(self, exc: Exception) -> bool:
         import asyncpg

@@ -34,6 +34,8 @@ from service.store.dialect import Dialect
 from service.store.sql import catalog, ingest, leases, pages, runs
 
 _INTERRUPTED = "the service stopped during the run"
+#: Pruning may take this many store timeouts per transaction (a first prune of a big store).
+_UPKEEP = 30
 
 
 class SqlStore(Store):
@@ -399,6 +401,7 @@ class SqlStore(Store):
         now = time.time() if now is None else now
         counts = {"runs": 0, "rejected": 0, "snapshotKeys": 0, "snapshots": 0, "requests": 0}
         async with self._d.tx() as conn:
+            await self._d.allow_long(conn, _UPKEEP)
             counts["runs"] += await conn.execute(runs.PRUNE_OLD_RUNS, now - keep.runs_seconds)
             counts["runs"] += await conn.execute(runs.PRUNE_RUNS_BEYOND, keep.runs_per_sync)
             counts["rejected"] = await conn.execute(
@@ -410,11 +413,13 @@ class SqlStore(Store):
         abandoned = await self._rows(runs.ABANDONED_SNAPSHOTS, now - keep.open_snapshot_seconds)
         for sync_id, snap in abandoned:  # one transaction each: a snapshot may hold many keys
             async with self._d.tx() as conn:
+                await self._d.allow_long(conn, _UPKEEP)
                 counts["snapshotKeys"] += await conn.execute(
                     ingest.FORGET_SNAPSHOT_KEYS, sync_id, snap
                 )
                 await conn.execute(ingest.CLOSE_SNAPSHOT, now, sync_id, snap)
         async with self._d.tx() as conn:
+            await self._d.allow_long(conn, _UPKEEP)
             counts["snapshots"] = await conn.execute(
                 runs.PRUNE_SNAPSHOTS, now - keep.closed_snapshot_seconds
             )
