@@ -372,3 +372,27 @@ async def test_list_page_filters_and_pages_in_sql(store: Store) -> None:
     page, _ = await store.list_page(Model, "1", filters={"source_id": "9"})
     assert [m.id for m in page] == ["1", "3", "5"]
     assert (await store.list_page(Model, "2"))[0] == []
+
+
+async def test_runs_stored_by_schema_version_7_carry_over(open_store: StoreFactory) -> None:
+    """Version 8 gives runs a status column, filled from each run's document."""
+    old = await open_store(schema_upto=7)
+    async with old._d.tx() as conn:  # type: ignore[attr-defined]
+        for run_id, status in ((1, RunStatus.SUCCESS), (2, RunStatus.PROCESSING)):
+            record = run(run_id, run_id, status=status)
+            await conn.execute(
+                "INSERT INTO sync_runs (id, sync_id, created_at, doc) VALUES (?, ?, ?, ?)",
+                run_id,
+                "1",
+                record.created_at.timestamp(),
+                record.model_dump_json(),
+            )
+    await old.close()
+
+    store = await open_store()
+    rows = await store._rows("SELECT id, status FROM sync_runs ORDER BY id")  # type: ignore[attr-defined]
+    assert [tuple(r) for r in rows] == [(1, "success"), (2, "processing")]
+    listed, _ = await store.list_runs(RunQuery("1"))
+    assert [r.id for r in listed] == ["2", "1"]
+    await store.save_run(run(2, 2, status=RunStatus.SUCCESS))  # no lease recorded: no fence
+    assert (await store.list_runs(RunQuery("1")))[0][0].status is RunStatus.SUCCESS
