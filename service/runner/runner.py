@@ -85,6 +85,11 @@ class SyncRunner:
         self._deliveries: dict[str, tuple[datetime, Delivery]] = {}
         self._mappers: dict[str, tuple[datetime, RowMapper]] = {}
 
+    @property
+    def owner(self) -> str:
+        """The name this runner holds sync leases under (for Store.take_run_requests)."""
+        return self._owner
+
     async def close(self) -> None:
         deliveries, self._deliveries = self._deliveries, {}
         for _, delivery in deliveries.values():
