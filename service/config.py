@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.destinations.egress import parse_networks
+from service.store.base import Retention
 
 
 class Settings(BaseSettings):
@@ -78,6 +79,40 @@ class Settings(BaseSettings):
     #: Apply store migrations when `serve` starts. Off for several replicas: run
     #: `sync-service migrate` once per release instead.
     migrate_on_start: bool = True
+
+    # store: leases, timeouts, retention
+    #: A run's sync lease lasts this long unless renewed; renewed every `renew` seconds while
+    #: the run lives, so a replica that dies frees its syncs within the TTL.
+    lease_ttl_seconds: float = Field(default=15.0, gt=0, le=3600)
+    lease_renew_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: Longest wait for one store call (PostgreSQL statement and pool acquire, SQLite busy
+    #: wait): a store that is down raises instead of hanging.
+    store_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    #: What Store.prune keeps: runs (by age, and at most so many per sync), rejected rows,
+    #: and the keys of snapshots that never close.
+    retention_runs_days: float = Field(default=30.0, gt=0)
+    retention_runs_per_sync: int = Field(default=10_000, ge=1)
+    retention_rejected_days: float = Field(default=7.0, gt=0)
+    retention_open_snapshot_days: float = Field(default=7.0, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_within_ttl(self) -> Settings:
+        if self.lease_renew_seconds >= self.lease_ttl_seconds:
+            raise ValueError(
+                "SYNC_LEASE_RENEW_SECONDS must be less than SYNC_LEASE_TTL_SECONDS "
+                f"({self.lease_renew_seconds:g} >= {self.lease_ttl_seconds:g})"
+            )
+        return self
+
+    def store_retention(self) -> Retention:
+        """What Store.prune keeps, from the retention settings."""
+        day = 86400.0
+        return Retention(
+            runs_seconds=self.retention_runs_days * day,
+            runs_per_sync=self.retention_runs_per_sync,
+            rejected_seconds=self.retention_rejected_days * day,
+            open_snapshot_seconds=self.retention_open_snapshot_days * day,
+        )
 
     @field_validator("events_topics", mode="before")
     @classmethod

@@ -110,8 +110,12 @@ class Scheduler:
         retry_base: float = 10.0,
         retry_cap: float = 600.0,
         continuous_window: float = 60.0,
+        lease_retry: float = 5.0,
     ) -> None:
         self._executor = executor
+        #: A sync whose lease another replica held is tried again after this long, so rows
+        #: that arrived behind that lease go once it frees, without waiting for a new event.
+        self._lease_retry = lease_retry
         self._clock = clock
         self._slots = asyncio.Semaphore(max_concurrent_runs)
         self._retry_base = retry_base
@@ -227,8 +231,10 @@ class Scheduler:
             finally:
                 state.running = False
                 state.current = state.current_run = None
-            if run is None:
-                continue  # another replica holds the sync's lease and runs it
+            if run is None:  # another replica holds the sync's lease and runs it
+                if state.retry_at is None:
+                    state.retry_at = self._clock.monotonic() + self._lease_retry
+                continue
             state.blocked = run.status is RunStatus.FAILED
             # Continuous syncs retry failed rows on their own; others on their next run.
             retries = isinstance(state.sync.schedule, ContinuousSchedule)

@@ -29,7 +29,7 @@ from service.runner.delivery import Delivery
 from service.runner.mapping import RowMapper, compile_mappings, renders_templates
 from service.runner.planner import Plan, plan_changes
 from service.runner.retry import RetryPolicy
-from service.store.base import Store
+from service.store.base import Lease, LeaseLost, Store
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,15 @@ class _RunAborted(Exception):
         self.error = error
 
 
+class _Held:
+    """The lease a run holds, whether the heartbeat lost it, and the run record."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.lost = False
+        self.run: SyncRun | None = None
+
+
 class SyncRunner:
     def __init__(
         self,
@@ -58,7 +67,8 @@ class SyncRunner:
         clock: Clock,
         retry: RetryPolicy | None = None,
         page_size: int = 2000,
-        lease_seconds: float = 600.0,
+        lease_ttl: float = 15.0,
+        lease_renew: float = 5.0,
     ) -> None:
         self._store = store
         self._open_destination = open_destination
@@ -67,11 +77,19 @@ class SyncRunner:
         self._clock = clock
         self._retry = retry or RetryPolicy()
         self._page_size = page_size
-        #: A run's lease lasts its window plus this; a replica that dies frees it then.
-        self._lease_seconds = lease_seconds
+        #: A run's lease lasts `lease_ttl` and is renewed every `lease_renew` while the run
+        #: lives, so a replica that dies frees its syncs within the TTL.
+        self._lease_ttl = lease_ttl
+        self._lease_renew = lease_renew
+        self._leases: dict[str, Lease] = {}
         self._owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self._deliveries: dict[str, tuple[datetime, Delivery]] = {}
         self._mappers: dict[str, tuple[datetime, RowMapper]] = {}
+
+    @property
+    def owner(self) -> str:
+        """The name this runner holds sync leases under (for Store.take_run_requests)."""
+        return self._owner
 
     async def close(self) -> None:
         deliveries, self._deliveries = self._deliveries, {}
@@ -80,23 +98,81 @@ class SyncRunner:
 
     async def run(self, sync: Sync, request: RunRequest) -> SyncRun | None:
         """Run the sync, holding its lease; None when another replica holds it."""
-        ttl = request.window + self._lease_seconds
-        while not await self._store.acquire_lease(sync.id, self._owner, ttl):
+        while (
+            token := await self._store.acquire_lease(sync.id, self._owner, self._lease_ttl)
+        ) is None:
             if request.run_id is None:
                 return None  # the replica holding it sends these rows too
             await self._clock.sleep(0.5)  # a triggered run waits its turn
+        held = _Held(Lease(sync.id, self._owner, token))
+        task = asyncio.current_task()
+        assert task is not None
+        self._leases[sync.id] = held.lease
+        beat = asyncio.create_task(self._heartbeat(held, task), name=f"lease-{sync.id}")
         try:
-            return await self._run(sync, request)
+            run = await self._run(sync, request, held)
+        except asyncio.CancelledError:
+            # Stopped by a lost lease alone: the run ended interrupted, the caller goes on.
+            if held.lost and held.run is not None and task.uncancel() == 0:
+                return held.run
+            raise
         finally:
-            await asyncio.shield(self._store.release_lease(sync.id, self._owner))
+            beat.cancel()
+            self._leases.pop(sync.id, None)
+            release = self._store.release_lease(sync.id, self._owner, token)
+            await asyncio.shield(release)
+        if held.lost and task.cancelling():
+            task.uncancel()
+        return run
 
-    async def _run(self, sync: Sync, request: RunRequest) -> SyncRun:
+    async def _heartbeat(self, held: _Held, task: asyncio.Task[object]) -> None:
+        """Renew the lease while the run lives; stop the run once it cannot be renewed (taken
+        by another replica, or the store unreachable until the lease would have expired)."""
+        lease = held.lease
+        renewed = self._clock.monotonic()
+        while True:
+            await self._clock.sleep(self._lease_renew)
+            try:
+                kept = await self._store.renew_lease(
+                    lease.sync_id, lease.owner, lease.token, self._lease_ttl
+                )
+            except Exception as exc:
+                log.warning("sync %s: lease not renewed: %s", lease.sync_id, exc)
+                kept = self._clock.monotonic() - renewed < self._lease_ttl - self._lease_renew
+                if kept:
+                    continue
+            if kept:
+                renewed = self._clock.monotonic()
+                continue
+            log.warning("sync %s: lease lost; the run stops", lease.sync_id)
+            held.lost = True
+            task.cancel()
+            return
+
+    async def _run(self, sync: Sync, request: RunRequest, held: _Held) -> SyncRun:
         run = SyncRun(
             id=request.run_id or await self._store.next_run_id(),
             sync_id=sync.id,
             created_at=request.requested_at,
             full_resync=request.full_resync,
         )
+        held.run = run
+        try:
+            # Bound to the lease: every later save of the run is refused once it is lost.
+            await self._store.save_run(run, lease=held.lease)
+            await self._attempt(sync, run, request)
+        except LeaseLost:
+            # Another replica holds the sync now and writes its state: write nothing more.
+            log.warning("run %s of sync %s: lease lost, run interrupted", run.id, sync.id)
+            run.status = RunStatus.INTERRUPTED
+            run.error = "the sync's lease was lost during the run"
+            run.finished_at = datetime.now(UTC)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() and not held.lost:
+                raise asyncio.CancelledError from None
+        return run
+
+    async def _attempt(self, sync: Sync, run: SyncRun, request: RunRequest) -> None:
         if request.run_id is None:  # a triggered run was reported as queued already
             await self._enter(sync, run, RunStatus.QUEUED)
         try:
@@ -116,6 +192,8 @@ class SyncRunner:
                 final = RunStatus.INTERRUPTED
             await asyncio.shield(self._finish(sync, run, final))
             raise
+        except LeaseLost:
+            raise
         except Exception as exc:
             log.exception("run %s of sync %s failed", run.id, sync.id)
             run.error = f"{type(exc).__name__}: {exc}"
@@ -124,7 +202,6 @@ class SyncRunner:
             await self._enter(sync, run, RunStatus.REPORTING)
             final = RunStatus.WARNING if run.failed_rows.total else RunStatus.SUCCESS
             await self._finish(sync, run, final)
-        return run
 
     async def _enter(self, sync: Sync, run: SyncRun, status: RunStatus) -> None:
         run.status = status
@@ -227,6 +304,7 @@ class SyncRunner:
                 sync.id,
                 RowOutcomes(delivered=plan.changes, dropped=plan.dropped),
                 self._clock.time(),
+                lease=self._leases.get(sync.id),
             )
             return
         counts = Counter(c.op for c in plan.changes)
@@ -243,6 +321,7 @@ class SyncRunner:
                 sync.id,
                 RowOutcomes(failed=plan.rejected, dropped=plan.dropped),
                 self._clock.time(),
+                lease=self._leases.get(sync.id),
             )
         batcher.add(plan.changes)
         while batch := batcher.drain():
@@ -283,7 +362,7 @@ class SyncRunner:
                 else:
                     outcomes.failed.append(RowFailure(row.key, row.seq, row.op, error))
         now = self._clock.time()
-        await self._store.record_outcomes(sync.id, outcomes, now)
+        await self._store.record_outcomes(sync.id, outcomes, now, lease=self._leases.get(sync.id))
         self._count(run, delivery.writer.type_name, outcomes, now)
 
     def _count(self, run: SyncRun, kind: str, outcomes: RowOutcomes, now: float) -> None:

@@ -39,6 +39,49 @@ class Conflict(Exception):
         self.field = field
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be used: another process holds the SQLite file, or no connection
+    could be had in time. The message is one line for the operator."""
+
+
+class LeaseLost(Exception):
+    """A run's write refused because its sync's lease now belongs to another holder (another
+    owner or a later token): the run must end without writing more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A held sync lease: who holds it and the fencing token of this acquisition."""
+
+    sync_id: str
+    owner: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunControl:
+    """A trigger asked for through the store, for the replica that runs the sync."""
+
+    sync_id: str
+    run_id: str | None
+    full_resync: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What `Store.prune` keeps."""
+
+    runs_seconds: float = 30 * 86400
+    runs_per_sync: int = 10_000
+    rejected_seconds: float = 7 * 86400
+    #: A snapshot still open after this long forgets its keys and counts as closed.
+    open_snapshot_seconds: float = 7 * 86400
+    #: A closed snapshot is remembered this long, so its closing message read again is ignored.
+    closed_snapshot_seconds: float = 30 * 86400
+    #: Run requests nobody took.
+    requests_seconds: float = 86400
+
+
 @dataclass(frozen=True, slots=True)
 class RunQuery:
     """Which runs of one sync to list; newest first unless `ascending`."""
@@ -51,6 +94,8 @@ class RunQuery:
     offset: int = 0
     order_by: str = "createdAt"  # createdAt | startedAt | finishedAt | id
     ascending: bool = False
+    #: Only runs of a sync of this workspace.
+    workspace_id: str | None = None
 
 
 class Store(ABC):
@@ -96,6 +141,21 @@ class Store(ABC):
     @abstractmethod
     async def list(self, kind: type[T], workspace_id: str | None = None) -> list[T]:
         """Every item of that kind (of one workspace), by numeric id."""
+
+    @abstractmethod
+    async def list_page(
+        self,
+        kind: type[T],
+        workspace_id: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        filters: dict[str, str] | None = None,
+    ) -> tuple[list[T], bool]:
+        """Items by numeric id, a page of them with `limit`, and whether more follow; paged
+        and filtered in the database. `filters` match columns exactly (`slug`, `model_id`,
+        `destination_id`, `source_id`). An item whose stored document cannot be read is
+        left out (and logged), never failing the list."""
 
     @abstractmethod
     async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
@@ -149,9 +209,10 @@ class Store(ABC):
 
     @abstractmethod
     async def list_rejected(
-        self, sync_id: str, *, limit: int, offset: int
+        self, sync_id: str, *, limit: int, offset: int, workspace_id: str | None = None
     ) -> tuple[list[RejectedRow], bool]:
-        """Rejected rows, newest first, and whether more follow."""
+        """Rejected rows, newest first, and whether more follow (none when the sync is not
+        of `workspace_id`, if given)."""
 
     @abstractmethod
     async def open_snapshots(self) -> list[tuple[str, str, float]]:
@@ -167,10 +228,16 @@ class Store(ABC):
 
     @abstractmethod
     async def list_pending(
-        self, sync_id: str, *, failed_only: bool, limit: int, offset: int
+        self,
+        sync_id: str,
+        *,
+        failed_only: bool,
+        limit: int,
+        offset: int,
+        workspace_id: str | None = None,
     ) -> tuple[list[PendingRow], bool]:
         """Pending rows by key (only those with an error, with `failed_only`), and whether
-        more follow the page."""
+        more follow the page (none when the sync is not of `workspace_id`, if given)."""
 
     @abstractmethod
     async def requeue_synced(self, sync_id: str) -> int:
@@ -193,28 +260,76 @@ class Store(ABC):
         """What the destination holds for these keys (those it holds)."""
 
     @abstractmethod
-    async def record_outcomes(self, sync_id: str, outcomes: RowOutcomes, now: float) -> None:
+    async def record_outcomes(
+        self, sync_id: str, outcomes: RowOutcomes, now: float, lease: Lease | None = None
+    ) -> None:
         """Delivered rows become synced (removed rows forgotten) and leave pending if their seq
         is unchanged; failed rows keep their error and one more attempt; dropped rows leave
-        pending. One transaction."""
+        pending. One transaction. With `lease`, raises LeaseLost (and writes nothing) when the
+        sync's lease is no longer that one."""
 
     # runs ------------------------------------------------------------------------------
 
     @abstractmethod
-    async def acquire_lease(self, sync_id: str, owner: str, seconds: float) -> bool:
+    async def acquire_lease(self, sync_id: str, owner: str, seconds: float) -> int | None:
         """Hold the sync for `seconds` unless another owner holds an unexpired lease: with
-        several replicas on one store, a sync runs on one of them at a time."""
+        several replicas on one store, a sync runs on one of them at a time. Returns the
+        fencing token of this acquisition (greater than any before it for the sync), or None
+        when another owner holds the lease."""
 
     @abstractmethod
-    async def release_lease(self, sync_id: str, owner: str) -> None: ...
+    async def renew_lease(self, sync_id: str, owner: str, token: int, seconds: float) -> bool:
+        """Extend the lease to `seconds` from now; False when it is no longer (owner, token)."""
+
+    @abstractmethod
+    async def release_lease(self, sync_id: str, owner: str, token: int | None = None) -> None:
+        """Free the lease if `owner` (with `token`, that acquisition) still holds it."""
 
     @abstractmethod
     async def next_run_id(self) -> str: ...
 
     @abstractmethod
-    async def save_run(self, run: SyncRun) -> None:
-        """Insert or replace the run record by id."""
+    async def save_run(self, run: SyncRun, lease: Lease | None = None) -> None:
+        """Insert or replace the run record by id. A run saved with `lease` is bound to it:
+        this and every later save of the run raise LeaseLost, writing nothing, once the sync's
+        lease belongs to another holder."""
 
     @abstractmethod
     async def list_runs(self, query: RunQuery) -> tuple[list[SyncRun], bool]:
         """The runs the query selects, and whether more follow the page."""
+
+    @abstractmethod
+    async def close_orphaned_runs(self) -> list[SyncRun]:
+        """Close as `interrupted` the runs left queued or processing by a holder that is gone
+        (its lease expired or was taken; in SQLite, every run of an earlier process) and
+        return them, so the caller can report them. Their rows stay pending."""
+
+    # run control -----------------------------------------------------------------------
+
+    @abstractmethod
+    async def request_run(self, sync_id: str, run_id: str | None, full_resync: bool) -> None:
+        """Ask whichever replica runs the sync to run it (as run `run_id`, already recorded
+        as queued, when given)."""
+
+    @abstractmethod
+    async def take_run_requests(self, owner: str, limit: int = 100) -> list[RunControl]:
+        """Take (remove and return) run requests of syncs whose lease is free, expired or
+        held by `owner`, oldest first; each is taken by one replica only."""
+
+    @abstractmethod
+    async def request_cancel(self, sync_id: str, run_id: str) -> None:
+        """Ask the replica running `run_id` to cancel it."""
+
+    @abstractmethod
+    async def cancel_requested(self, run_id: str) -> bool:
+        """Whether a cancel of the run was asked for (forgotten once the run is saved final)."""
+
+    # upkeep ----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def prune(
+        self, retention: Retention | None = None, now: float | None = None
+    ) -> dict[str, int]:
+        """Drop what `retention` no longer keeps; how many of each: `runs`, `rejected`,
+        `snapshotKeys` (of snapshots that never closed), `snapshots` (closed long ago),
+        `requests`."""

@@ -107,9 +107,20 @@ def scrub(url: str, text: str) -> str:
 
 
 async def create_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float | None = None
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    command_timeout: float | None = None,
+    connect_timeout: float = 60.0,
+    statement_timeout: float | None = None,
 ) -> asyncpg.Pool:
-    """A pool on `url`; raises ConnectionError whose message names the masked URL."""
+    """A pool on `url`; raises ConnectionError whose message names the masked URL. `connect_timeout`
+    bounds each connection attempt; `statement_timeout` has the server cancel any statement
+    running longer (both in seconds)."""
+    settings = {"application_name": "sync-service"}
+    if statement_timeout is not None:
+        settings["statement_timeout"] = str(int(statement_timeout * 1000))
     try:
         tls, plain_ok = await asyncio.to_thread(_ssl_option, url)
 
@@ -120,7 +131,8 @@ async def create_pool(
                 max_size=max_size,
                 ssl=option,
                 command_timeout=command_timeout,
-                server_settings={"application_name": "sync-service"},
+                timeout=connect_timeout,
+                server_settings=settings,
             )
 
         try:

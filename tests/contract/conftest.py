@@ -16,15 +16,15 @@ POSTGRES_URL = os.environ.get(
     "SYNC_TEST_POSTGRES_URL", "postgresql://sync:sync@127.0.0.1:55432/sync"
 )
 
-StoreFactory = Callable[[], Awaitable[Store]]
+StoreFactory = Callable[..., Awaitable[Store]]
 
 
-def make_store(url: str) -> Store:
+def make_store(url: str, **options: Any) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from service.store.postgres import PostgresStore
 
-        return PostgresStore(url)
-    return SqliteStore(url)
+        return PostgresStore(url, **options)
+    return SqliteStore(url, **options)
 
 
 def _with_search_path(url: str, schema: str) -> str:
@@ -74,8 +74,8 @@ async def open_store(store_url: str) -> AsyncIterator[StoreFactory]:
     """Opens more stores on the same location (another replica); all are closed after."""
     opened: list[Store] = []
 
-    async def factory() -> Store:
-        store = make_store(store_url)
+    async def factory(**options: Any) -> Store:
+        store = make_store(store_url, **options)
         opened.append(store)  # closed even when open fails half way
         await store.open()
         return store

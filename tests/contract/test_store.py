@@ -132,16 +132,9 @@ async def test_migrations_are_idempotent(store: Store, open_store: StoreFactory)
     assert [m.id for m in await third.list(Model)] == ["1"]
 
 
-async def test_rows_stored_by_schema_version_6_carry_over(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_rows_stored_by_schema_version_6_carry_over(open_store: StoreFactory) -> None:
     """Version 7 merges pending_rows and synced_rows into row_state, keeping every row."""
-    import service.store.postgres as pg_module
-    import service.store.sqlite as sqlite_module
-
-    monkeypatch.setattr(sqlite_module, "SQLITE_MIGRATIONS", sqlite_module.SQLITE_MIGRATIONS[:6])
-    monkeypatch.setattr(pg_module, "POSTGRES_MIGRATIONS", pg_module.POSTGRES_MIGRATIONS[:6])
-    old = await open_store()
+    old = await open_store(schema_upto=6)
     synced = "INSERT INTO synced_rows (sync_id, key, row_hash, data, source) VALUES (?, ?, ?, ?, ?)"
     waiting = (
         "INSERT INTO pending_rows (sync_id, key, seq, op, data, row_hash) VALUES (?, ?, ?, ?, ?, ?)"
@@ -152,14 +145,10 @@ async def test_rows_stored_by_schema_version_6_carry_over(
         (waiting, ("1", "both", 5, "upsert", b'{"id": "both", "v": 2}', b"h3")),
         (waiting, ("1", "gone", 6, "delete", None, None)),
     ]
-    async with old._tx() as conn:  # type: ignore[attr-defined]
+    async with old._d.tx() as conn:  # type: ignore[attr-defined]
         for sql, params in statements:
-            if isinstance(old, sqlite_module.SqliteStore):
-                await conn.execute(sql, params)
-            else:
-                await conn.execute(pg_module.pg(sql), *params)
+            await conn.execute(sql, *params)
     await old.close()
-    monkeypatch.undo()
 
     store = await open_store()
     page = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
