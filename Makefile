@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean
+.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick bench-peer clean
 
 help:
 	@echo "make demo        run the service with a demo receiver and sample events"
@@ -58,6 +58,11 @@ bench: venv kafka-up pg-up
 
 bench-quick: venv kafka-up pg-up
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
+
+# S4 next to P4, Flink SQL doing the same job (needs a JDK 17 and Maven; jars in .cache/flink).
+bench-peer: venv kafka-up pg-up
+	scripts/flink/flink.sh resolve
+	$(BIN)/python -m bench.run --only S0,S4,P4,P4d $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .ruff_cache
