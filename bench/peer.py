@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import orjson
 
@@ -59,10 +60,11 @@ async def run_peer(
     schema = postgres.Schema()
     async with schema:
         await postgres.create_target(schema.name)
-        host_port_db = PG_URL.split("@", 1)[1]
-        jdbc = f"jdbc:postgresql://{host_port_db}?currentSchema={schema.name}"
+        url = urlsplit(PG_URL)
+        jdbc = f"jdbc:postgresql://{url.hostname}:{url.port}{url.path}?currentSchema={schema.name}"
+        user, password = unquote(url.username or ""), unquote(url.password or "")
         table = postgres.TARGET_TABLE
-        args = (KAFKA, topic, jdbc, "sync", "sync", table, str(object_reuse).lower(), "1", "500")
+        args = (KAFKA, topic, jdbc, user, password, table, str(object_reuse).lower(), "1", "500")
         log_path = workdir / f"{name}.log"
         with log_path.open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
