@@ -6,13 +6,21 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick bench-peer clean
+.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean \
+	cdc-up cdc-down demo-cdc image image-test compose-test deploy-check bench-peer
 
 help:
 	@echo "make demo        run the service with a demo receiver and sample events"
 	@echo "make test        lint, import contracts and every test (starts Kafka if needed)"
 	@echo "make kafka-up    start a local Apache Kafka broker on 127.0.0.1:$(KAFKA_PORT)"
 	@echo "make kafka-down  stop it"
+	@echo "make demo-cdc    a Debezium PostgreSQL connector streams a table's changes; prints them"
+	@echo "make cdc-up      PostgreSQL with logical replication and Kafka Connect with Debezium"
+	@echo "make cdc-down    stop them (never the broker)"
+	@echo "make image       build the container image with a real engine"
+	@echo "make image-test  build it and run it read-only against the local broker"
+	@echo "make compose-test  docker compose --profile demo up --wait, checked, then down"
+	@echo "make deploy-check  lint, render and validate the Helm chart; test the alert rules"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,5 +72,28 @@ bench-peer: venv kafka-up pg-up
 	scripts/flink/flink.sh resolve
 	$(BIN)/python -m bench.run --only S0,S4,P4,P4d $(BENCH_ARGS)
 
+# The container image and the deployment files (README, "Deploy").
+image: venv
+	scripts/image/build.sh
+
+image-test: venv kafka-up
+	scripts/image/test.sh
+
+compose-test: venv
+	scripts/image/compose-test.sh
+
+deploy-check:
+	scripts/deploy/check.sh
+
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .ruff_cache
+
+# Change data capture: Debezium's PostgreSQL connector in Kafka Connect (scripts/connect/).
+cdc-up:
+	scripts/connect/cdc.sh up
+
+cdc-down:
+	scripts/connect/cdc.sh down
+
+demo-cdc: venv
+	scripts/demo-cdc.sh

@@ -124,6 +124,7 @@ class ServiceProcess:
             "SYNC_FAILED_ROWS_RETRY_SECONDS": "1",
             "SYNC_TOPIC_PARTITIONS": "1",
             "SYNC_LOG_LEVEL": "WARNING",
+            "SYNC_EGRESS_ALLOW": "127.0.0.1/32",  # receivers and PostgreSQL on loopback
             **(extra_env or {}),
         }
         self.topics = [f"{topic}-status", f"{topic}-dlq"]

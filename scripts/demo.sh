@@ -22,5 +22,7 @@ export SYNC_DATABASE_URL="sqlite:///$state/demo.db"
 export SYNC_CONFIG_FILE="${SYNC_CONFIG_FILE:-$root/examples/resources.yaml}"
 export SYNC_EVENTS_TOPICS="${SYNC_EVENTS_TOPICS:-demo-model-changes}"
 export SYNC_HTTP_PORT="${SYNC_HTTP_PORT:-8080}"
+# The demo receiver listens on loopback, which destinations may not reach by default.
+export SYNC_EGRESS_ALLOW="${SYNC_EGRESS_ALLOW:-127.0.0.1/32}"
 # The service stops on SIGINT; the trap above then stops the broker.
 .venv/bin/sync-service demo || true

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts and stops a throwaway PostgreSQL server on 127.0.0.1:${PG_PORT:-55432} for the
 # tests: a fresh cluster in a temporary folder, role `sync` (password `sync`) owning the
-# database `sync`. The system's default cluster (5432) is never touched.
+# database `sync`. The system's default cluster (5432) is never touched. PG_SERVER_OPTIONS adds
+# server settings (`-c wal_level=logical` for change data capture).
 #   scripts/postgres.sh up|down|status
 set -euo pipefail
 
@@ -70,7 +71,7 @@ up() {
   # The server's output goes to the log through pg_ctl's stdout, which this shell opens: the
   # postgres user need not be able to write under the project folder.
   as_pg "$bin/pg_ctl" -D "$data/pgdata" -w -t "$timeout_s" start \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$data -c fsync=off" \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$data -c fsync=off ${PG_SERVER_OPTIONS:-}" \
     >>"$logfile" 2>&1 \
     || { say "start failed, see $logfile"; tail -30 "$logfile" >&2; down; exit 1; }
   local start=$SECONDS

@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.destinations.egress import parse_networks
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SYNC_", extra="ignore", frozen=True)
@@ -51,6 +53,12 @@ class Settings(BaseSettings):
     snapshot_warn_seconds: float = Field(default=3600.0, gt=0)
     #: Most records per fetch; also the most events one ingest transaction covers.
     fetch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    # catalog: workspaces and their topics
+    #: The workspace that owns SYNC_EVENTS_TOPICS.
+    default_workspace: str = Field(default="1", pattern=r"^[0-9]+$", max_length=20)
+    #: On the service's own cluster, a workspace's Kafka destinations write only topics
+    #: starting with this (`{workspaceId}` is replaced by the workspace's id).
+    kafka_destination_topic_prefix: str = Field(default="ws-{workspaceId}.", max_length=200)
 
     @field_validator("events_topics", mode="before")
     @classmethod
@@ -75,6 +83,29 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
         return level
+
+    @field_validator("kafka_destination_topic_prefix")
+    @classmethod
+    def _prefix_template(cls, value: str) -> str:
+        try:
+            value.format(workspaceId="1")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("only {workspaceId} may appear in braces") from None
+        return value
+
+    # Destinations' egress policy: CIDRs reachable even so (and `unix`: local sockets and
+    # files), and CIDRs refused besides loopback, link-local, unspecified and multicast.
+    egress_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    egress_deny: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("egress_allow", "egress_deny", mode="before")
+    @classmethod
+    def _cidrs(cls, value: object) -> object:
+        entries = value.split(",") if isinstance(value, str) else value
+        if isinstance(entries, list | tuple):
+            entries = [str(e).strip() for e in entries if str(e).strip()]
+            parse_networks(entries, "")
+        return entries
 
 
 class SettingsError(Exception):

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
-from service.core.errors import ConfigurationError
-from service.core.models import (
-    ApiModel,
-    Destination,
-    Model,
-    NumericId,
-    Source,
-    Sync,
-    SyncConfiguration,
-    referenced_columns,
-    utcnow,
+from service.catalog import Catalog, CatalogError
+from service.catalog.checks import (
+    ConfigurationLimits,
+    check_limits,
+    destination_configuration,
+    source_configuration,
+    sync_configuration,
 )
+from service.core.models import ApiModel, Destination, Model, NumericId, Source, Sync
 from service.core.specs import DestinationCreate, ModelCreate, SourceCreate, SyncCreate
-from service.destinations.registry import validate_configuration
-from service.store.base import CatalogItem, Conflict, Store
+from service.store.base import Store
 
 MAX_FILE_BYTES = 10 << 20
 
@@ -103,7 +100,18 @@ def parse_resources(path: Path) -> ResourcesFile:
     return resources
 
 
+def _field(key: str) -> str:
+    """The catalog's `configuration.mappings.2.template` as `configuration.mappings[2].template`."""
+    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key)
+
+
+def _error(path: Path, where: str, exc: CatalogError) -> ResourcesError:
+    field, reason = next(iter(exc.details.items()))
+    return ResourcesError(f"{path}: {where}.{_field(field)}: {reason}")
+
+
 def _check(path: Path, resources: ResourcesFile) -> None:
+    """What can be told without the store, so that a bad file stops the service at once."""
     for kind in ("sources", "models", "destinations", "syncs"):
         ids: set[str] = set()
         slugs: set[str] = set()
@@ -114,89 +122,44 @@ def _check(path: Path, resources: ResourcesFile) -> None:
                 raise ResourcesError(f"{path}: {kind}[{i}].slug: slug {item.slug!r} is used twice")
             ids.add(item.id)
             slugs.add(item.slug)
-    for i, source in enumerate(resources.sources):
-        if source.type != "kafka":
-            raise ResourcesError(f"{path}: sources[{i}].type: only 'kafka' sources exist")
-        topic = source.configuration.get("topic")
-        if not isinstance(topic, str) or not topic:
-            raise ResourcesError(
-                f"{path}: sources[{i}].configuration.topic: a topic name is required"
-            )
-    for i, destination in enumerate(resources.destinations):
-        where = f"destinations[{i}].configuration"
-        try:
-            validate_configuration(destination.type, destination.configuration)
-        except ValidationError as exc:
-            raise ResourcesError(f"{path}: {_first_error(exc, where)}") from None
-        except ConfigurationError as exc:
-            raise ResourcesError(f"{path}: destinations[{i}].type: {exc}") from None
-    for i, sync in enumerate(resources.syncs):
-        try:
-            SyncConfiguration.model_validate(sync.configuration)
-        except ValidationError as exc:
-            raise ResourcesError(
-                f"{path}: {_first_error(exc, f'syncs[{i}].configuration')}"
-            ) from None
-
-
-async def apply_resources(store: Store, resources: ResourcesFile, path: Path) -> None:
-    """Upsert every resource by id. References may point at resources already in the store."""
-    ws = resources.workspace_id
-    models = {m.id: m for m in await store.list_models()}
-    destinations = {d.id: d for d in await store.list_destinations()}
-    destination_ids = set(destinations) | {d.id for d in resources.destinations}
-    sources = {s.id: s for s in await store.list_sources()}
-    syncs = {s.id: s for s in await store.list_syncs()}
-
-    for i, spec in enumerate(resources.sources):
-        await _upsert(store, Source, sources.get(spec.id), spec, ws, f"{path}: sources[{i}]")
-    for i, spec in enumerate(resources.models):
-        if (
-            spec.source_id
-            and spec.source_id not in sources
-            and not any(s.id == spec.source_id for s in resources.sources)
-        ):
-            raise ResourcesError(f"{path}: models[{i}].sourceId: no source {spec.source_id}")
-        where = f"{path}: models[{i}]"
-        models[spec.id] = await _upsert(store, Model, models.get(spec.id), spec, ws, where)
-    for i, spec in enumerate(resources.destinations):
-        where = f"{path}: destinations[{i}]"
-        await _upsert(store, Destination, destinations.get(spec.id), spec, ws, where)
-    for i, spec in enumerate(resources.syncs):
-        model = models.get(spec.model_id)
-        if model is None:
-            raise ResourcesError(f"{path}: syncs[{i}].modelId: no model {spec.model_id}")
-        if spec.destination_id not in destination_ids:
-            raise ResourcesError(
-                f"{path}: syncs[{i}].destinationId: no destination {spec.destination_id}"
-            )
-        config = SyncConfiguration.model_validate(spec.configuration)
-        derived = {
-            "primary_key": model.primary_key,
-            "referenced_columns": referenced_columns(model.primary_key, config),
-        }
-        await _upsert(store, Sync, syncs.get(spec.id), spec, ws, f"{path}: syncs[{i}]", derived)
-
-
-async def _upsert(
-    store: Store,
-    cls: type[CatalogItem],
-    existing: BaseModel | None,
-    spec: BaseModel,
-    workspace_id: str,
-    where: str,
-    derived: dict[str, Any] | None = None,
-) -> Any:
-    fields = {**spec.model_dump(), **(derived or {}), "workspace_id": workspace_id}
-    if existing is not None:
-        current = existing.model_dump()
-        if all(current.get(k) == v for k, v in fields.items()):
-            return existing  # unchanged: keep updatedAt as it was
-        fields["created_at"] = current["created_at"]
-        fields["updated_at"] = utcnow()
-    obj = cls.model_validate(fields)
+    limits = ConfigurationLimits()  # the catalog's defaults; applying checks its own again
     try:
-        await store.upsert(obj)
-    except Conflict as exc:
-        raise ResourcesError(f"{where}.{exc.field}: {exc}") from None
-    return obj
+        for i, source in enumerate(resources.sources):
+            where = f"sources[{i}]"
+            source_configuration(source.configuration.model_dump())
+        for i, model in enumerate(resources.models):
+            where = f"models[{i}]"
+            check_limits("tags", model.tags, limits)
+        for i, destination in enumerate(resources.destinations):
+            where = f"destinations[{i}]"
+            check_limits("configuration", destination.configuration, limits)
+            destination_configuration(destination.type, destination.configuration)
+        for i, sync in enumerate(resources.syncs):
+            where = f"syncs[{i}]"
+            check_limits("configuration", sync.configuration, limits)
+            sync_configuration(sync.configuration)
+    except CatalogError as exc:
+        raise _error(path, where, exc) from None
+
+
+_KINDS: tuple[tuple[str, type[Any]], ...] = (
+    ("sources", Source),
+    ("models", Model),
+    ("destinations", Destination),
+    ("syncs", Sync),
+)
+
+
+async def apply_resources(catalog: Catalog | Store, resources: ResourcesFile, path: Path) -> None:
+    """Upsert every resource by id, in the order sources, models, destinations, syncs, through
+    the catalog service: the same rules, defaults and errors as the same calls to the API.
+    References may point at resources already in the store."""
+    if not isinstance(catalog, Catalog):  # a bare store: the catalog's rules without settings
+        catalog = Catalog(catalog)
+    ws = resources.workspace_id
+    for name, kind in _KINDS:
+        for i, spec in enumerate(getattr(resources, name)):
+            try:
+                await catalog.put(kind, ws, spec.id, spec)
+            except CatalogError as exc:
+                raise _error(path, f"{name}[{i}]", exc) from None

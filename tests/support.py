@@ -10,6 +10,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from service.destinations.egress import EgressPolicy
+
+#: The egress policy of tests whose endpoints listen on 127.0.0.1 (as SYNC_EGRESS_ALLOW does).
+LOCAL_ONLY = EgressPolicy.from_settings(["127.0.0.1/32"])
+
 Reply = tuple[int, dict[str, Any] | None, dict[str, str]]
 
 #: The fourteen fields of Hightouch's Sync, camelCase, as the API returns them.
@@ -129,3 +134,33 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+@dataclass
+class Listener:
+    """A TCP listener that counts the connections it accepts (and answers HTTP 200)."""
+
+    host: str
+    port: int = 0
+    connections: int = 0
+    server: asyncio.Server | None = field(default=None, repr=False)
+
+    async def start(self) -> Listener:
+        self.server = await asyncio.start_server(self._accept, self.host, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    @property
+    def netloc(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()

@@ -1,9 +1,19 @@
-"""Bearer tokens: each sees one workspace. Compared in constant time, never logged."""
+"""Bearer tokens: each sees one workspace. Compared in constant time, never logged.
+
+A token may be configured as its SHA-256 digest, `sha256:<64 hex digits>=workspaceId`
+(`printf %s "$TOKEN" | sha256sum`), so the plain token is stored nowhere on the server. Plain
+tokens are hashed when loaded: only digests are kept, and a presented token is hashed once and
+compared with every digest."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import re
 from pathlib import Path
+
+DIGEST_PREFIX = "sha256:"
+_HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class TokenError(ValueError):
@@ -11,7 +21,8 @@ class TokenError(ValueError):
 
 
 def parse_tokens(text: str, origin: str) -> dict[str, str]:
-    """`token=workspaceId` pairs separated by commas or newlines; `#` starts a comment."""
+    """`token=workspaceId` pairs separated by commas or newlines; `#` starts a comment; a token
+    written `sha256:<hex>` is that token's digest."""
     tokens: dict[str, str] = {}
     for n, raw in enumerate(text.replace(",", "\n").splitlines(), start=1):
         entry = raw.split("#", 1)[0].strip()
@@ -21,7 +32,11 @@ def parse_tokens(text: str, origin: str) -> dict[str, str]:
         token, workspace = token.strip(), workspace.strip()
         if not sep or not token or not workspace.isdigit():
             raise TokenError(f"{origin}: entry {n} is not token=workspaceId (numeric)")
-        if len(token) < 8:
+        if token.startswith(DIGEST_PREFIX):
+            if not _HEX_DIGEST.match(token.removeprefix(DIGEST_PREFIX)):
+                raise TokenError(f"{origin}: entry {n}: sha256: needs 64 hex digits")
+            token = token.lower()
+        elif len(token) < 8:
             raise TokenError(f"{origin}: entry {n}: a token needs at least 8 characters")
         tokens[token] = workspace
     return tokens
@@ -40,12 +55,19 @@ def load_tokens(inline: str | None, file: Path | None) -> dict[str, str]:
     return tokens
 
 
+def token_digest(token: str) -> bytes:
+    """The SHA-256 digest a table keeps of a configured token (plain or `sha256:<hex>`)."""
+    if token.startswith(DIGEST_PREFIX):
+        return bytes.fromhex(token.removeprefix(DIGEST_PREFIX))
+    return hashlib.sha256(token.encode()).digest()
+
+
 class TokenTable:
     def __init__(self, tokens: dict[str, str]) -> None:
-        self._tokens = [(t.encode(), ws) for t, ws in tokens.items()]
+        self._digests = [(token_digest(t), ws) for t, ws in tokens.items()]
 
     def __bool__(self) -> bool:
-        return bool(self._tokens)
+        return bool(self._digests)
 
     def workspace_for(self, authorization: str | None) -> str | None:
         """The workspace of a valid `Bearer <token>` header, else None. Every known token is
@@ -55,9 +77,9 @@ class TokenTable:
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             return None
-        candidate = presented.strip().encode()
+        candidate = hashlib.sha256(presented.strip().encode()).digest()
         found: str | None = None
-        for token, workspace in self._tokens:
-            if hmac.compare_digest(token, candidate):
+        for digest, workspace in self._digests:
+            if hmac.compare_digest(digest, candidate):
                 found = workspace
         return found

@@ -9,10 +9,14 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from service.api.auth import TokenTable
+from service.catalog import Catalog, CatalogError
+from service.catalog.checks import validation_details
 from service.core.interfaces import RunControl
+from service.core.models import MAX_ID
 from service.destinations.registry import DestinationContext
 from service.store.base import Store
 
@@ -22,6 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STORE = web.AppKey("store", Store)
+CATALOG = web.AppKey("catalog", Catalog)
 TOKENS = web.AppKey("tokens", TokenTable)
 RUNS = web.AppKey("runs", RunControl)
 DESTINATION_CONTEXT = web.AppKey("destination_context", DestinationContext)
@@ -66,15 +71,6 @@ def json_response(
     )
 
 
-def validation_details(exc: ValidationError, prefix: str = "") -> dict[str, str]:
-    details: dict[str, str] = {}
-    for error in exc.errors():
-        loc = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
-        field = ".".join([prefix, *loc] if prefix else loc) or prefix or "body"
-        details.setdefault(field, error["msg"])
-    return details
-
-
 async def read_body(request: web.Request, model: type[M]) -> M:
     raw = await request.read()  # over client_max_size: aiohttp answers 413
     if not raw.strip():
@@ -101,7 +97,15 @@ def integral(value: str) -> str:
 
 
 def path_id(request: web.Request, name: str = "id") -> str:
-    return integral(request.match_info[name])
+    """The id in the path; one no store can hold names nothing (404)."""
+    value = integral(request.match_info[name])
+    if int(value) > MAX_ID:
+        raise ApiError(404, "Not found", "no resource with that id in this workspace")
+    return value
+
+
+def catalog(request: web.Request) -> Catalog:
+    return request.app[CATALOG]
 
 
 def read_query(request: web.Request, model: type[M]) -> M:
@@ -134,6 +138,10 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.details is not None:
             body["details"] = exc.details
         return json_response(body, exc.status)
+    except CatalogError as exc:
+        if exc.status == 404:
+            return json_response({"message": "Not found", "details": exc.details["id"]}, 404)
+        return json_response({"message": "Validation failed", "details": exc.details}, exc.status)
     except web.HTTPRequestEntityTooLarge:
         return json_response(
             {"message": "Request too large", "details": "the body exceeds the size limit"}, 413
@@ -146,3 +154,27 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return json_response({"message": "Internal error"}, 500)
+
+
+class OneLineBadRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (bad framing, a header it refuses) with a full
+    traceback at ERROR; anyone can send one, so it becomes one WARNING line naming the peer
+    and the kind of fault, never the bytes received (they may hold a token)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "bad HTTP request from %s: %s (HTTP %s)"
+            record.args = (peer, type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.WARNING
+            record.levelname = "WARNING"
+        return True
+
+
+def quiet_bad_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, OneLineBadRequests) for f in server_log.filters):
+        server_log.addFilter(OneLineBadRequests())

@@ -5,31 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from service.core.models import Destination, Model, NumericId, Slug, SyncSchedule
-from service.core.specs import (
-    DestinationCreate,
-    ModelCreate,
-    SourceConfiguration,
-    SourceCreate,
-    Spec,
-    SyncCreate,
-)
-
-__all__ = ["DestinationCreate", "ModelCreate", "SourceCreate", "SyncCreate"]
+from service.core.models import Destination, Model, NumericId, Slug
+from service.core.specs import Spec
 
 T = TypeVar("T")
 
 
 Body = Spec
-
-
-class SourcePatch(Body):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    slug: Slug | None = None
-    configuration: SourceConfiguration | None = None
 
 
 class ModelOut(Model):
@@ -40,29 +25,6 @@ class ModelOut(Model):
 
 class DestinationOut(Destination):
     syncs: list[str] = Field(default_factory=list)
-
-
-class ModelPatch(Body):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    slug: Slug | None = None
-    primary_key: str | None = Field(default=None, min_length=1, max_length=200)
-    source_id: NumericId | None = None
-    is_schema: bool | None = None
-    query_type: str | None = Field(default=None, max_length=50)
-    tags: dict[str, str] | None = None
-
-
-class DestinationPatch(Body):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    slug: Slug | None = None
-    configuration: dict[str, Any] | None = None
-
-
-class SyncPatch(Body):
-    slug: Slug | None = None
-    disabled: bool | None = None
-    schedule: SyncSchedule | None = None
-    configuration: dict[str, Any] | None = None
 
 
 class TriggerBody(Body):
@@ -111,16 +73,16 @@ class CatalogQuery(Query):
 class SyncQuery(Query):
     slug: str | None = None
     model_id: NumericId | None = None
-    after: datetime | None = None
-    before: datetime | None = None
+    after: AwareDatetime | None = None
+    before: AwareDatetime | None = None
     order_by: Literal["id", "slug", "createdAt", "updatedAt", "lastRunAt"] = "id"
 
 
 class RunsQuery(Query):
     limit: int = Field(default=5, ge=1, le=1000)
     run_id: NumericId | None = None
-    after: datetime | None = None
-    before: datetime | None = None
+    after: AwareDatetime | None = None
+    before: AwareDatetime | None = None
     within: int | None = Field(default=None, ge=1, le=525_600)
     order_by: Literal["id", "createdAt", "startedAt", "finishedAt"] = "createdAt"
 

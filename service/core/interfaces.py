@@ -54,9 +54,10 @@ class DestinationWriter(ABC):
     @abstractmethod
     async def write(self, batch: Batch) -> BatchResult: ...
 
-    async def check(self) -> None:  # noqa: B027 - a destination with nothing to check
+    async def check(self, timeout_seconds: float = 5.0) -> None:  # noqa: B027 - nothing to check
         """Called after `open`: raises `DestinationError` when the destination cannot take
-        rows now (unreachable, a table or topic missing, credentials refused)."""
+        rows now (unreachable, a table or topic missing, credentials refused), within about
+        `timeout_seconds`."""
 
     async def close(self) -> None:  # noqa: B027
         """Release connections; must not raise."""

@@ -9,8 +9,10 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from cronsim import CronSim, CronSimError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from service.core.templates import TEMPLATE_MAX_CHARS, parse, parse_template
 
 
 def utcnow() -> datetime:
@@ -68,7 +70,17 @@ _FINAL_RUN_STATUSES = frozenset(
     }
 )
 
-NumericId = Annotated[str, Field(pattern=r"^[0-9]+$", max_length=20)]
+#: The largest id the stores can hold (a signed 64-bit integer).
+MAX_ID = (1 << 63) - 1
+
+
+def _in_id_range(value: str) -> str:
+    if int(value) > MAX_ID:
+        raise ValueError(f"an id is at most {MAX_ID}")
+    return value
+
+
+NumericId = Annotated[str, Field(pattern=r"^[0-9]+$", max_length=20), AfterValidator(_in_id_range)]
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=128)]
 
 
@@ -196,18 +208,13 @@ class StaticMapping(ApiModel):
 class TemplateMapping(ApiModel):
     type: Literal["template"]
     to: str = Field(min_length=1)
-    template: str = Field(min_length=1, max_length=10_000)
+    template: str = Field(min_length=1, max_length=TEMPLATE_MAX_CHARS)
 
     @field_validator("template")
     @classmethod
     def _parses(cls, value: str) -> str:
-        from liquid import parse
-        from liquid.exceptions import LiquidError
-
-        try:
-            parse(value)
-        except LiquidError as exc:
-            raise ValueError(f"not a valid Liquid template: {' '.join(str(exc).split())}") from None
+        if (why := parse_template(value)) is not None:
+            raise ValueError(f"not a valid Liquid template: {' '.join(why.split())}")
         return value
 
 
@@ -303,14 +310,13 @@ class Sync(ApiModel):
 
 def referenced_columns(primary_key: str, configuration: SyncConfiguration) -> list[str]:
     """The key plus every column a mapping reads, in first-use order."""
-    from liquid import parse  # deferred: only catalog writes need the template parser
-
     columns = [primary_key]
     for mapping in configuration.mappings:
         if isinstance(mapping, StandardMapping):
             reads = [mapping.from_]
         elif isinstance(mapping, TemplateMapping):
-            reads = list(parse(mapping.template).global_variables())
+            template = parse(mapping.template)
+            reads = [] if isinstance(template, str) else list(template.global_variables())
         else:
             reads = []
         columns.extend(c for c in reads if c not in columns)

@@ -2,12 +2,21 @@
 
 A batch is one statement per operation (`json_populate_recordset` turns the JSON rows into the
 table's own column types). When the database refuses the batch for the data in it, each row
-is written again in a savepoint of its own, so only the rows at fault are refused."""
+is written again in a savepoint of its own, so only the rows at fault are refused.
+
+Every connection obeys the egress policy: the DSN's hosts are resolved and checked, and the
+connection goes to a checked address (TLS still verifies the host's name). Local sockets and
+file parameters (`passfile`, `service`, `sslrootcert`...) are refused unless allowed, and so
+is a DSN without a host (it would mean the local socket)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import ssl
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import asyncpg
 import orjson
@@ -17,7 +26,8 @@ from pydantic.alias_generators import to_camel
 from service.core.errors import DestinationError, RetriableError
 from service.core.interfaces import Batch, BatchResult, DestinationWriter
 from service.core.rows import RowChange
-from service.store.pgconnect import create_pool
+from service.destinations.egress import AddressRefused, EgressPolicy, EgressRefused
+from service.store.pgconnect import _ssl_option, mask_url, scrub
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -40,6 +50,170 @@ _SCHEMA_ERRORS = (
     asyncpg.InvalidPasswordError,
     asyncpg.InvalidAuthorizationSpecificationError,
 )
+
+
+#: DSN parameters that name local files: only with local paths allowed by the policy.
+_FILE_PARAMETERS = frozenset(
+    {"passfile", "service", "servicefile", "sslrootcert", "sslcert", "sslkey", "sslcrl"}
+)
+
+
+@dataclass(slots=True)
+class DsnTargets:
+    """What a PostgreSQL URL connects to: TCP hosts, local socket paths, named files, and the
+    URL with its hosts taken out (they are passed one checked address at a time)."""
+
+    hosts: list[tuple[str, int]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    base: str = ""
+    password: str = ""
+
+
+def dsn_targets(dsn: str) -> DsnTargets:
+    """Parses `postgresql://user:pw@h1:5432,[::1]:5433/db?host=...`; ValueError if unreadable."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        raise ValueError("not a URL")
+    end = min(
+        [i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0] or [len(rest)]
+    )
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hostlist = netloc.rpartition("@")
+    path, _, query = tail.partition("?")
+    query = query.split("#", 1)[0]
+    params = parse_qsl(query, keep_blank_values=True)
+    targets = DsnTargets()
+    if at and ":" in userinfo:
+        targets.password = unquote(userinfo.split(":", 1)[1])
+    hosts_text, ports_text = hostlist, ""
+    kept: list[tuple[str, str]] = []
+    for name, value in params:
+        if name == "host":
+            hosts_text = value
+        elif name == "port":
+            ports_text = value
+        else:
+            if name in _FILE_PARAMETERS and value:
+                targets.files.append(f"{name}={value}")
+            if name == "password":
+                targets.password = value
+            kept.append((name, value))
+    ports = [p.strip() for p in ports_text.split(",")] if ports_text else []
+    entries = [h.strip() for h in hosts_text.split(",")] if hosts_text else []
+    if not entries:
+        targets.paths.append("the default local socket")
+    for n, raw in enumerate(entries):
+        host, port = raw, ports[n] if n < len(ports) else (ports[-1] if ports else "")
+        if raw.startswith("["):
+            close = raw.find("]")
+            if close < 0:
+                raise ValueError(f"{raw!r} is not a host")
+            host, port = raw[1:close], raw[close + 2 :] or port
+        elif raw.count(":") == 1:
+            host, port = raw.split(":")
+        host = unquote(host)
+        if host.startswith(("/", "@")) or not host:
+            targets.paths.append(host or "the default local socket")
+            continue
+        if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+            raise ValueError(f"{raw!r}: the port must be 1 to 65535")
+        targets.hosts.append((host, int(port or 5432)))
+    base_userinfo = f"{userinfo}@" if at else ""
+    targets.base = f"{scheme}://{base_userinfo}{path}" + (f"?{urlencode(kept)}" if kept else "")
+    return targets
+
+
+def dsn_refusals(dsn: str, policy: EgressPolicy) -> list[str]:
+    """What the policy refuses in a DSN without resolving names (literal addresses, paths)."""
+    try:
+        targets = dsn_targets(dsn)
+    except ValueError as exc:
+        return [str(exc)]
+    reasons = [r for host, _ in targets.hosts if (r := policy.check_host(host))]
+    for path in [*targets.paths, *targets.files]:
+        if reason := policy.check_path(path):
+            reasons.append(reason)
+    return reasons
+
+
+def _pin_server_name(context: ssl.SSLContext, name: str) -> ssl.SSLContext:
+    """The context, verifying certificates for `name` whatever address asyncpg dials."""
+    base = context.sslobject_class
+
+    class _Named(base):  # type: ignore[misc,valid-type]
+        @classmethod
+        def _create(cls, incoming, outgoing, server_side=False, server_hostname=None, **kw):  # type: ignore[no-untyped-def]
+            return super()._create(incoming, outgoing, server_side, name, **kw)
+
+    context.sslobject_class = _Named
+    return context
+
+
+class EgressConnector:
+    """asyncpg's `connect` for a pool: each new connection resolves the DSN's hosts, checks
+    the addresses, and connects to the first checked one that answers."""
+
+    def __init__(self, dsn: str, policy: EgressPolicy) -> None:
+        self._dsn = dsn
+        self._policy = policy
+        self._targets = dsn_targets(dsn)
+        self._tls: dict[str, tuple[ssl.SSLContext | bool, bool]] = {}
+
+    async def _tls_for(self, host: str) -> tuple[ssl.SSLContext | bool, bool]:
+        if host not in self._tls:
+            tls, plain_ok = await asyncio.to_thread(_ssl_option, self._dsn)
+            if isinstance(tls, ssl.SSLContext) and tls.check_hostname:
+                tls = _pin_server_name(tls, host)
+            self._tls[host] = (tls, plain_ok)
+        return self._tls[host]
+
+    def refusal(self) -> str | None:
+        reasons = [
+            r
+            for p in self._targets.paths + self._targets.files
+            if (r := self._policy.check_path(p))
+        ]
+        return reasons[0] if reasons else None
+
+    async def __call__(self, _dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
+        if why := self.refusal():
+            raise AddressRefused(why)
+        kwargs.pop("loop", None)
+        kwargs["password"] = self._targets.password  # never PGPASSWORD or a .pgpass file
+        targets = self._targets
+        last: BaseException | None = None
+        dial: list[tuple[str, int, str | None]] = [(p, 5432, None) for p in targets.paths]
+        for host, port in targets.hosts:
+            try:
+                dial += [(a, p, host) for a, p in await self._policy.resolve(host, port)]
+            except AddressRefused as exc:
+                last = exc
+            except OSError as exc:
+                last = OSError(f"{host}: {exc.strerror or exc}")
+        for address, port, name in dial:
+            tls, plain_ok = await self._tls_for(name or address)
+            try:
+                try:
+                    return await asyncpg.connect(
+                        targets.base, host=address, port=port, ssl=tls, **kwargs
+                    )
+                except ConnectionError as exc:
+                    if not (plain_ok and "rejected SSL upgrade" in str(exc)):
+                        raise
+                    return await asyncpg.connect(
+                        targets.base, host=address, port=port, ssl=False, **kwargs
+                    )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                last = exc
+                if isinstance(
+                    exc,
+                    asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError,
+                ):
+                    raise
+        if isinstance(last, AddressRefused) or last is None:
+            raise last or AddressRefused("no host to connect to")
+        raise last
 
 
 class SchemaError(DestinationError):
@@ -103,8 +277,9 @@ def _column_type(value: Any) -> str:
 class PostgresDestination(DestinationWriter):
     type_name = "postgres"
 
-    def __init__(self, config: PostgresDestinationConfig) -> None:
+    def __init__(self, config: PostgresDestinationConfig, egress: EgressPolicy) -> None:
         self._config = config
+        self._egress = egress
         self.batch_size = config.batch_size
         self.max_concurrency = config.max_concurrency
         self._table = quote_table(config.table)
@@ -113,23 +288,43 @@ class PostgresDestination(DestinationWriter):
         self._table_ready = not config.create_table
 
     async def open(self) -> None:
+        dsn = self._config.dsn.get_secret_value()
         try:
-            self._pool = await create_pool(
-                self._config.dsn.get_secret_value(),
+            connector = EgressConnector(dsn, self._egress)
+        except ValueError as exc:
+            raise EgressRefused(f"dsn: {exc}") from None
+        if why := connector.refusal():
+            raise EgressRefused(f"dsn: {why}")
+        try:
+            self._pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
                 max_size=self._config.max_concurrency,
                 command_timeout=60,
+                connect=connector,
+                server_settings={"application_name": "sync-service"},
             )
-        except ConnectionError as exc:  # the message carries the masked URL only
-            raise RetriableError(str(exc)) from None
+        except AddressRefused as exc:
+            raise EgressRefused(f"dsn: {exc}") from None
+        except Exception as exc:
+            text = scrub(dsn, str(exc) or type(exc).__name__)
+            message = f"cannot connect to PostgreSQL at {mask_url(dsn)}: {text}"
+            if isinstance(
+                exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+            ):
+                raise SchemaError(message) from None
+            raise RetriableError(message) from None
 
-    async def check(self) -> None:
+    async def check(self, timeout_seconds: float = 5.0) -> None:
         if self._pool is None:
             raise DestinationError("the postgres destination is not open")
         try:
-            async with self._pool.acquire() as conn:
+            async with asyncio.timeout(timeout_seconds), self._pool.acquire() as conn:
                 if self._table_ready:  # with createTable, the table may come with the rows
                     await conn.execute(f"SELECT 1 FROM {self._table} LIMIT 0")
-        except _CONNECTION_ERRORS as exc:
+        except AddressRefused as exc:
+            raise EgressRefused(f"dsn: {exc}") from None
+        except (*_CONNECTION_ERRORS, TimeoutError) as exc:
             raise RetriableError(f"PostgreSQL connection lost: {type(exc).__name__}") from exc
         except (*_SCHEMA_ERRORS, asyncpg.PostgresError) as exc:
             raise SchemaError(f"{self._config.table}: {exc}") from exc
@@ -157,6 +352,8 @@ class PostgresDestination(DestinationWriter):
                 except asyncpg.PostgresError:
                     pass  # a row the table refuses: find it below
                 return await self._row_by_row(conn, batch.rows)
+        except AddressRefused as exc:
+            raise EgressRefused(f"dsn: {exc}") from None
         except _CONNECTION_ERRORS as exc:
             raise RetriableError(f"PostgreSQL connection lost: {type(exc).__name__}") from exc
         except _SCHEMA_ERRORS as exc:
@@ -233,7 +430,7 @@ class PostgresDestination(DestinationWriter):
                 raise
             except asyncpg.PostgresError as exc:
                 if len(half) == 1:
-                    rejected[half[0].key] = f"{type(exc).__name__}: {exc}"
+                    rejected[half[0].key] = f"{type(exc).__name__}: {exc}"[:300]
                 else:
                     rejected.update(await self._isolate(conn, half))
         return rejected

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -25,8 +26,8 @@ from service.core.models import Destination, RunStatus, Sync, SyncMode, SyncRun
 from service.core.rows import PendingRow, RowChange, RowFailure, RowOutcomes
 from service.runner.batcher import Batcher
 from service.runner.delivery import Delivery
-from service.runner.mapping import RowMapper, compile_mappings
-from service.runner.planner import plan_changes
+from service.runner.mapping import RowMapper, compile_mappings, renders_templates
+from service.runner.planner import Plan, plan_changes
 from service.runner.retry import RetryPolicy
 from service.store.base import Store
 
@@ -216,7 +217,10 @@ class SyncRunner:
         batcher: Batcher[RowChange],
         sending: _Sending,
     ) -> None:
-        plan = plan_changes(page, mode, mapper, full_resync=request.full_resync)
+        if renders_templates(mapper):
+            plan = await _plan_in_thread(page, mode, mapper, request.full_resync)
+        else:
+            plan = plan_changes(page, mode, mapper, full_resync=request.full_resync)
         if request.reset_cdc:
             # What is pending becomes what the destination is taken to hold; nothing is sent.
             await self._store.record_outcomes(
@@ -323,6 +327,48 @@ class SyncRunner:
         mapper = compile_mappings(sync.parsed_configuration)
         self._mappers[sync.id] = (sync.updated_at, mapper)
         return mapper
+
+
+#: Work per worker-thread call when templates render: a few rows at a time, until this many
+#: seconds have passed. A cancelled run waits for one such call at most, and each row's render
+#: is bounded in CPU time.
+_TEMPLATE_SLICE_SECONDS = 0.02
+_TEMPLATE_ROWS_AT_ONCE = 8
+
+
+def _plan_for_a_while(
+    page: list[PendingRow], start: int, mode: SyncMode, mapper: RowMapper, full_resync: bool
+) -> tuple[Plan, int]:
+    """Plans rows of `page` from `start` for about `_TEMPLATE_SLICE_SECONDS`; returns the
+    plan and where it stopped. Runs in a worker thread."""
+    plan = Plan()
+    deadline = time.perf_counter() + _TEMPLATE_SLICE_SECONDS
+    while start < len(page) and time.perf_counter() < deadline:
+        part = plan_changes(
+            page[start : start + _TEMPLATE_ROWS_AT_ONCE], mode, mapper, full_resync=full_resync
+        )
+        plan.changes.extend(part.changes)
+        plan.dropped.extend(part.dropped)
+        plan.rejected.extend(part.rejected)
+        start += _TEMPLATE_ROWS_AT_ONCE
+    return plan, start
+
+
+async def _plan_in_thread(
+    page: list[PendingRow], mode: SyncMode, mapper: RowMapper, full_resync: bool
+) -> Plan:
+    """Templates may take milliseconds a row: planned in a worker thread, a slice at a time,
+    the event loop (every other sync, the API, the consumer) keeps running meanwhile."""
+    plan = Plan()
+    done = 0
+    while done < len(page):
+        part, done = await asyncio.to_thread(
+            _plan_for_a_while, page, done, mode, mapper, full_resync
+        )
+        plan.changes.extend(part.changes)
+        plan.dropped.extend(part.dropped)
+        plan.rejected.extend(part.rejected)
+    return plan
 
 
 #: A batch sent: its rows and what the destination answered.

@@ -14,8 +14,11 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from service.api.http import CATALOG, STORE
 from service.app import build_app
+from service.catalog import Catalog
 from service.config import Settings
+from service.store.base import Store
 
 TOKENS = {"token-workspace-one": "1", "token-workspace-two": "2"}
 DBT_SECRET = "dbt-webhook-secret"
@@ -52,9 +55,15 @@ class Api:
 
 class Service:
     def __init__(
-        self, base: str, session: aiohttp.ClientSession, producer: AIOKafkaProducer, topic: str
+        self,
+        base: str,
+        session: aiohttp.ClientSession,
+        producer: AIOKafkaProducer,
+        topic: str,
+        settings: Settings,
     ) -> None:
         self.base = base
+        self.settings = settings
         self.session = session
         self.producer = producer
         self.topic = topic
@@ -74,6 +83,19 @@ class Service:
             if line.startswith(name + " "):
                 return float(line.split()[-1]) >= value
         return False
+
+
+def catalog_for(settings: Settings, store: Store) -> Catalog:
+    """The catalog service as the composition root builds it from the settings."""
+    return Catalog(
+        store,
+        default_workspace=settings.default_workspace,
+        events_topics=settings.events_topics,
+        status_topic=settings.status_topic,
+        dlq_topic=settings.dlq_topic,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+        kafka_destination_topic_prefix=settings.kafka_destination_topic_prefix,
+    )
 
 
 async def _postgres_schema(name: str, *, drop: bool = False) -> None:
@@ -113,8 +135,10 @@ async def service(
         http_port=port,
         api_max_body_bytes=64 * 1024,
         dbt_cloud_webhook_secret=DBT_SECRET,
+        egress_allow=["127.0.0.1/32"],  # the receivers of these tests listen there
     )
     app = build_app(settings, None, TOKENS)
+    app[CATALOG] = catalog_for(settings, app[STORE])
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -122,7 +146,9 @@ async def service(
     await producer.start()
     try:
         async with aiohttp.ClientSession() as session:
-            yield Service(f"http://127.0.0.1:{port}", session, producer, settings.events_topics[0])
+            yield Service(
+                f"http://127.0.0.1:{port}", session, producer, settings.events_topics[0], settings
+            )
     finally:
         await producer.stop()
         await runner.cleanup()

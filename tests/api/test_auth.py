@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,30 @@ def test_lookup_needs_the_bearer_scheme_and_an_exact_token() -> None:
     assert table.workspace_for("alpha-token-1") is None
     assert table.workspace_for(None) is None
     assert not TokenTable({})
+
+
+def digest(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def test_a_token_given_as_its_digest_is_accepted_and_stored_nowhere(tmp_path: Path) -> None:
+    file = tmp_path / "tokens"
+    file.write_text(f"{digest('file-token-77')}=3\n")
+    tokens = load_tokens(f"{digest('gamma-token-3').upper().replace('SHA256', 'sha256')}=2", file)
+    assert not any("gamma-token-3" in t or "file-token-77" in t for t in tokens)
+    table = TokenTable({**tokens, "plain-token-1": "1"})
+    assert table.workspace_for("Bearer gamma-token-3") == "2"
+    assert table.workspace_for("Bearer file-token-77") == "3"
+    assert table.workspace_for("Bearer plain-token-1") == "1"
+    # Knowing the digest is not knowing the token.
+    assert table.workspace_for(f"Bearer {digest('gamma-token-3')}") is None
+    assert table.workspace_for("Bearer gamma-token-4") is None
+    held = repr(vars(table))
+    assert "gamma-token-3" not in held
+    assert "plain-token-1" not in held
+
+
+@pytest.mark.parametrize("entry", ["sha256:abc=1", "sha256:" + "g" * 64 + "=1", "sha256:=1"])
+def test_a_digest_must_be_64_hex_digits(entry: str) -> None:
+    with pytest.raises(TokenError, match="64 hex digits"):
+        parse_tokens(entry, "SYNC_API_TOKENS")

@@ -22,7 +22,7 @@ from service.core.interfaces import Batch, BatchResult, DestinationWriter
 from service.core.models import Destination
 from service.core.rows import RowChange
 from service.destinations.registry import DestinationContext, open_destination
-from tests.support import Receiver
+from tests.support import LOCAL_ONLY, Receiver
 
 State = dict[str, dict[str, Any]]
 
@@ -162,7 +162,7 @@ async def subject(
     destination = Destination(
         id="1", name="d", slug="d", type=kind.split("-")[0], configuration=configuration
     )
-    writer = open_destination(destination, DestinationContext(kafka_bootstrap))
+    writer = open_destination(destination, DestinationContext(kafka_bootstrap, LOCAL_ONLY))
     await writer.open()
 
     async def read() -> State:

@@ -17,6 +17,7 @@ from service.core.models import Destination
 from service.core.rows import RowChange
 from service.destinations.registry import DestinationContext, open_destination
 from tests.destinations.test_contract import POSTGRES_URL
+from tests.support import LOCAL_ONLY
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ async def writer_for(table: str, **extra: Any) -> DestinationWriter:
         type="postgres",
         configuration={"dsn": POSTGRES_URL, "table": table, **extra},
     )
-    writer = open_destination(destination, DestinationContext("127.0.0.1:9"))
+    writer = open_destination(destination, DestinationContext("127.0.0.1:9", LOCAL_ONLY))
     await writer.open()
     return writer
 

@@ -145,6 +145,7 @@ class Harness:
             "SYNC_FAILED_ROWS_RETRY_SECONDS": "0.5",
             "SYNC_DESTINATION_RETRY_BASE_SECONDS": "0.05",
             "SYNC_LOG_LEVEL": "INFO",
+            "SYNC_EGRESS_ALLOW": "127.0.0.1/32",  # receivers and PostgreSQL on loopback
         }
         self.services: list[ServiceProcess] = []
         self.producer: AIOKafkaProducer | None = None

@@ -23,6 +23,7 @@ from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
 from service.store.sqlite import SqliteStore
 from tests.integration.test_runner_webhook import RecordingReporter
+from tests.support import LOCAL_ONLY
 
 POSTGRES_URL = os.environ.get(
     "SYNC_TEST_POSTGRES_URL", "postgresql://sync:sync@127.0.0.1:55432/sync"
@@ -52,7 +53,7 @@ async def test_a_killed_connection_mid_run_is_retried_and_the_run_recovers(
     metrics = Metrics()
     runner = SyncRunner(
         store,
-        functools.partial(open_destination, context=DestinationContext("127.0.0.1:9")),
+        functools.partial(open_destination, context=DestinationContext("127.0.0.1:9", LOCAL_ONLY)),
         RecordingReporter(),
         metrics,
         SystemClock(),

@@ -31,7 +31,7 @@ from service.router import build_routes
 from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
 from service.store.sqlite import SqliteStore
-from tests.support import Receiver, wait_for
+from tests.support import LOCAL_ONLY, Receiver, wait_for
 
 MAPPINGS = [
     {"from": "id", "to": "id"},
@@ -57,7 +57,9 @@ class Harness:
         self.ingest = Ingest(store, self.metrics)
         self.runner = SyncRunner(
             store,
-            functools.partial(open_destination, context=DestinationContext("127.0.0.1:9")),
+            functools.partial(
+                open_destination, context=DestinationContext("127.0.0.1:9", LOCAL_ONLY)
+            ),
             self.reporter,
             self.metrics,
             SystemClock(),

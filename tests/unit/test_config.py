@@ -94,3 +94,18 @@ def test_a_postgresql_database_url_is_accepted(clean_env: pytest.MonkeyPatch) ->
     url = "postgresql://sync:pw@127.0.0.1:5432/sync"
     clean_env.setenv("SYNC_DATABASE_URL", url)
     assert load_settings().database_url == url
+
+
+def test_egress_lists_are_comma_separated_cidrs(clean_env: pytest.MonkeyPatch) -> None:
+    assert load_settings().egress_allow == []
+    clean_env.setenv("SYNC_EGRESS_ALLOW", "127.0.0.1/32, unix,")
+    clean_env.setenv("SYNC_EGRESS_DENY", "10.0.0.0/8,fd00::/8")
+    settings = load_settings()
+    assert settings.egress_allow == ["127.0.0.1/32", "unix"]
+    assert settings.egress_deny == ["10.0.0.0/8", "fd00::/8"]
+
+
+def test_a_bad_egress_cidr_is_one_line_naming_the_setting(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SYNC_EGRESS_DENY", "10.0.0.0/8,10.0.0.0/99")
+    with pytest.raises(SettingsError, match=r"^SYNC_EGRESS_DENY: .*'10.0.0.0/99' is not a CIDR"):
+        load_settings()

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from service.core.models import SyncConfiguration
-from service.runner.mapping import MappingError, RowMapper, compile_mappings
+from service.core.models import SyncConfiguration, TemplateMapping
+from service.core.templates import parse_template
+from service.runner.mapping import MappingError, RowMapper, compile_mappings, renders_templates
 
 
 def mapper(*mappings: dict[str, Any]) -> RowMapper:
@@ -76,3 +77,57 @@ def test_a_template_failing_on_a_row_raises_mapping_error_naming_the_field() -> 
 def test_a_template_can_read_a_column_named_self() -> None:
     apply = mapper({"type": "template", "to": "out", "template": "{{ self }}"})
     assert apply({"self": "me"}) == {"out": "me"}
+
+
+# --- bounded templates ----------------------------------------------------------------------
+
+BOMBS = {
+    "nested loops of 100,000": (
+        "{% for i in (1..100000) %}{% for j in (1..100000) %}x{% endfor %}{% endfor %}",
+        "loop iteration limit",
+    ),
+    "many loops in a row": ("{% for i in (1..9999) %}{% endfor %}" * 200, "loop iterations"),
+    "output": ("{% for i in (1..9999) %}" + "x" * 100 + "{% endfor %}", "output stream limit"),
+    "doubling a string": (
+        "{% assign s = 'xxxxxxxx' %}" + "{% assign s = s | append: s %}" * 40,
+        "local namespace limit",
+    ),
+    "filters in a loop": (
+        "{% assign a = 'a,b,c,d' | split: ',' %}{% for i in (1..9999) %}"
+        + "{{ a | join: '-' | split: '-' | join: ',' | size | modulo: 1 }}" * 20
+        + "{% endfor %}",
+        "CPU time",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_a_template_beyond_a_limit_rejects_the_row_with_the_reason(name: str) -> None:
+    source, reason = BOMBS[name]
+    assert parse_template(source) is None  # it parses: only rendering can tell
+    apply = mapper({"from": "id", "to": "id"}, {"type": "template", "to": "x", "template": source})
+    assert renders_templates(apply)
+    with pytest.raises(MappingError, match=reason):
+        apply({"id": 1})
+
+
+def test_parse_template_names_what_is_wrong() -> None:
+    assert parse_template("{{ first }} {{ last | upcase }}") is None
+    assert parse_template("{% if %}") == "missing expression"
+    too_deep = "{% if a %}" * 12 + "x" + "{% endif %}" * 12
+    assert "nesting" in (parse_template(too_deep) or "")
+    assert "at most" in (parse_template("x" * 10_001) or "")
+
+
+def test_a_template_that_does_not_parse_rejects_each_row() -> None:
+    too_deep = "{% if a %}" * 12 + "x" + "{% endif %}" * 12  # stored before the limit
+    stored = TemplateMapping.model_construct(type="template", to="x", template=too_deep)
+    configuration = SyncConfiguration.model_construct(mode="upsert", mappings=[stored])
+    apply = compile_mappings(configuration)
+    with pytest.raises(MappingError, match="invalid: block nesting limit"):
+        apply({"id": 1})
+
+
+def test_mappers_without_templates_do_not_ask_for_a_thread() -> None:
+    assert not renders_templates(mapper({"from": "id", "to": "id"}))
+    assert not renders_templates(mapper({"type": "static", "to": "s", "value": 1}))

@@ -13,6 +13,7 @@ from service.core.models import (
     DbtCloudSchedule,
     IntervalSchedule,
     ManualSchedule,
+    NumericId,
     RunStatus,
     Sync,
     SyncConfiguration,
@@ -245,3 +246,42 @@ def test_sync_statuses_are_those_of_design() -> None:
         "reporting",
         "interrupted",
     }
+
+
+# --- request bodies share the resources' constraints -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "n" * 201},
+        {"slug": "Not A Slug"},
+        {"primaryKey": ""},
+        {"sourceId": "x1"},
+        {"queryType": "q" * 51},
+        {"tags": {"a": 1}},
+    ],
+)
+def test_a_model_body_is_held_to_the_models_own_constraints(body: dict[str, Any]) -> None:
+    from service.core.models import Model
+    from service.core.specs import ModelCreate, ModelPatch
+
+    full = {"name": "n", "slug": "s", "primaryKey": "id", **body}
+    for kind, data in ((Model, {"id": "1", **full}), (ModelCreate, full), (ModelPatch, body)):
+        with pytest.raises(ValidationError):
+            kind.model_validate(data)
+
+
+def test_a_patch_body_leaves_out_what_it_does_not_send() -> None:
+    from service.core.specs import ModelPatch, SyncPatch
+
+    assert ModelPatch.model_validate({}).model_dump(exclude_unset=True) == {}
+    patch = SyncPatch.model_validate({"schedule": {"type": "manual"}})
+    assert patch.model_dump(exclude_unset=True) == {"schedule": {"type": "manual"}}
+
+
+def test_ids_are_at_most_a_signed_64_bit_integer() -> None:
+    adapter = TypeAdapter(NumericId)
+    assert adapter.validate_python("9223372036854775807") == "9223372036854775807"
+    with pytest.raises(ValidationError):
+        adapter.validate_python("9223372036854775808")

@@ -174,3 +174,35 @@ def test_a_template_syntax_error_names_the_template_field(tmp_path: Path) -> Non
         {"type": "template", "to": "x", "template": "{% if %}"}
     )
     assert "syncs[0].configuration.mappings[2].template" in error_of(write(tmp_path, data))
+
+
+def test_a_source_parses_with_its_format(tmp_path: Path) -> None:
+    data = example()
+    data["sources"] = [
+        {"id": "1", "name": "s", "slug": "s", "configuration": {"topic": "t", "format": "debezium"}}
+    ]
+    [source] = parse_resources(write(tmp_path, data)).sources
+    assert source.configuration.format == "debezium"
+
+
+def test_an_unknown_source_format_names_the_format_field(tmp_path: Path) -> None:
+    data = example()
+    data["sources"] = [
+        {"id": "1", "name": "s", "slug": "s", "configuration": {"topic": "t", "format": "avro"}}
+    ]
+    assert "sources[0].configuration.format" in error_of(write(tmp_path, data))
+
+
+def test_an_unusable_destination_field_stops_the_file(tmp_path: Path) -> None:
+    data = example()
+    data["destinations"][0]["configuration"]["headers"] = {"X-Key": "a\r\nb"}
+    assert "destinations[0].configuration.headers" in error_of(write(tmp_path, data))
+
+
+def test_a_configuration_nested_too_deep_stops_the_file(tmp_path: Path) -> None:
+    data = example()
+    deep: dict[str, Any] = {}
+    for _ in range(40):
+        deep = {"a": deep}
+    data["syncs"][0]["configuration"]["extra"] = deep
+    assert "syncs[0].configuration: nested deeper" in error_of(write(tmp_path, data))

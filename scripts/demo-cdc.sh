@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# `make demo-cdc`: PostgreSQL with logical replication, Kafka (reused when one runs) and Kafka
+# Connect with the Debezium PostgreSQL connector; then rows change in a table and each change is
+# printed as the service decodes it. What this started, it stops at the end (CDC_KEEP=1 keeps
+# it running for the next run). DEMO_ARGS=--follow keeps printing changes until Ctrl-C.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+started=0
+if ! scripts/connect/cdc.sh status 2>/dev/null; then
+  scripts/connect/cdc.sh up
+  started=1
+fi
+cleanup() {
+  if [ "$started" = 1 ] && [ "${CDC_KEEP:-0}" != 1 ]; then scripts/connect/cdc.sh down; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+PYTHONPATH="$root" .venv/bin/python scripts/connect/demo_cdc.py ${DEMO_ARGS:-}

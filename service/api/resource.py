@@ -1,0 +1,114 @@
+"""What every resource's routes share: the route table's entry, showing and listing items."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from service.api.http import API_PREFIX, Handler, catalog, json_response, read_query, workspace
+from service.api.schemas import CatalogQuery, Page
+from service.catalog import Catalog
+from service.catalog.service import Users
+from service.core.models import Destination, Model
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One API operation; the OpenAPI document is generated from this table."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: Any = None  # a pydantic type; None for 204
+    status: int = 200
+    tag: str = "syncs"
+
+
+def crud_routes(
+    tag: str,
+    kind: type[BaseModel],
+    create: type[BaseModel],
+    patch: type[BaseModel],
+    query: type[BaseModel],
+    handlers: tuple[Handler, Handler, Handler, Handler, Handler],
+) -> list[Route]:
+    lst, get, post, upd, delete = handlers
+    base = f"{API_PREFIX}/{tag}"
+    name = tag.rstrip("s")
+    return [
+        Route("GET", base, lst, f"List {tag}", query=query, response=Page[kind], tag=tag),
+        Route("POST", base, post, f"Create a {name}", body=create, response=kind, tag=tag),
+        Route("GET", f"{base}/{{id}}", get, f"Get a {name}", response=kind, tag=tag),
+        Route(
+            "PATCH",
+            f"{base}/{{id}}",
+            upd,
+            f"Update a {name}",
+            body=patch,
+            response=kind,
+            tag=tag,
+        ),
+        Route(
+            "DELETE",
+            f"{base}/{{id}}",
+            delete,
+            f"Delete a {name} (not in Hightouch)",
+            status=204,
+            tag=tag,
+        ),
+    ]
+
+
+async def show(request: web.Request, item: Any) -> web.Response:
+    users = await catalog(request).users(workspace(request)) if _used(item) else None
+    return json_response(catalog(request).shown(item, users))
+
+
+def _used(item: Any) -> bool:
+    return isinstance(item, Model | Destination)
+
+
+def page(items: Sequence[Any], limit: int, offset: int, users: Users) -> dict[str, Any]:
+    chunk = items[offset : offset + limit]
+    return {
+        "data": [Catalog.shown(i, users) for i in chunk],
+        "hasMore": offset + limit < len(items),
+    }
+
+
+_SORT_FIELDS = {
+    "id": lambda i: int(i.id),
+    "name": lambda i: i.name,
+    "slug": lambda i: i.slug,
+    "createdAt": lambda i: i.created_at,
+    "updatedAt": lambda i: i.updated_at,
+}
+
+
+def ordered(items: list[Any], order_by: str) -> list[Any]:
+    if order_by == "lastRunAt":
+        epoch = datetime.min.replace(tzinfo=UTC)
+        return sorted(items, key=lambda s: (s.last_run_at or epoch, int(s.id)))
+    return sorted(items, key=_SORT_FIELDS[order_by])
+
+
+async def list_named(request: web.Request, kind: type[Any]) -> web.Response:
+    """A list of sources, models or destinations, filtered by name and slug."""
+    query = read_query(request, CatalogQuery)
+    ws = workspace(request)
+    items = [
+        i
+        for i in await catalog(request).list(kind, ws)
+        if (query.name is None or i.name == query.name)
+        and (query.slug is None or i.slug == query.slug)
+    ]
+    users = await catalog(request).users(ws) if kind in (Model, Destination) else {}
+    return json_response(page(ordered(items, query.order_by), query.limit, query.offset, users))
