@@ -4,19 +4,12 @@
 //                   <parallelism> <flush rows>
 // The source is bounded at the topic's end offsets when the job starts, so the job finishes once
 // every row is in the table. Progress goes to stdout as one JSON object per line (epoch ms):
-// spawned, submitting, running (the job), tasks_running (every task), finished.
-import java.net.HttpURLConnection;
-import java.net.ServerSocket;
-import java.net.URL;
-import java.nio.charset.StandardCharsets;
+// spawned, submitting, running (the job's state), finished.
 import java.time.Instant;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 import org.apache.flink.api.common.JobStatus;
 import org.apache.flink.configuration.Configuration;
 import org.apache.flink.configuration.CoreOptions;
 import org.apache.flink.configuration.PipelineOptions;
-import org.apache.flink.configuration.RestOptions;
 import org.apache.flink.core.execution.JobClient;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.flink.table.api.EnvironmentSettings;
@@ -32,46 +25,6 @@ public class KafkaToPostgres {
 
   private static String literal(String value) {
     return "'" + value.replace("'", "''") + "'";
-  }
-
-  private static final Pattern COUNTS = Pattern.compile("\"status-counts\":\\{([^}]*)\\}");
-  private static final Pattern COUNT = Pattern.compile("\"([A-Z_]+)\":(\\d+)");
-
-  /** Whether every task of the job is RUNNING (or already FINISHED), from the REST API. */
-  private static boolean tasksRunning(int port, String jobId) {
-    try {
-      HttpURLConnection http =
-          (HttpURLConnection) new URL("http://127.0.0.1:" + port + "/jobs/" + jobId).openConnection();
-      http.setConnectTimeout(1000);
-      http.setReadTimeout(1000);
-      if (http.getResponseCode() != 200) {
-        return false;
-      }
-      String body = new String(http.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-      Matcher counts = COUNTS.matcher(body);
-      if (!counts.find()) {
-        return false;
-      }
-      Matcher count = COUNT.matcher(counts.group(1));
-      int ready = 0, other = 0;
-      while (count.find()) {
-        int n = Integer.parseInt(count.group(2));
-        if (count.group(1).equals("RUNNING") || count.group(1).equals("FINISHED")) {
-          ready += n;
-        } else {
-          other += n;
-        }
-      }
-      return ready > 0 && other == 0;
-    } catch (java.io.IOException e) {
-      return false;
-    }
-  }
-
-  private static int freePort() throws java.io.IOException {
-    try (ServerSocket socket = new ServerSocket(0)) {
-      return socket.getLocalPort();
-    }
   }
 
   private static void say(String event, long at) {
@@ -97,11 +50,6 @@ public class KafkaToPostgres {
     Configuration conf = new Configuration();
     conf.set(PipelineOptions.OBJECT_REUSE, objectReuse);
     conf.set(CoreOptions.DEFAULT_PARALLELISM, parallelism);
-    int restPort = freePort();
-    conf.set(RestOptions.BIND_ADDRESS, "127.0.0.1");
-    conf.set(RestOptions.ADDRESS, "127.0.0.1");
-    conf.set(RestOptions.BIND_PORT, String.valueOf(restPort));
-    conf.set(RestOptions.PORT, restPort);
     StreamExecutionEnvironment env =
         StreamExecutionEnvironment.createLocalEnvironment(parallelism, conf);
     StreamTableEnvironment tables =
@@ -137,13 +85,6 @@ public class KafkaToPostgres {
       Thread.sleep(20);
     }
     say("running", System.currentTimeMillis());
-    // Tasks deployed and initialised (generated code compiled, connections open): the
-    // analogue of a consumer that has joined its group and is about to fetch.
-    String jobId = job.getJobID().toString();
-    while (!tasksRunning(restPort, jobId) && !job.getJobStatus().get().isTerminalState()) {
-      Thread.sleep(20);
-    }
-    say("tasks_running", System.currentTimeMillis());
     result.await();
     say("finished", System.currentTimeMillis());
     System.exit(0);
