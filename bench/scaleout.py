@@ -59,7 +59,8 @@ async def run_scaleout(bench: Bench, name: str, topic: str, rows: int) -> dict[s
             all_joined.cancel()
         # What was delivered before both took part, for the rate of the two together.
         both_at = time.time()
-        both_before = sum((await s.scrape()).total(DELIVERED, **LABELS) for s in services)
+        at_both = [await s.scrape() for s in services]
+        both_before = sum(x.total(DELIVERED, **LABELS) for x in at_both)
         done, scrapes = await _wait_delivered(services, rows, within)
         cpu = sum(s.cpu_seconds() - c for s, c in zip(services, cpu_at_join, strict=True))
         per_process = [
