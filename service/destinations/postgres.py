@@ -1,8 +1,9 @@
 """The postgres destination: upserts rows into a table by its key column, deletes removed ones.
 
-A batch is one statement per operation (`json_populate_recordset` turns the JSON rows into the
-table's own column types). When the database refuses the batch for the data in it, each row
-is written again in a savepoint of its own, so only the rows at fault are refused.
+A batch is one statement per operation and per `batchBytes` of JSON (`json_populate_recordset`
+turns the JSON rows into the table's own column types). When the database refuses a statement
+for the data in it, its rows are written again in halves, each in a savepoint, down to the rows
+at fault, so only those are refused.
 
 Every connection obeys the egress policy: the DSN's hosts are resolved and checked, and the
 connection goes to a checked address (TLS still verifies the host's name). Local sockets and
