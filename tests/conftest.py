@@ -13,6 +13,9 @@ from blockbuster import blockbuster_ctx
 
 from tests.support import Receiver
 
+# The fault suite starts, kills and restarts servers of its own for minutes: `make test-faults`.
+collect_ignore = [] if os.environ.get("RUN_FAULT_SUITE") else ["faults"]
+
 
 def kafka_address() -> str:
     return os.environ.get("KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
