@@ -20,6 +20,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/faults/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.kafka)
+            if item.get_closest_marker("timeout") is None:
+                # The first test also waits for the broker to start (a minute on a busy machine).
+                item.add_marker(pytest.mark.timeout(600))
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +55,9 @@ def servers() -> Iterator[Servers]:
             postgres_script=postgres,
         )
     finally:
-        asyncio.run(kafka("down"))
-        asyncio.run(postgres("down"))
+        if not os.environ.get("FAULTS_KEEP_SERVERS"):
+            asyncio.run(kafka("down"))
+            asyncio.run(postgres("down"))
 
 
 @pytest.fixture
