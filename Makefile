@@ -56,7 +56,7 @@ test: venv kafka-up pg-up lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: venv
-	$(BIN)/pytest -m "not kafka" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not kafka and not postgres" $(PYTEST_ARGS)
 
 # Starts and kills its own broker (19092) and PostgreSQL (55450); figures in .cache/faults/.
 test-faults: venv
