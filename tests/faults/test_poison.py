@@ -28,6 +28,8 @@ class Case:
     tag: str
     #: Rows of the case that are valid and must be delivered: (key, data).
     valid: tuple[tuple[str, dict[str, Any]], ...] = ()
+    #: The Kafka message key.
+    key: bytes = b"1"
 
 
 def event(rows: Any, **extra: Any) -> bytes:
@@ -159,6 +161,13 @@ def corpus() -> list[Case]:
             "invalid",
             "p-delnokey",
         ),
+        Case(
+            "message key differs from modelId",
+            event([{"id": "p-msgkey", "v": 1}]),
+            "invalid",
+            "p-msgkey",
+            key=b"2",
+        ),
     ]
 
 
@@ -220,7 +229,7 @@ async def test_poison_corpus_between_valid_events(
     cases = corpus()
     for i, case in enumerate(cases):
         await cluster.event("upsert", [{"id": f"ok-{i}", "v": i}])
-        record = await cluster.produce(case.raw)
+        record = await cluster.produce(case.raw, key=case.key)
         offsets[case.tag] = record.offset
         for key, data in case.valid:
             cluster.model.state[key] = data

@@ -33,9 +33,9 @@ RETENTION = {
     "SYNC_SNAPSHOT_RETENTION_SECONDS": "20",
     "SYNC_RETENTION_INTERVAL_SECONDS": "5",
 }
-#: Tables that retention bounds; pending and synced rows are bounded by the key space.
+#: Tables that retention bounds; row_state (pending and synced rows) is bounded by the keys.
 PRUNED = ("sync_runs", "rejected_rows", "snapshots", "snapshot_keys")
-COUNTED = (*PRUNED, "pending_rows", "synced_rows")
+COUNTED = (*PRUNED, "row_state")
 
 
 def soak_env() -> dict[str, str]:
