@@ -96,7 +96,6 @@ async def test_store_killed_and_restarted_converges(
     await _store_outage(cluster, receiver, postgres_store)
 
 
-@pytest.mark.xfail(strict=True, reason="/readyz answers 200 while the store is unreachable")
 async def test_store_outage_makes_readyz_503(
     cluster: Cluster, receiver: TimedReceiver, postgres_store: str
 ) -> None:
@@ -105,6 +104,11 @@ async def test_store_outage_makes_readyz_503(
     assert 200 not in seen[2:], f"/readyz answered 200 while the store was down: {seen}"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="after a run failed on HTTP 401, SQLite's connection is left inside a transaction: "
+    "'cannot start a transaction within a transaction' on every later store write, for ever",
+)
 async def test_webhook_503_then_401_then_timeouts_converges(
     cluster: Cluster, receiver: TimedReceiver, uid: str
 ) -> None:
