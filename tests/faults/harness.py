@@ -319,6 +319,7 @@ class Cluster:
             "SYNC_DATABASE_URL": database_url or f"sqlite:///{tmp_path / 'store.db'}",
             "SYNC_CONFIG_FILE": str(self.config_file),
             "SYNC_API_TOKENS": f"{TOKEN}=1",
+            "SYNC_EGRESS_ALLOW": "127.0.0.1/32",  # the receivers listen on loopback
             "SYNC_FAILED_ROWS_RETRY_SECONDS": "1",
             "SYNC_DESTINATION_RETRY_BASE_SECONDS": "0.1",
             "SYNC_DESTINATION_RETRY_MAX_SECONDS": "2",

@@ -106,8 +106,8 @@ async def test_store_outage_makes_readyz_503(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="after a run failed on HTTP 401, SQLite's connection is left inside a transaction: "
-    "'cannot start a transaction within a transaction' on every later store write, for ever",
+    reason="after a run fails (HTTP 401 or any fatal error), SQLite's connection is left inside "
+    "a transaction: 'cannot start a transaction within a transaction' on every later write",
 )
 async def test_webhook_503_then_401_then_timeouts_converges(
     cluster: Cluster, receiver: TimedReceiver, uid: str
