@@ -20,10 +20,6 @@ RESUME_TARGET = env_float("FAULTS_RESUME_SECONDS", 5.0)
 RESUME_GIVE_UP = 30.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a killed process's lease (600 s) blocks the restarted one: no delivery after restart",
-)
 @pytest.mark.timeout(600)
 async def test_kill_9_at_random_moments_loses_nothing(
     cluster: Cluster, receiver: TimedReceiver

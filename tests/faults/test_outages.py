@@ -7,8 +7,6 @@ import asyncio
 import random
 import time
 
-import pytest
-
 from tests.faults.harness import Cluster, Load, Mirror, TimedReceiver, env_float, figure
 
 KEYS = 2000
@@ -104,11 +102,6 @@ async def test_store_outage_makes_readyz_503(
     assert 200 not in seen[2:], f"/readyz answered 200 while the store was down: {seen}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a run fails (HTTP 401 or any fatal error), SQLite's connection is left inside "
-    "a transaction: 'cannot start a transaction within a transaction' on every later write",
-)
 async def test_webhook_503_then_401_then_timeouts_converges(
     cluster: Cluster, receiver: TimedReceiver, uid: str
 ) -> None:

@@ -20,9 +20,6 @@ async def delivered(service: Service) -> float:
     return await service.metric("sync_rows_delivered_total", {"outcome": "delivered"})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the dead replica's lease (600 s) stalls the sync on the survivor"
-)
 @pytest.mark.timeout(600)
 async def test_survivor_takes_over_a_killed_replicas_sync(
     cluster: Cluster, receiver: TimedReceiver, postgres_store: str

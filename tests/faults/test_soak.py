@@ -27,11 +27,10 @@ SAMPLE = 5.0
 #: Retention lowered so that pruning shows within the soak. FAULTS_SOAK_ENV ("K=V,K=V")
 #: overrides or adds settings.
 RETENTION = {
-    "SYNC_RUNS_RETENTION_SECONDS": "20",
-    "SYNC_RUNS_MAX_PER_SYNC": "10",
-    "SYNC_REJECTED_ROWS_RETENTION_SECONDS": "20",
-    "SYNC_SNAPSHOT_RETENTION_SECONDS": "20",
-    "SYNC_RETENTION_INTERVAL_SECONDS": "5",
+    "SYNC_RETENTION_RUNS_DAYS": str(20 / 86400),
+    "SYNC_RETENTION_RUNS_PER_SYNC": "10",
+    "SYNC_RETENTION_REJECTED_DAYS": str(20 / 86400),
+    "SYNC_RETENTION_OPEN_SNAPSHOT_DAYS": str(20 / 86400),
 }
 #: Tables that retention bounds; row_state (pending and synced rows) is bounded by the keys.
 PRUNED = ("sync_runs", "rejected_rows", "snapshots", "snapshot_keys")
