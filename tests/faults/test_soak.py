@@ -56,7 +56,7 @@ def grows(series: list[float], slack: float) -> bool:
 
 
 @pytest.mark.xfail(
-    strict=True, reason="run records, rejected rows and unclosed snapshots are never pruned"
+    strict=True, reason="nothing calls Store.prune: run records, rejected rows, open snapshots grow"
 )
 @pytest.mark.timeout(SOAK + 300)
 async def test_soak_memory_and_store_stay_flat(
