@@ -4,7 +4,9 @@ event on one workspace's topic never reaches another's models."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from typing import Any
 
 import orjson
@@ -242,3 +244,78 @@ async def test_sources_on_the_services_own_or_taken_topics_are_refused(service: 
     status, answer = await service.two.call("POST", "/sources", body)
     assert status == 409
     assert set(answer["details"]) == {"configuration.topic"}
+
+
+#: Within the iteration, output and variable limits of a render; stopped by its CPU-time limit.
+TEMPLATE_BOMB = (
+    "{% assign a = 'a,b,c,d' | split: ',' %}{% for i in (1..9999) %}"
+    + "{{ a | join: '-' | split: '-' | join: ',' | size | modulo: 1 }}" * 20
+    + "{% endfor %}"
+)
+
+
+async def delivery_delays(
+    service: Service, receiver: Receiver, model: str, first: int
+) -> list[float]:
+    """Seconds from producing one row of `model` to its delivery, five times."""
+    delays = []
+    for n in range(first, first + 5):
+        started = time.perf_counter()
+        await service.produce({"modelId": model, "op": "upsert", "rows": [{"id": n}]})
+        await receiver.wait_rows(n - first + 1, timeout=60)
+        delays.append(time.perf_counter() - started)
+    return delays
+
+
+@pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+async def test_a_template_bomb_is_bounded_and_another_sync_stays_fresh(
+    service: Service, receiver: Receiver
+) -> None:
+    fresh = await workspace_catalog(service.one, receiver.url, slug="fresh")
+    bombed = Receiver()
+    await bombed.start()
+    try:
+        bomb = await workspace_catalog(service.one, bombed.url, slug="bomb")
+        mappings = [
+            {"from": "id", "to": "id"},
+            {"type": "template", "to": "x", "template": TEMPLATE_BOMB},
+        ]
+        status, body = await service.one.call(
+            "PATCH", f"/syncs/{bomb['sync']}", {"configuration": {"mappings": mappings}}
+        )
+        assert status == 200, body  # it parses: only rendering can tell, and rendering is bounded
+        await asyncio.sleep(1.2)  # the pipeline picks up catalog changes within a second
+
+        baseline = await delivery_delays(service, receiver, fresh["model"], 1)
+        receiver.rows.clear()
+        for _ in range(3):
+            rows = [{"id": i} for i in range(20)]
+            await service.produce({"modelId": bomb["model"], "op": "upsert", "rows": rows})
+        await wait_for(
+            lambda: bomb_run_started(service, bomb["sync"]), what="the bomb's sync running"
+        )
+        during = await delivery_delays(service, receiver, fresh["model"], 100)
+        async with service.session.get(f"{service.base}/healthz") as r:
+            assert r.status == 200
+
+        await wait_for(
+            lambda: bomb_rows_failed(service, bomb["sync"], 20), what="the bomb's rows refused"
+        )
+        assert bombed.rows == []
+    finally:
+        await bombed.stop()
+    baseline.sort()
+    during.sort()
+    print(f"delivery delay: baseline {baseline}, while the bomb renders {during}")
+    # Generous: the machine is shared, but a stalled event loop would take many times longer.
+    assert during[2] <= max(10 * baseline[2], baseline[2] + 2.0)
+
+
+async def bomb_run_started(service: Service, sync_id: str) -> bool:
+    _, runs = await service.one.call("GET", f"/syncs/{sync_id}/runs")
+    return bool(runs["data"])
+
+
+async def bomb_rows_failed(service: Service, sync_id: str, n: int) -> bool:
+    _, rows = await service.one.call("GET", f"/syncs/{sync_id}/rows", status="failed", limit=100)
+    return len(rows["data"]) >= n and all("CPU time" in r["error"] for r in rows["data"])
