@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.api.conftest import POSTGRES_URL, Service
+from tests.api.test_api import run_finished
 from tests.support import Receiver, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -39,9 +40,15 @@ async def sql(service: Service, statement: str, *params: Any) -> list[tuple[Any,
 
 
 async def workspace_catalog(
-    api: Any, url: str, topic: str | None = None, *, slug: str = "users"
+    api: Any,
+    url: str,
+    topic: str | None = None,
+    *,
+    slug: str = "users",
+    schedule: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """A model (on its own source topic, when given), a webhook and a continuous sync."""
+    """A model (on its own source topic, when given), a webhook and a sync, continuous
+    unless `schedule` says otherwise."""
     ids: dict[str, str] = {}
     model: dict[str, Any] = {"name": slug, "slug": slug, "primaryKey": "id"}
     if topic is not None:
@@ -67,7 +74,7 @@ async def workspace_catalog(
             "slug": slug,
             "modelId": ids["model"],
             "destinationId": ids["destination"],
-            "schedule": {"type": "continuous", "schedule": {"lingerMs": 10}},
+            "schedule": schedule or {"type": "continuous", "schedule": {"lingerMs": 10}},
             "configuration": {"mappings": [{"from": "id", "to": "id"}]},
         },
     )
@@ -167,19 +174,19 @@ async def test_a_deeply_nested_configuration_is_refused_at_write(
 async def test_a_sync_deleted_by_one_workspace_leaves_nothing_for_the_next(
     service: Service, receiver: Receiver
 ) -> None:
-    one = await workspace_catalog(service.one, receiver.url)
+    # Manual: no run of it may start while it is being deleted.
+    one = await workspace_catalog(service.one, receiver.url, schedule={"type": "manual"})
     model = one["model"]
     await service.produce({"modelId": model, "op": "upsert", "rows": [{"email": "ssn-123"}]})
     await service.produce(
         {"modelId": model, "op": "snapshot", "rows": [{"id": 1}], "snapshotId": "s-1"}
     )
-    await receiver.wait_rows(1, timeout=30)
-
-    async def a_run_finished() -> bool:
-        _, runs = await service.one.call("GET", f"/syncs/{one['sync']}/runs")
-        return any(r["finishedAt"] for r in runs["data"])
-
-    await wait_for(a_run_finished, what="a run")
+    await wait_for(
+        lambda: service.metric_at_least("sync_rows_ingested_total", 1), what="the rows stored"
+    )
+    _, answer = await service.one.call("POST", f"/syncs/{one['sync']}/trigger", {})
+    await wait_for(lambda: run_finished(service, one["sync"], answer["id"]), what="the run")
+    assert len(await receiver.wait_rows(1, timeout=30)) == 1
     _, rejected = await service.one.call("GET", f"/syncs/{one['sync']}/rows", status="rejected")
     assert [r["row"] for r in rejected["data"]] == [{"email": "ssn-123"}]
     deleted = one["sync"]
@@ -187,7 +194,8 @@ async def test_a_sync_deleted_by_one_workspace_leaves_nothing_for_the_next(
         status, _ = await service.one.call("DELETE", f"/{kind}/{one[kind.rstrip('s')]}")
         assert status == 204
     for table in ("rejected_rows", "sync_runs", "snapshots", "snapshot_keys", "row_state"):
-        assert await sql(service, f"SELECT 1 FROM {table} WHERE sync_id = ?", deleted) == []
+        left = await sql(service, f"SELECT * FROM {table} WHERE sync_id = ?", deleted)
+        assert left == [], table
 
     two_receiver = await Receiver().start()
     try:
