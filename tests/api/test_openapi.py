@@ -11,13 +11,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import orjson
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.errors import Flaky
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 from schemathesis.specs.openapi.checks import ensure_resource_availability, use_after_free
 
@@ -111,7 +114,7 @@ EXCLUDED = [
 )
 def test_api_conforms_to_its_document(case: schemathesis.Case, live: str) -> None:
     # Workspace 2 gets every third case: workspace 1's ids are all it can name.
-    token = TOKEN_TWO if int(case.id, 16) % 3 == 0 else TOKEN
+    token = TOKEN_TWO if zlib.crc32(case.id.encode()) % 3 == 0 else TOKEN
     case.call_and_validate(
         base_url=f"{live}/api/v1",
         headers={"Authorization": f"Bearer {token}"},
@@ -121,9 +124,12 @@ def test_api_conforms_to_its_document(case: schemathesis.Case, live: str) -> Non
 
 class Workflow(schema.as_state_machine()):  # type: ignore[misc]
     """Sequences of calls along the document's links (create, then read, change, trigger,
-    cancel, delete what was created), each call with one of the two workspaces' tokens."""
+    cancel, delete what was created), each call with one of the two workspaces' tokens.
+    Failed checks are collected, not raised: the service keeps its state, so Hypothesis
+    could not replay a scenario to shrink it."""
 
     base = ""
+    failures: ClassVar[list[str]] = []
 
     def setup(self) -> None:
         self.calls = 0
@@ -136,16 +142,29 @@ class Workflow(schema.as_state_machine()):  # type: ignore[misc]
     def validate_response(
         self, response: object, case: schemathesis.Case, *args: object, **kwargs: object
     ) -> None:
-        case.validate_response(response, excluded_checks=EXCLUDED)  # type: ignore[arg-type]
+        try:
+            case.validate_response(response, excluded_checks=EXCLUDED)  # type: ignore[arg-type]
+        except Exception as exc:
+            self.failures.append(f"{case.method} {case.formatted_path}: {exc}"[:2000])
 
 
 def test_api_sequences_along_its_links_conform(live: str) -> None:
     Workflow.base = live
-    Workflow.run(
-        settings=settings(
-            max_examples=20,
-            stateful_step_count=8,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-        )
-    )
+    Workflow.failures.clear()
+    for _ in range(3):
+        try:
+            Workflow.run(
+                settings=settings(
+                    max_examples=10,
+                    stateful_step_count=8,
+                    deadline=None,
+                    phases=[Phase.generate],
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                )
+            )
+        except Flaky:
+            # Scenarios depend on what the live service answered before; Hypothesis may find
+            # one drawn differently the second time. That is no finding about the service.
+            continue
+    assert Workflow.failures == []
