@@ -131,14 +131,10 @@ class Catalog:
             last_run_before=last_run_before,
         )
 
-    async def users(self, workspace_id: str, items: Iterable[CatalogItem] | None = None) -> Users:
-        """Which syncs use each model and destination (of `items`, when given)."""
+    async def users(self, workspace_id: str, items: Iterable[CatalogItem]) -> Users:
+        """Which of the workspace's syncs use each model and destination among `items`."""
+        items = list(items)
         users: Users = {}
-        if items is None:
-            for sync in await self._store.list(Sync, workspace_id):
-                users.setdefault((Model, sync.model_id), []).append(sync.id)
-                users.setdefault((Destination, sync.destination_id), []).append(sync.id)
-            return users
         for kind in (Model, Destination):
             ids = [i.id for i in items if isinstance(i, kind)]
             for used, syncs in (await self._store.users_of(kind, workspace_id, ids)).items():
