@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from service.app import build_app
 from service.config import Settings
-from tests.api.conftest import TOKENS, Service, _port
+from tests.api.conftest import TOKENS, Service
 from tests.api.test_isolation import workspace_catalog
 from tests.support import Listener, Receiver, wait_for
 
@@ -25,7 +25,6 @@ pytestmark = pytest.mark.kafka
 @pytest.fixture
 async def strict(tmp_path: Path, kafka_bootstrap: str, uid: str) -> AsyncIterator[Service]:
     """The service with the default egress policy: loopback, 127.0.0.1 included, is refused."""
-    port = _port()
     settings = Settings(
         kafka_bootstrap_servers=kafka_bootstrap,
         events_topics=[f"strict-events-{uid}"],
@@ -33,11 +32,12 @@ async def strict(tmp_path: Path, kafka_bootstrap: str, uid: str) -> AsyncIterato
         dlq_topic=f"strict-dlq-{uid}",
         consumer_group=f"strict-{uid}",
         database_url=f"sqlite:///{tmp_path / 'store.db'}",
-        http_port=port,
     )
     runner = web.AppRunner(build_app(settings, None, TOKENS), handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    site = web.TCPSite(runner, "127.0.0.1", 0)  # the server picks a free port
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:
