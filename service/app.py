@@ -209,6 +209,7 @@ def build_app(
     app = web.Application(client_max_size=settings.api_max_body_bytes, middlewares=[api_middleware])
     metrics = Metrics()
     store = open_store(settings)
+    metrics.catalog_unreadable.set_function(store.unreadable)
     run_control = PipelineRunControl()
     app[METRICS] = metrics
     app[READINESS] = readiness = Readiness()

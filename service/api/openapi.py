@@ -82,6 +82,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         responses["422"] = _error("Validation failed")
         op["responses"] = responses
         paths.setdefault(route.path.removeprefix(API_PREFIX), {})[route.method.lower()] = op
+    _link(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -94,5 +95,41 @@ def build_openapi(version: str) -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+#: Per collection: the operations on one item that follow its creation.
+_ITEM_OPERATIONS = {
+    "sources": ("get_source", "patch_source", "delete_source"),
+    "models": ("get_model", "patch_model", "delete_model"),
+    "destinations": (
+        "get_destination",
+        "patch_destination",
+        "delete_destination",
+        "test_destination",
+    ),
+    "syncs": ("get_sync", "patch_sync", "delete_sync", "trigger_sync", "list_runs", "list_rows"),
+}
+
+
+def _link(paths: dict[str, dict[str, Any]]) -> None:
+    """OpenAPI links: what a created item's id (or a triggered run's) may be used for next,
+    so that a client (or a stateful test) can walk from one operation to the next."""
+    for collection, operations in _ITEM_OPERATIONS.items():
+        created = paths[f"/{collection}"]["post"]["responses"]["200"]
+        created["links"] = {
+            name: {"operationId": name, "parameters": {"path.id": "$response.body#/id"}}
+            for name in operations
+        }
+    triggered = paths["/syncs/{id}/trigger"]["post"]["responses"]["200"]
+    triggered["links"] = {
+        "cancel_run": {
+            "operationId": "cancel_run",
+            "parameters": {"path.id": "$request.path.id", "path.runId": "$response.body#/id"},
+        },
+        "list_runs": {
+            "operationId": "list_runs",
+            "parameters": {"path.id": "$request.path.id", "query.runId": "$response.body#/id"},
         },
     }

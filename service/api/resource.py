@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -68,7 +67,7 @@ def crud_routes(
 
 
 async def show(request: web.Request, item: Any) -> web.Response:
-    users = await catalog(request).users(workspace(request)) if _used(item) else None
+    users = await catalog(request).users(workspace(request), [item]) if _used(item) else None
     return json_response(catalog(request).shown(item, users))
 
 
@@ -76,39 +75,21 @@ def _used(item: Any) -> bool:
     return isinstance(item, Model | Destination)
 
 
-def page(items: Sequence[Any], limit: int, offset: int, users: Users) -> dict[str, Any]:
-    chunk = items[offset : offset + limit]
-    return {
-        "data": [Catalog.shown(i, users) for i in chunk],
-        "hasMore": offset + limit < len(items),
-    }
-
-
-_SORT_FIELDS = {
-    "id": lambda i: int(i.id),
-    "name": lambda i: i.name,
-    "slug": lambda i: i.slug,
-    "createdAt": lambda i: i.created_at,
-    "updatedAt": lambda i: i.updated_at,
-}
-
-
-def ordered(items: list[Any], order_by: str) -> list[Any]:
-    if order_by == "lastRunAt":
-        epoch = datetime.min.replace(tzinfo=UTC)
-        return sorted(items, key=lambda s: (s.last_run_at or epoch, int(s.id)))
-    return sorted(items, key=_SORT_FIELDS[order_by])
+def page(items: Sequence[Any], more: bool, users: Users) -> dict[str, Any]:
+    return {"data": [Catalog.shown(i, users) for i in items], "hasMore": more}
 
 
 async def list_named(request: web.Request, kind: type[Any]) -> web.Response:
     """A list of sources, models or destinations, filtered by name and slug."""
     query = read_query(request, CatalogQuery)
     ws = workspace(request)
-    items = [
-        i
-        for i in await catalog(request).list(kind, ws)
-        if (query.name is None or i.name == query.name)
-        and (query.slug is None or i.slug == query.slug)
-    ]
-    users = await catalog(request).users(ws) if kind in (Model, Destination) else {}
-    return json_response(page(ordered(items, query.order_by), query.limit, query.offset, users))
+    items, more = await catalog(request).page(
+        kind,
+        ws,
+        limit=query.limit,
+        offset=query.offset,
+        filters={"name": query.name, "slug": query.slug},
+        order_by=query.order_by,
+    )
+    users = await catalog(request).users(ws, items) if kind in (Model, Destination) else {}
+    return json_response(page(items, more, users))

@@ -45,6 +45,7 @@ async def list_runs(request: web.Request) -> web.Response:
             limit=query.limit,
             offset=query.offset,
             order_by=query.order_by,
+            workspace_id=sync.workspace_id,
         )
     )
     return json_response({"data": [r.to_json_dict() for r in runs], "hasMore": more})
@@ -54,12 +55,13 @@ async def cancel_run(request: web.Request) -> web.Response:
     sync = await _sync(request)
     run_id = path_id(request, "runId")
     store = request.app[STORE]
-    runs, _ = await store.list_runs(RunQuery(sync_id=sync.id, run_id=run_id, limit=1))
+    only = RunQuery(sync_id=sync.id, run_id=run_id, limit=1, workspace_id=sync.workspace_id)
+    runs, _ = await store.list_runs(only)
     if not runs:
         raise not_found("run")
     if runs[0].status.is_final or not await request.app[RUNS].cancel(sync, run_id):
         raise conflict({"runId": f"the run is {runs[0].status.value}, not queued or running"})
-    runs, _ = await store.list_runs(RunQuery(sync_id=sync.id, run_id=run_id, limit=1))
+    runs, _ = await store.list_runs(only)
     return json_response(runs[0].to_json_dict())
 
 
@@ -70,7 +72,11 @@ async def list_rows(request: web.Request) -> web.Response:
     if query.status == "rejected":
         return await _list_rejected(request, sync, query)
     rows, more = await request.app[STORE].list_pending(
-        sync.id, failed_only=query.status == "failed", limit=query.limit, offset=query.offset
+        sync.id,
+        failed_only=query.status == "failed",
+        limit=query.limit,
+        offset=query.offset,
+        workspace_id=sync.workspace_id,
     )
     data = [
         PendingRowOut(
@@ -89,7 +95,7 @@ async def list_rows(request: web.Request) -> web.Response:
 
 async def _list_rejected(request: web.Request, sync: Sync, query: RowsQuery) -> web.Response:
     rows, more = await request.app[STORE].list_rejected(
-        sync.id, limit=query.limit, offset=query.offset
+        sync.id, limit=query.limit, offset=query.offset, workspace_id=sync.workspace_id
     )
     data = [
         PendingRowOut(

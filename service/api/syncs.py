@@ -16,7 +16,7 @@ from service.api.http import (
     read_query,
     workspace,
 )
-from service.api.resource import Route, crud_routes, ordered, page, show
+from service.api.resource import Route, crud_routes, page, show
 from service.api.schemas import SyncQuery, TriggerAnswer, TriggerBody, TriggerBySyncBody
 from service.core.models import Sync
 from service.core.specs import SyncCreate, SyncPatch
@@ -24,15 +24,17 @@ from service.core.specs import SyncCreate, SyncPatch
 
 async def list_syncs(request: web.Request) -> web.Response:
     query = read_query(request, SyncQuery)
-    syncs = [
-        s
-        for s in await catalog(request).list(Sync, workspace(request))
-        if (query.slug is None or s.slug == query.slug)
-        and (query.model_id is None or s.model_id == query.model_id)
-        and (query.after is None or (s.last_run_at is not None and s.last_run_at > query.after))
-        and (query.before is None or (s.last_run_at is not None and s.last_run_at < query.before))
-    ]
-    return json_response(page(ordered(syncs, query.order_by), query.limit, query.offset, {}))
+    syncs, more = await catalog(request).page(
+        Sync,
+        workspace(request),
+        limit=query.limit,
+        offset=query.offset,
+        filters={"slug": query.slug, "model_id": query.model_id},
+        order_by=query.order_by,
+        last_run_after=query.after,
+        last_run_before=query.before,
+    )
+    return json_response(page(syncs, more, {}))
 
 
 async def get_sync(request: web.Request) -> web.Response:
@@ -78,11 +80,12 @@ async def trigger_sync_by(request: web.Request) -> web.Response:
     if body.sync_id is not None:
         sync = await catalog(request).get(Sync, ws, body.sync_id)
     elif body.sync_slug is not None:
-        syncs = await catalog(request).list(Sync, ws)
-        found = next((s for s in syncs if s.slug == body.sync_slug), None)
-        if found is None:
+        found, _ = await catalog(request).page(
+            Sync, ws, limit=1, offset=0, filters={"slug": body.sync_slug}
+        )
+        if not found:
             raise not_found("sync")
-        sync = found
+        sync = found[0]
     else:
         raise invalid({"syncId": "give syncId or syncSlug"})
     return await _trigger(request, sync, body)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -105,11 +106,39 @@ class Catalog:
     async def list(self, kind: type[T], workspace_id: str) -> list[T]:
         return await self._store.list(kind, workspace_id)
 
-    async def users(self, workspace_id: str) -> Users:
+    async def page(
+        self,
+        kind: type[T],
+        workspace_id: str,
+        *,
+        limit: int,
+        offset: int,
+        filters: dict[str, str] | None = None,
+        order_by: str = "id",
+        last_run_after: datetime | None = None,
+        last_run_before: datetime | None = None,
+    ) -> tuple[list[T], bool]:
+        """One page of the workspace's items, and whether more follow: filtered, ordered
+        and paged by the store."""
+        return await self._store.list_page(
+            kind,
+            workspace_id,
+            limit=limit,
+            offset=offset,
+            filters={k: v for k, v in (filters or {}).items() if v is not None},
+            order_by=order_by,
+            last_run_after=last_run_after,
+            last_run_before=last_run_before,
+        )
+
+    async def users(self, workspace_id: str, items: Iterable[CatalogItem]) -> Users:
+        """Which of the workspace's syncs use each model and destination among `items`."""
+        items = list(items)
         users: Users = {}
-        for sync in await self._store.list(Sync, workspace_id):
-            users.setdefault((Model, sync.model_id), []).append(sync.id)
-            users.setdefault((Destination, sync.destination_id), []).append(sync.id)
+        for kind in (Model, Destination):
+            ids = [i.id for i in items if isinstance(i, kind)]
+            for used, syncs in (await self._store.users_of(kind, workspace_id, ids)).items():
+                users[(kind, used)] = syncs
         return users
 
     @staticmethod

@@ -136,3 +136,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # catalog isolation
+        self.catalog_unreadable = Gauge(
+            "sync_catalog_unreadable_items",
+            "Catalog items whose stored document can't be read; each is left out of every read.",
+            registry=r,
+        )

@@ -10,6 +10,7 @@ brokers while starting (for the idempotent producer id) precede the broker check
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Literal
 
 import orjson
@@ -159,12 +160,15 @@ class KafkaDestination(DestinationWriter):
         try:
             await producer.start()
             await self._check_brokers(producer)
-        except KafkaConnectionError as exc:
-            await producer.stop()
-            raise RetriableError(f"Kafka at {self._bootstrap} unreachable: {exc}") from exc
-        except BaseException:
-            await producer.stop()
+        except BaseException as exc:
+            # Whatever failed (a bootstrap the client refuses, a refused broker, a cancel),
+            # the producer's connections and tasks go with it; its own error is not ours.
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            if isinstance(exc, KafkaConnectionError):
+                raise RetriableError(f"Kafka at {self._bootstrap} unreachable: {exc}") from exc
             raise
+        await self.close()  # opened again: the producer before goes
         self._producer = producer
 
     async def check(self, timeout_seconds: float = 5.0) -> None:

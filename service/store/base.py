@@ -151,11 +151,35 @@ class Store(ABC):
         limit: int | None = None,
         offset: int = 0,
         filters: dict[str, str] | None = None,
+        order_by: str = "id",
+        last_run_after: datetime | None = None,
+        last_run_before: datetime | None = None,
     ) -> tuple[list[T], bool]:
-        """Items by numeric id, a page of them with `limit`, and whether more follow; paged
-        and filtered in the database. `filters` match columns exactly (`slug`, `model_id`,
-        `destination_id`, `source_id`). An item whose stored document cannot be read is
-        left out (and logged), never failing the list."""
+        """Items in `order_by` order (`id`, `name`, `slug`, `createdAt`, `updatedAt`, and for
+        syncs `lastRunAt`; ties by numeric id), a page of them with `limit`, and whether more
+        follow; paged and filtered in the database. `filters` match exactly (`slug`, `name`,
+        `model_id`, `destination_id`, `source_id`); `last_run_after`/`last_run_before` keep
+        syncs whose last run is strictly inside. An item whose stored document cannot be read
+        is left out (logged, counted in `unreadable()`, a sync marked failed), never failing
+        the list."""
+
+    def unreadable(self) -> int:
+        """How many catalog items were found unreadable by reads so far and not since read
+        well or deleted."""
+        return 0
+
+    async def users_of(
+        self, kind: type[CatalogItem], workspace_id: str, ids: Sequence[str]
+    ) -> dict[str, list[str]]:
+        """Per model (or destination) id among `ids`: the ids of the workspace's syncs that
+        use it, by numeric id."""
+        column = "model_id" if kind is Model else "destination_id"
+        found: dict[str, list[str]] = {}
+        for sync in await self.list(Sync, workspace_id):
+            used = getattr(sync, column)
+            if used in ids:
+                found.setdefault(used, []).append(sync.id)
+        return found
 
     @abstractmethod
     async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:

@@ -39,6 +39,11 @@ class Dialect:
     outcomes: ClassVar[type[SqliteOutcomes] | type[PostgresOutcomes]]
     #: SQL type that orders ids as numbers.
     numeric: ClassVar[str]
+    #: A text field of a catalog row's JSON document (`{field}`), NULL when the document is
+    #: not JSON (SQLite; PostgreSQL 15 has no such test, so its list orders need valid JSON).
+    doc_field: ClassVar[str]
+    #: Suffix of a text ORDER BY term so both dialects order by code point.
+    text_order: ClassVar[str]
     #: Suffix of a SELECT that keeps the rows it read locked until the transaction ends.
     for_share: ClassVar[str]
     skip_locked: ClassVar[str]
@@ -162,6 +167,8 @@ class SqliteDialect(Dialect):
     pages = SqlitePages
     outcomes = SqliteOutcomes
     numeric = "INTEGER"
+    doc_field = "CASE WHEN json_valid(doc) THEN doc ->> '$.{field}' END"
+    text_order = ""
     for_share = ""
     skip_locked = ""
     alone = True
@@ -295,6 +302,8 @@ class PostgresDialect(Dialect):
     pages = PostgresPages
     outcomes = PostgresOutcomes
     numeric = "NUMERIC"
+    doc_field = "(doc::jsonb ->> '{field}')"
+    text_order = ' COLLATE "C"'
     for_share = " FOR SHARE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     alone = False

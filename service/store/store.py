@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from service.core.models import RunStatus, Sync, SyncRun, SyncStatus
+from service.core.models import Model, RunStatus, Sync, SyncRun, SyncStatus
 from service.core.rows import (
     PendingRow,
     PendingWrite,
@@ -41,6 +41,8 @@ _UPKEEP = 30
 class SqlStore(Store):
     def __init__(self, dialect: Dialect) -> None:
         self._d = dialect
+        #: (table, id) of catalog items a read found unreadable.
+        self._unreadable: set[tuple[str, str]] = set()
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -108,7 +110,8 @@ class SqlStore(Store):
     async def get(self, kind: type[T], item_id: str, workspace_id: str | None = None) -> T | None:
         sql, params = catalog.select_items(kind, workspace_id)
         rows = await self._rows(sql + " AND id = ?", *params, item_id)
-        return catalog.item_from_row(kind, rows[0]) if rows else None
+        items = await self._readable(kind, rows)
+        return items[0] if items else None
 
     async def list(self, kind: type[T], workspace_id: str | None = None) -> list[T]:
         items, _ = await self.list_page(kind, workspace_id)
@@ -122,21 +125,87 @@ class SqlStore(Store):
         limit: int | None = None,
         offset: int = 0,
         filters: dict[str, str] | None = None,
+        order_by: str = "id",
+        last_run_after: datetime | None = None,
+        last_run_before: datetime | None = None,
     ) -> tuple[list[T], bool]:
         sql, params = catalog.select_items(kind, workspace_id)
         for column, value in (filters or {}).items():
-            if column not in {"slug", "model_id", "destination_id", "source_id"}:
+            if column == "name":
+                sql += f" AND {self._d.doc_field.format(field='name')} = ?"
+            elif column in {"slug", "model_id", "destination_id", "source_id"}:
+                sql += f" AND {column} = ?"
+            else:
                 raise ValueError(f"cannot filter on {column!r}")
-            sql += f" AND {column} = ?"
             params.append(value)
-        sql += f" ORDER BY CAST(id AS {self._d.numeric})"
+        for bound, op in ((last_run_after, ">"), (last_run_before, "<")):
+            if bound is not None:
+                if kind is not Sync:
+                    raise ValueError("only syncs have a last run")
+                sql += f" AND last_run_at {op} ?"
+                params.append(self._d.timestamp(bound.astimezone(UTC)))
+        sql += f" ORDER BY {self._order(kind, order_by)}CAST(id AS {self._d.numeric})"
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             params.extend([limit + 1, offset])
         rows = await self._rows(sql, *params)
         more = limit is not None and len(rows) > limit
-        items = [catalog.item_from_row(kind, r) for r in (rows[:limit] if more else rows)]
-        return [i for i in items if i is not None], more
+        return await self._readable(kind, rows[:limit] if more else rows), more
+
+    def _order(self, kind: type[CatalogItem], order_by: str) -> str:
+        """The ORDER BY terms before the numeric id that breaks ties."""
+        if order_by == "id":
+            return ""
+        if order_by == "slug":
+            return f"slug{self._d.text_order}, "
+        if order_by == "lastRunAt" and kind is Sync:
+            # Never run first, as if it ran at the beginning of time.
+            return "CASE WHEN last_run_at IS NULL THEN 0 ELSE 1 END, last_run_at, "
+        if order_by in {"name", "createdAt", "updatedAt"}:
+            return f"{self._d.doc_field.format(field=order_by)}{self._d.text_order}, "
+        raise ValueError(f"cannot order by {order_by!r}")
+
+    async def _readable(self, kind: type[T], rows: Sequence[Any]) -> list[T]:
+        """The items of the rows. One whose document can't be read is left out and
+        remembered; a sync of that kind is marked failed, so its state says it can't run."""
+        table = TABLES[kind]
+        items: list[T] = []
+        broken: list[str] = []
+        for row in rows:
+            item = catalog.item_from_row(kind, row)
+            key = (table, str(row[0]))
+            if item is None:
+                broken.append(str(row[0]))
+                self._unreadable.add(key)
+            else:
+                self._unreadable.discard(key)
+                items.append(item)
+        if broken and kind is Sync:
+            async with self._d.tx() as conn:
+                for sync_id in broken:
+                    await conn.execute(catalog.MARK_UNREADABLE_FAILED, sync_id)
+        return items
+
+    def unreadable(self) -> int:
+        return len(self._unreadable)
+
+    async def users_of(
+        self, kind: type[CatalogItem], workspace_id: str, ids: Sequence[str]
+    ) -> dict[str, list[str]]:
+        if not ids:
+            return {}
+        column = "model_id" if kind is Model else "destination_id"
+        marks = ", ".join("?" * len(ids))
+        rows = await self._rows(
+            f"SELECT {column}, id FROM syncs WHERE workspace_id = ? AND {column} IN ({marks}) "
+            f"ORDER BY CAST(id AS {self._d.numeric})",
+            workspace_id,
+            *ids,
+        )
+        found: dict[str, list[str]] = {}
+        for used, sync_id in rows:
+            found.setdefault(str(used), []).append(str(sync_id))
+        return found
 
     async def delete(self, kind: type[CatalogItem], item_id: str, workspace_id: str) -> bool:
         table = TABLES[kind]
@@ -162,6 +231,7 @@ class SqlStore(Store):
                 for child in catalog.SYNC_CHILDREN:
                     await conn.execute(f"DELETE FROM {child} WHERE sync_id = ?", item_id)
             await conn.execute(catalog.BUMP_VERSION)
+        self._unreadable.discard((table, item_id))
         return True
 
     async def set_sync_status(

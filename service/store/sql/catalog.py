@@ -18,6 +18,10 @@ SYNC_STATUS_AFTER_WRITE = (
     "UPDATE syncs SET status = CASE WHEN ? THEN 'disabled' "
     "WHEN status IS NULL OR status = 'disabled' THEN 'pending' ELSE status END WHERE id = ?"
 )
+#: A sync whose stored document can't be read can't run: it shows failed.
+MARK_UNREADABLE_FAILED = (
+    "UPDATE syncs SET status = 'failed' WHERE id = ? AND COALESCE(status, '') <> 'failed'"
+)
 BUMP_VERSION = "UPDATE meta SET value = value + 1 WHERE name = 'catalog_version'"
 VERSION = "SELECT value FROM meta WHERE name = 'catalog_version'"
 
