@@ -173,6 +173,18 @@ class KafkaSource:
         self._metrics.invalid_ratio.labels(*labels).set(monitor.ratio(tp.topic, tp.partition))
         self._metrics.dlq_alarm.labels(*labels).set(monitor.alarmed(tp.topic, tp.partition))
 
+    async def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
+        """The end offset of every partition of the topic (the next offset to be written)."""
+        partitions = self._consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return {}
+        return dict(await self._consumer.end_offsets(tps))
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of a partition, whoever consumes it."""
+        return await self._consumer.committed(tp)
+
     async def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         """Commit after what the offsets cover is durable; False when the broker refused. A
         commit lost to a rebalance means the new owner reads those events again: at least
