@@ -143,7 +143,7 @@ class KafkaSource:
                     invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
                     batch.dead.append(DeadLetter.of(message, exc))
                     continue
-                if hint(message.value):
+                if message.value and hint(message.value):  # a tombstone has no value
                     batch.suspect.add(len(events))
                 events.append(event)
                 batch.messages.append(message)
