@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -49,9 +50,7 @@ def catalog(topic: str, receiver_url: str, target: str | None) -> dict[str, Any]
         }
     ]
     if target is not None:
-        models.append(
-            {"id": "2", "name": "db", "slug": "db", "primaryKey": "id", "sourceId": "1"}
-        )
+        models.append({"id": "2", "name": "db", "slug": "db", "primaryKey": "id", "sourceId": "1"})
         destinations.append(
             {
                 "id": "2",
@@ -228,6 +227,107 @@ async def test_a_snapshot_over_six_partitions_removes_only_what_the_table_lost(
         await resnapshot(connect, connector, config)
         await same_as_table(source_db, table, receiver, None, "the re-snapshot over 6 partitions")
         assert len(held(receiver)) == 48
+    finally:
+        await connect.delete(connector.name)
+        await harness.close()
+        await source_db.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def held_by_sync(receiver: Receiver, sync_id: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for request in receiver.requests:
+        body = request.json
+        if body["syncId"] != sync_id:
+            continue
+        for row in body["rows"]:
+            if row["op"] == "removed":
+                out.pop(row["key"], None)
+            else:
+                out[row["key"]] = row["data"]
+    return out
+
+
+async def test_dropped_columns_unsent_values_and_truncate(
+    cdc: str,
+    connect: ConnectClient,
+    source_db: asyncpg.Connection,
+    uid: str,
+    tmp_path: Path,
+    receiver: Receiver,
+) -> None:
+    """Three models over one table: one reads `name`, one a large TOASTed `notes`, one `extra`.
+    A column dropped, an update that leaves `notes` unsent, then a truncate."""
+    table = f"e2eshape_{uid}"
+    await source_db.execute(
+        f"""CREATE TABLE {table} (id int PRIMARY KEY, name text, notes text, extra int);
+            ALTER TABLE {table} ALTER COLUMN notes SET STORAGE EXTERNAL;
+            INSERT INTO {table} VALUES (1, 'a', repeat('n', 20000), 10), (2, 'b', 'short', 20)"""
+    )
+    connector = Connector(f"syncshape-{uid}", f"syncshape{uid}", (table,))
+    topic = connector.topic(table)
+    resources = catalog(topic, receiver.url, None)
+    resources["models"] = [
+        {"id": m, "name": f"m{m}", "slug": f"m{m}", "primaryKey": "id", "sourceId": "1"}
+        for m in ("1", "2", "3")
+    ]
+    base = resources["syncs"][0]
+    resources["syncs"] = [
+        {
+            **base,
+            "id": m,
+            "slug": f"s{m}",
+            "modelId": m,
+            "configuration": {
+                "mode": "mirror",
+                "mappings": [{"from": "id", "to": "id"}, {"from": column, "to": column}],
+            },
+        }
+        for m, column in (("1", "name"), ("2", "notes"), ("3", "extra"))
+    ]
+    harness = Harness(tmp_path, cdc, uid, receiver)
+    harness.env["SYNC_API_TOKENS"] = "cdc-token=1"
+    harness.write_resources(resources)
+    await connect.put(connector, connector_config(connector))
+    try:
+        await connect.wait_running(connector.name)
+        await read_topics(cdc, [topic], lambda rs: len(rs) >= 2)
+        service = await harness.service()
+        await wait_for(
+            lambda: all(len(held_by_sync(receiver, s)) == 2 for s in "123"), what="the snapshot"
+        )
+        await source_db.execute(f"UPDATE {table} SET name = 'A' WHERE id = 1")  # notes unsent
+        await source_db.execute(f"ALTER TABLE {table} DROP COLUMN extra")
+        await source_db.execute(f"INSERT INTO {table} (id, name, notes) VALUES (3, 'c', 'x')")
+        await wait_for(
+            lambda: held_by_sync(receiver, "1").get("3") == {"id": 3, "name": "c"},
+            what="rows after the schema change",
+        )
+        assert held_by_sync(receiver, "1")["1"] == {"id": 1, "name": "A"}
+        assert held_by_sync(receiver, "2").get("3") == {"id": 3, "notes": "x"}
+
+        async def rejected(sync_id: str) -> list[str]:
+            url = f"{service.base}/api/v1/syncs/{sync_id}/rows?status=rejected"
+            headers = {"Authorization": "Bearer cdc-token"}
+            async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
+                assert r.status == 200
+                return [str(row["error"]) for row in (await r.json())["data"]]
+
+        async def both_rejected() -> bool:
+            return bool(await rejected("2")) and bool(await rejected("3"))
+
+        await wait_for(both_rejected, what="rejected rows of models 2 and 3")
+        (unsent,) = await rejected("2")
+        assert "notes" in unsent and "REPLICA IDENTITY FULL" in unsent
+        (dropped,) = await rejected("3")
+        assert "extra" in dropped and "dropped" in dropped
+        # The unsent value left the destination's copy as it was.
+        assert held_by_sync(receiver, "2")["1"]["notes"] == "n" * 20000
+
+        await source_db.execute(f"TRUNCATE {table}")
+        await wait_for(
+            lambda: all(held_by_sync(receiver, s) == {} for s in "123"),
+            what="the truncate",
+        )
     finally:
         await connect.delete(connector.name)
         await harness.close()
