@@ -125,6 +125,7 @@ class ConsumeLoop:
         #: as rows of the snapshot, so a row streamed after it began is never planned removed.
         self._open: dict[str, str] = {}
         self._closing: list[_PendingClose] = []
+        self._partition_counts: dict[str, int] = {}
         #: The offsets stored so far (commits of a held partition stay behind them).
         self._processed: dict[TopicPartition, int] = {}
         source.on_revoke(self.drain)
@@ -222,32 +223,36 @@ class ConsumeLoop:
         return dead
 
     async def _snapshots(self, batch: EventBatch, routes: list[RouteIndex]) -> None:
-        """Upserts of a model while its snapshot is open join the snapshot; the closing record
-        of a snapshot on a topic of several partitions is put off (`_PendingClose`)."""
+        """On a topic of several partitions, upserts of a model while its snapshot is open join
+        the snapshot, and the closing record is put off (`_PendingClose`). A topic of one
+        partition is read in order: its snapshots close where they end."""
         events = batch.events
         topics: list[str] | None = None
         for i, event in enumerate(events):
             if event.op == "upsert":
                 snapshot_id = self._open.get(event.model_id)
                 if snapshot_id is not None:
-                    events[i] = event.model_copy(
-                        update={"op": "snapshot", "snapshot_id": snapshot_id}
-                    )
+                    update = {"op": "snapshot", "snapshot_id": snapshot_id}
+                    events[i] = event.model_copy(update=update)
                 continue
             if event.op != "snapshot" or event.snapshot_id is None:
                 continue
-            if not event.last:
-                self._open[event.model_id] = event.snapshot_id
-                continue
             if topics is None:
                 topics = batch.topics_of_events()
+            topic = topics[i]
+            if not event.last:
+                if await self._partitions(topic) > 1:
+                    self._open[event.model_id] = event.snapshot_id
+                continue
             message = batch.messages[i]
-            tp = TopicPartition(topics[i], message.partition)
-            ends = {t: o for t, o in (await self.source.end_offsets(tp.topic)).items() if o > 0}
+            tp = TopicPartition(topic, message.partition)
+            ends = await self.source.end_offsets(topic)
+            self._partition_counts[topic] = len(ends)
+            ends = {t: o for t, o in ends.items() if o > 0}
             ends[tp] = message.offset + 1
             if len(ends) == 1:
                 self._open.pop(event.model_id, None)
-                continue  # one partition: everything before the record was read before it
+                continue  # every other partition is empty: nothing can come before the record
             self._closing.append(
                 _PendingClose(
                     event.model_id,
@@ -261,6 +266,12 @@ class ConsumeLoop:
             )
             events[i] = event.model_copy(update={"last": False})
             self._open[event.model_id] = event.snapshot_id
+
+    async def _partitions(self, topic: str) -> int:
+        count = self._partition_counts.get(topic)
+        if count is None:
+            count = self._partition_counts[topic] = len(await self.source.end_offsets(topic))
+        return count
 
     def _prepare_one_by_one(self, batch: EventBatch, routes: list[RouteIndex]) -> Prepared:
         prepared = Prepared([], [], routes)
