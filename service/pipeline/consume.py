@@ -198,7 +198,10 @@ class ConsumeLoop:
         routes = self.catalog.routes_for(batch)
         dead = self._unknown_models(batch, routes)
         try:
-            await self._retry("reading end offsets", lambda: self._snapshots(batch, routes))
+            # Retried while the broker does not answer; each step is idempotent on a retry.
+            await self._retry(
+                "reading end offsets", lambda: self._snapshots(batch, routes), bounded=False
+            )
         except _Stopping:
             return None
         try:
