@@ -37,6 +37,8 @@ class Source(Protocol):
 
     async def end_offsets(self, topic: str) -> dict[TopicPartition, int]: ...
 
+    def partition_count(self, topic: str) -> int: ...
+
     async def committed(self, tp: TopicPartition) -> int | None: ...
 
 
@@ -125,7 +127,6 @@ class ConsumeLoop:
         #: as rows of the snapshot, so a row streamed after it began is never planned removed.
         self._open: dict[str, str] = {}
         self._closing: list[_PendingClose] = []
-        self._partition_counts: dict[str, int] = {}
         #: The offsets stored so far (commits of a held partition stay behind them).
         self._processed: dict[TopicPartition, int] = {}
         source.on_revoke(self.drain)
@@ -244,14 +245,12 @@ class ConsumeLoop:
                 topics = batch.topics_of_events()
             topic = topics[i]
             if not event.last:
-                if await self._partitions(topic) > 1:
+                if self.source.partition_count(topic) > 1:
                     self._open[event.model_id] = event.snapshot_id
                 continue
             message = batch.messages[i]
             tp = TopicPartition(topic, message.partition)
-            ends = await self.source.end_offsets(topic)
-            self._partition_counts[topic] = len(ends)
-            ends = {t: o for t, o in ends.items() if o > 0}
+            ends = {t: o for t, o in (await self.source.end_offsets(topic)).items() if o > 0}
             ends[tp] = message.offset + 1
             if len(ends) == 1:
                 self._open.pop(event.model_id, None)
@@ -269,12 +268,6 @@ class ConsumeLoop:
             )
             events[i] = event.model_copy(update={"last": False})
             self._open[event.model_id] = event.snapshot_id
-
-    async def _partitions(self, topic: str) -> int:
-        count = self._partition_counts.get(topic)
-        if count is None:
-            count = self._partition_counts[topic] = len(await self.source.end_offsets(topic))
-        return count
 
     def _prepare_one_by_one(self, batch: EventBatch, routes: list[RouteIndex]) -> Prepared:
         prepared = Prepared([], [], routes)

@@ -181,6 +181,10 @@ class KafkaSource:
             return {}
         return dict(await self._consumer.end_offsets(tps))
 
+    def partition_count(self, topic: str) -> int:
+        """The topic's partitions as the consumer's metadata knows them (0 when unknown)."""
+        return len(self._consumer.partitions_for_topic(topic) or ())
+
     async def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of a partition, whoever consumes it."""
         return await self._consumer.committed(tp)

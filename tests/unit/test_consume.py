@@ -77,6 +77,9 @@ class Source:
     async def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
         return {TP: 0}
 
+    def partition_count(self, topic: str) -> int:
+        return 1
+
     async def committed(self, tp: TopicPartition) -> int | None:
         return None
 
@@ -359,6 +362,9 @@ class TwoPartitions(Source):
 
     async def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
         return {TopicPartition(topic, 0): 2, TopicPartition(topic, 1): 2}
+
+    def partition_count(self, topic: str) -> int:
+        return 2
 
 
 def snap(row: dict[str, Any], last: bool = False) -> dict[str, Any]:
