@@ -15,7 +15,7 @@ help:
 	@echo "make test-faults the fault suite: kills the service, a broker and a database of its own"
 	@echo "make kafka-up    start a local Apache Kafka broker on 127.0.0.1:$(KAFKA_PORT)"
 	@echo "make kafka-down  stop it"
-	@echo "make demo-cdc    a Debezium PostgreSQL connector streams a table's changes; prints them"
+	@echo "make demo-cdc    Debezium streams a table's changes through the service to a webhook receiver"
 	@echo "make cdc-up      PostgreSQL with logical replication and Kafka Connect with Debezium"
 	@echo "make cdc-down    stop them (never the broker)"
 	@echo "make image       build the container image with a real engine"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo-cdc`: PostgreSQL with logical replication, Kafka (reused when one runs) and Kafka
 # Connect with the Debezium PostgreSQL connector; then rows change in a table and each change is
-# printed as the service decodes it. What this started, it stops at the end (CDC_KEEP=1 keeps
-# it running for the next run). DEMO_ARGS=--follow keeps printing changes until Ctrl-C.
+# sent by the service to a webhook receiver, which prints what it gets. What this started, it
+# stops at the end (CDC_KEEP=1 keeps it running). DEMO_ARGS=--follow keeps going until Ctrl-C.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -43,6 +43,7 @@ from service.resources import ResourcesError, ResourcesFile, apply_resources
 from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
 from service.scheduler import Scheduler
+from service.source.debezium import DebeziumSources
 from service.source.dlq import DeadLetters
 from service.source.invalid_rate import InvalidRateMonitor
 from service.source.kafka import KafkaSource
@@ -302,6 +303,7 @@ def build_app(
             events_topics=settings.events_topics,
             default_workspace=settings.default_workspace,
             reserved_topics=(settings.status_topic, settings.dlq_topic),
+            decoder_for=DebeziumSources(),
         )
         loop = ConsumeLoop(
             source,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from service.core.events import ChangeEvent
+from service.core.events import ChangeEvent, SourceChange
 from service.core.metrics import Metrics
 from service.core.rows import (
     PendingWrite,
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 #: Longest primary key value, in characters: longer keys can't be indexed by every store
 #: (PostgreSQL's B-tree entries stop near 2,700 bytes), so such a row is rejected alone.
 MAX_KEY_LENGTH = 512
+#: Longest reason kept with a rejected row, in characters.
+MAX_REASON = 500
 
 #: Why a row is rejected: the label of sync_rows_rejected_total{reason}, from this fixed set.
 REJECT_REASONS = (
@@ -35,6 +37,9 @@ REJECT_REASONS = (
     "key_invalid",
     "unencodable",
     "non_finite",
+    "unconvertible",
+    "missing_column",
+    "unavailable",
 )
 
 _Dumps = Callable[[object], bytes]
@@ -160,7 +165,21 @@ def project_events(
         emitted = event.emitted_at.timestamp() if event.emitted_at else None
         op = "delete" if event.op == "delete" else "upsert"
         careful = i in suspect
+        foreign = isinstance(event, SourceChange)
         for route in targets:
+            if foreign:
+                assert isinstance(event, SourceChange)
+                if event.truncate:
+                    if snapshot is not None:
+                        snapshot.truncated.append(route.sync_id)
+                    continue
+                problem = _source_problem(event, route)
+                if problem is not None:
+                    refused = _Refusals()
+                    for row in event.rows:
+                        refused.add(row, *problem)
+                    _note_refused(refused, route, result, snapshot)
+                    continue
             refused = _project_rows(event.rows, route, op, emitted, latest, dumps, careful)
             if refused.rows:
                 _note_refused(refused, route, result, snapshot)
@@ -171,7 +190,34 @@ def project_events(
     if snapshot is not None:
         result.sync_ids.update(sync_id for sync_id, _ in snapshot.closed)
         result.sync_ids.update(r.sync_id for r in snapshot.rejected)
+        result.sync_ids.update(snapshot.truncated)
     return list(latest.values()), result
+
+
+def _source_problem(event: SourceChange, route: SyncRoute) -> tuple[str, str] | None:
+    """(reason, text) when a decoded change can't feed this route: a value that could not be
+    converted, a column the route reads that the database did not send (an unchanged TOASTed
+    value) or that the row no longer has (dropped from the table)."""
+    if event.rejected is not None:
+        return "unconvertible", event.rejected[:MAX_REASON]
+    if event.op == "delete":
+        return None
+    if event.unavailable:
+        missing = [c for c in route.referenced_columns if c in event.unavailable]
+        if missing:
+            return "unavailable", (
+                f"the database did not send column(s) {', '.join(missing)} (an unchanged TOASTed "
+                "value); give the table REPLICA IDENTITY FULL to have them sent"
+            )[:MAX_REASON]
+    if event.strict and event.rows:
+        row = event.rows[0]
+        lacking = [c for c in route.referenced_columns if c not in row]
+        if lacking:
+            return "missing_column", (
+                f"the row has no column(s) {', '.join(lacking)}, which the model reads "
+                "(dropped from the source table?)"
+            )[:MAX_REASON]
+    return None
 
 
 def _note_refused(
@@ -198,12 +244,13 @@ def _note_snapshot(event: ChangeEvent, route: SyncRoute, snapshot: SnapshotProgr
 
 
 def segment_bounds(events: Sequence[ChangeEvent]) -> list[tuple[int, int]]:
-    """(start, end) of the batch's parts: it is cut after each event that closes a snapshot, so
-    the removals a close plans come after the rows before it and before the rows after it."""
+    """(start, end) of the batch's parts: it is cut after each event that closes a snapshot or
+    truncates a table, so the removals it plans come after the rows before it and before the
+    rows after it."""
     cuts: list[tuple[int, int]] = []
     start = 0
     for i, event in enumerate(events):
-        if event.op == "snapshot" and event.last:
+        if (event.op == "snapshot" and event.last) or getattr(event, "truncate", False):
             cuts.append((start, i + 1))
             start = i + 1
     if start < len(events) or not cuts:
@@ -360,6 +407,7 @@ class Ingest:
             else:  # every row unchanged: only snapshots and rejected rows need a run
                 result.sync_ids.update(sync_id for sync_id, _ in snapshot.closed)
                 result.sync_ids.update(r.sync_id for r in snapshot.rejected)
+                result.sync_ids.update(snapshot.truncated)
             result.rows += found.rows
             result.unchanged += len(writes) - kept
             result.rejected += found.rejected

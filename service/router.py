@@ -4,32 +4,42 @@ rebuilt when the catalog changes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from service.core.events import source_route
 from service.core.models import Source, Sync
 from service.core.rows import RouteIndex, SyncRoute
 
 log = logging.getLogger(__name__)
 
 
-def build_routes(syncs: Iterable[Sync]) -> RouteIndex:
-    """modelId -> the routes of its enabled syncs (every workspace)."""
+def build_routes(
+    syncs: Iterable[Sync], model_sources: Mapping[str, str] | None = None
+) -> RouteIndex:
+    """modelId -> the routes of its enabled syncs (every workspace). With `model_sources`
+    (modelId -> sourceId), also a source's route name (`source_route`) -> the routes of every
+    model over that source: a record of a table feeds each model of the table."""
     index: dict[str, list[SyncRoute]] = {}
     for sync in syncs:
         if sync.disabled:
             continue
         route = SyncRoute(sync.id, sync.primary_key, tuple(sync.referenced_columns))
         index.setdefault(sync.model_id, []).append(route)
+        source_id = model_sources.get(sync.model_id) if model_sources else None
+        if source_id is not None:
+            index.setdefault(source_route(source_id), []).append(route)
     return {model_id: tuple(routes) for model_id, routes in index.items()}
 
 
-def build_workspace_routes(syncs: Iterable[Sync]) -> dict[str, RouteIndex]:
+def build_workspace_routes(
+    syncs: Iterable[Sync], model_sources: Mapping[str, str] | None = None
+) -> dict[str, RouteIndex]:
     """workspaceId -> (modelId -> the routes of its enabled syncs)."""
     by_workspace: dict[str, list[Sync]] = {}
     for sync in syncs:
         by_workspace.setdefault(sync.workspace_id, []).append(sync)
-    return {ws: build_routes(group) for ws, group in by_workspace.items()}
+    return {ws: build_routes(group, model_sources) for ws, group in by_workspace.items()}
 
 
 @dataclass(slots=True)

@@ -28,6 +28,25 @@ class ChangeEvent(BaseModel):
         return self
 
 
+class SourceChange(ChangeEvent):
+    """A change decoded from another topic format (a Debezium record), built without
+    validation. `model_id` names the source's route (`source_route`), which reaches every model
+    of the source. `rejected`: why its row can't be used (each route rejects it); `truncate`:
+    every row of the table is gone (`rows` is empty); `unavailable`: columns the database did
+    not send; `strict`: a route whose columns the row lacks rejects it (the table dropped one)."""
+
+    rejected: str | None = None
+    truncate: bool = False
+    unavailable: tuple[str, ...] = ()
+    strict: bool = True
+
+
+def source_route(source_id: str) -> str:
+    """The route name of a source whose records feed every model over it: never a model id
+    (those are numeric)."""
+    return f"source:{source_id}"
+
+
 class InvalidEvent(ValueError):
     """An event that cannot be decoded or validated; it goes to the DLQ."""
 

@@ -56,9 +56,11 @@ class SnapshotProgress:
     closed: list[tuple[str, str]] = field(default_factory=list)  # (sync_id, snapshot)
     #: Rows refused at ingest, stored in the same transaction.
     rejected: list[RejectedRow] = field(default_factory=list)
+    #: Syncs whose source table was truncated: every row they hold is planned as removed.
+    truncated: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.keys or self.closed or self.rejected)
+        return bool(self.keys or self.closed or self.rejected or self.truncated)
 
     def snapshots(self) -> set[tuple[str, str]]:
         found = {(sync_id, snap) for sync_id, snap, _ in self.keys}
@@ -71,6 +73,7 @@ class SnapshotProgress:
             keys=[k for k in self.keys if (k[0], k[1]) not in done],
             closed=[c for c in self.closed if c not in done],
             rejected=self.rejected,
+            truncated=self.truncated,
         )
 
 

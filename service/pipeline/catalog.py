@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from service.core.events import source_route
 from service.core.models import Source, Sync
 from service.core.rows import RouteIndex
 from service.router import TopicPlan, build_routes, build_workspace_routes, plan_topics
@@ -52,6 +53,7 @@ class CatalogView:
         self.routes: RouteIndex = {}
         self.by_workspace: dict[str, RouteIndex] = {}
         self.plan = TopicPlan()
+        self._models: frozenset[str] = frozenset()
 
     async def refresh(self) -> None:
         version = await self._store.catalog_version()
@@ -59,8 +61,11 @@ class CatalogView:
             return
         syncs = await self._store.list_syncs()
         sources = await self._store.list_sources()
-        self.routes = build_routes(syncs)
-        self.by_workspace = build_workspace_routes(syncs)
+        models = await self._store.list_models()
+        model_sources = {m.id: m.source_id for m in models if m.source_id is not None}
+        self._models = frozenset([*(m.id for m in models), *(source_route(s.id) for s in sources)])
+        self.routes = build_routes(syncs, model_sources)
+        self.by_workspace = build_workspace_routes(syncs, model_sources)
         self._scheduler.set_syncs(syncs)
         plan = plan_topics(self._events_topics, self._default_workspace, sources, self._reserved)
         for topic, why in plan.refused.items():
@@ -75,6 +80,10 @@ class CatalogView:
         self._source.subscribe(set(plan.owners), decoders)
         self.plan = plan
         self.version = version
+
+    def is_model(self, model_id: str) -> bool:
+        """True for a model of any workspace, and for a source's route name."""
+        return model_id in self._models
 
     def routes_for(self, batch: EventBatch) -> list[RouteIndex]:
         """The route index of each event of the batch, from its topic's workspace."""

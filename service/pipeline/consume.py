@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 
 from aiokafka import TopicPartition
 
+from service.core.events import ChangeEvent, InvalidEvent
 from service.core.rows import RouteIndex
 from service.ingest import Ingest, IngestResult
 from service.pipeline.commit import OffsetLedger, Prepared, Stored, store_then_commit
@@ -34,11 +35,19 @@ class Source(Protocol):
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> bool: ...
 
+    async def end_offsets(self, topic: str) -> dict[TopicPartition, int]: ...
+
+    def partition_count(self, topic: str) -> int: ...
+
+    async def committed(self, tp: TopicPartition) -> int | None: ...
+
 
 class Catalog(Protocol):
     async def refresh(self) -> None: ...
 
     def routes_for(self, batch: EventBatch) -> list[RouteIndex]: ...
+
+    def is_model(self, model_id: str) -> bool: ...
 
 
 class DeadLetterSink(Protocol):
@@ -66,6 +75,22 @@ class Backoff:
 
 class _GaveUp(Exception):
     pass
+
+
+@dataclass(slots=True)
+class _PendingClose:
+    """A snapshot whose closing record was read on a topic of several partitions: it closes
+    once every partition has been consumed up to where it ended when that record was read (the
+    closing record's own partition: up to that record). Until then the closing record's
+    partition is committed no further than that record, so a restart reads it again."""
+
+    model_id: str
+    snapshot_id: str
+    event: ChangeEvent
+    routes: RouteIndex
+    ends: dict[TopicPartition, int]
+    hold: TopicPartition
+    held_at: int
 
 
 class ConsumeLoop:
@@ -98,6 +123,12 @@ class ConsumeLoop:
         self.ledger = OffsetLedger()
         self.stopping = False
         self._storing: asyncio.Task[IngestResult | None] | None = None
+        #: Snapshots read but not closed yet, by model (or source route): their upserts count
+        #: as rows of the snapshot, so a row streamed after it began is never planned removed.
+        self._open: dict[str, str] = {}
+        self._closing: list[_PendingClose] = []
+        #: The offsets stored so far (commits of a held partition stay behind them).
+        self._processed: dict[TopicPartition, int] = {}
         source.on_revoke(self.drain)
 
     # the loop --------------------------------------------------------------------------
@@ -152,6 +183,10 @@ class ConsumeLoop:
             except Exception:
                 pass  # its own failure is reported by the loop
         self.ledger.committed.clear()  # the next owner's commits are its own
+        # Held commits make the next owner read the closing records again.
+        self._closing.clear()
+        self._open.clear()
+        self._processed.clear()
 
     # the steps -------------------------------------------------------------------------
 
@@ -162,14 +197,77 @@ class ConsumeLoop:
         except _Stopping:
             return None
         routes = self.catalog.routes_for(batch)
+        dead = self._unknown_models(batch, routes)
+        try:
+            # Retried while the broker does not answer; each step is idempotent on a retry.
+            await self._retry(
+                "reading end offsets", lambda: self._snapshots(batch, routes), bounded=False
+            )
+        except _Stopping:
+            return None
         try:
             parts = self.ingest.prepare(
                 batch.events, {}, event_routes=routes, suspect=batch.suspect
             )
-            return Prepared(parts, [], routes)
+            return Prepared(parts, dead, routes)
         except Exception:
             log.exception("preparing %d events failed; trying them one by one", len(batch.events))
-        return self._prepare_one_by_one(batch, routes)
+        prepared = self._prepare_one_by_one(batch, routes)
+        prepared.dead.extend(dead)
+        return prepared
+
+    def _unknown_models(self, batch: EventBatch, routes: list[RouteIndex]) -> list[DeadLetter]:
+        """Events whose modelId names no model at all go to the DLQ (and are routed nowhere)."""
+        dead: list[DeadLetter] = []
+        for i, event in enumerate(batch.events):
+            if not self.catalog.is_model(event.model_id):
+                routes[i] = {}
+                why = InvalidEvent("unknown_model", f"modelId {event.model_id[:100]!r} is no model")
+                dead.append(DeadLetter.of(batch.messages[i], why))
+        return dead
+
+    async def _snapshots(self, batch: EventBatch, routes: list[RouteIndex]) -> None:
+        """On a topic of several partitions, upserts of a model while its snapshot is open join
+        the snapshot, and the closing record is put off (`_PendingClose`). A topic of one
+        partition is read in order: its snapshots close where they end."""
+        events = batch.events
+        topics: list[str] | None = None
+        for i, event in enumerate(events):
+            if event.op == "upsert":
+                snapshot_id = self._open.get(event.model_id)
+                if snapshot_id is not None:
+                    update = {"op": "snapshot", "snapshot_id": snapshot_id}
+                    events[i] = event.model_copy(update=update)
+                continue
+            if event.op != "snapshot" or event.snapshot_id is None:
+                continue
+            if topics is None:
+                topics = batch.topics_of_events()
+            topic = topics[i]
+            if not event.last:
+                if self.source.partition_count(topic) > 1:
+                    self._open[event.model_id] = event.snapshot_id
+                continue
+            message = batch.messages[i]
+            tp = TopicPartition(topic, message.partition)
+            ends = {t: o for t, o in (await self.source.end_offsets(topic)).items() if o > 0}
+            ends[tp] = message.offset + 1
+            if len(ends) == 1:
+                self._open.pop(event.model_id, None)
+                continue  # every other partition is empty: nothing can come before the record
+            self._closing.append(
+                _PendingClose(
+                    event.model_id,
+                    event.snapshot_id,
+                    event.model_copy(update={"rows": [], "last": True}),
+                    routes[i],
+                    ends,
+                    tp,
+                    message.offset,
+                )
+            )
+            events[i] = event.model_copy(update={"last": False})
+            self._open[event.model_id] = event.snapshot_id
 
     def _prepare_one_by_one(self, batch: EventBatch, routes: list[RouteIndex]) -> Prepared:
         prepared = Prepared([], [], routes)
@@ -188,6 +286,13 @@ class ConsumeLoop:
         return prepared
 
     async def _store_and_commit(self, batch: EventBatch, prepared: Prepared) -> IngestResult | None:
+        reached = dict(batch.offsets)
+        for close in self._closing:
+            held = batch.offsets.get(close.hold)
+            if held is not None and held > close.held_at:
+                batch.offsets[close.hold] = max(
+                    close.held_at, self.ledger.committed.get(close.hold, 0)
+                )
         result = await store_then_commit(
             batch,
             prepared,
@@ -198,7 +303,45 @@ class ConsumeLoop:
         )
         if result is not None:
             self.scheduler.notify_pending(result.sync_ids)
+            self._processed.update(reached)
+            if self._closing and not await self._close_snapshots():
+                return None
         return result
+
+    async def _passed(self, tp: TopicPartition, end: int) -> bool:
+        if max(self._processed.get(tp, 0), self.ledger.committed.get(tp, 0)) >= end:
+            return True
+        # A partition another member consumes: its group commits tell how far it got.
+        committed = await self.source.committed(tp)
+        return committed is not None and committed >= end
+
+    async def _close_snapshots(self) -> bool:
+        """Closes the put-off snapshots whose topic was consumed far enough; False when the
+        service stopped first."""
+        for close in list(self._closing):
+            try:
+                done = [await self._passed(tp, end) for tp, end in close.ends.items()]
+            except Exception as exc:
+                log.warning("reading committed offsets failed (%s); trying later", exc)
+                return True
+            if not all(done):
+                continue
+            parts = self.ingest.prepare([close.event], {}, event_routes=[close.routes])
+            try:
+                result = await self._retry(
+                    "closing a snapshot", lambda p=parts: self.ingest.store(p), bounded=False
+                )
+            except _Stopping:
+                return False
+            self.scheduler.notify_pending(result.sync_ids)
+            self._closing.remove(close)
+            if self._open.get(close.model_id) == close.snapshot_id:
+                del self._open[close.model_id]
+            if not any(c.hold == close.hold for c in self._closing):
+                offsets = self.ledger.forward({close.hold: self._processed[close.hold]})
+                if await self.source.commit(offsets):
+                    self.ledger.record(offsets)
+        return True
 
     async def _send_dead(self, letters: Sequence[DeadLetter]) -> bool:
         if not letters:

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import orjson
 
-from service.core.events import InvalidEvent
+from service.core.events import ChangeEvent, InvalidEvent, SourceChange, source_route
+from service.core.models import Source
 
 ChangeOp = Literal["upsert", "delete", "truncate", "snapshot"]
 Converter = Callable[[Any], Any]
@@ -570,3 +571,71 @@ def _from_flat(
     return DebeziumChange(
         kind, row, key_row, *where, rejected=rejected, unavailable=unavailable, **meta
     )
+
+
+# --- changes as events -------------------------------------------------------------------------
+
+
+def as_event(change: DebeziumChange, route: str) -> SourceChange:
+    """The change as an event of the source's route (`source_route`): every model over the
+    source takes it. Snapshot records carry the snapshot's id, and its last one closes it."""
+    rows = [change.row] if change.row is not None else []
+    emitted = change.emitted_at
+    if change.op == "truncate":
+        return SourceChange.model_construct(
+            model_id=route, op="delete", rows=[], emitted_at=emitted, truncate=True
+        )
+    if change.op == "delete":
+        return SourceChange.model_construct(
+            model_id=route,
+            op="delete",
+            rows=rows,
+            emitted_at=emitted,
+            rejected=change.rejected,
+            strict=False,
+        )
+    if change.op == "snapshot":
+        return SourceChange.model_construct(
+            model_id=route,
+            op="snapshot",
+            rows=rows,
+            emitted_at=emitted,
+            snapshot_id=change.snapshot_id,
+            last=change.closes_snapshot,
+            rejected=change.rejected,
+            unavailable=change.unavailable,
+        )
+    return SourceChange.model_construct(
+        model_id=route,
+        op="upsert",
+        rows=rows,
+        emitted_at=emitted,
+        rejected=change.rejected,
+        unavailable=change.unavailable,
+    )
+
+
+RecordDecoder = Callable[[bytes | None, bytes | None], ChangeEvent]
+
+
+class DebeziumSources:
+    """Gives each source of format `debezium` the decoder of its topic; the decoders share the
+    schema shapes seen (one decoder serves any number of topics)."""
+
+    def __init__(self) -> None:
+        self._decoder = DebeziumDecoder()
+
+    def __call__(
+        self, source: Source
+    ) -> Callable[[bytes | None, bytes | None], ChangeEvent] | None:
+        if source.configuration.get("format") != "debezium":
+            return None
+        topic = str(source.configuration.get("topic", ""))
+        route = source_route(source.id)
+        decode = self._decoder.decode
+
+        def decoder(key: bytes | None, value: bytes | None) -> ChangeEvent:
+            # Partition and offset only name the record in the change; the consumer keeps them.
+            return as_event(decode(key, value, topic, -1, -1), route)
+
+        return decoder

@@ -10,8 +10,8 @@ MAX_ERROR_MESSAGE = 500
 
 
 def decode_event(key: bytes | None, value: bytes | None) -> ChangeEvent:
-    """Raises InvalidEvent with a reason from a fixed set: `empty`, `json`, `schema`,
-    `key_mismatch`."""
+    """Raises InvalidEvent with a reason from a fixed set: `empty`, `json`, `schema`. The record
+    key is free (the model id, or the row's key to spread a model over partitions)."""
     if not value:
         raise InvalidEvent("empty", "the message has no value")
     try:
@@ -27,11 +27,4 @@ def decode_event(key: bytes | None, value: bytes | None) -> ChangeEvent:
         raise InvalidEvent("schema", detail[:MAX_ERROR_MESSAGE]) from None
     except RecursionError:
         raise InvalidEvent("json", "nested too deeply to decode") from None
-    if key is not None:
-        model_key = key.decode("utf-8", "replace")
-        if model_key != event.model_id:
-            raise InvalidEvent(
-                "key_mismatch",
-                f"message key {model_key[:100]!r} differs from modelId {event.model_id[:100]!r}",
-            )
     return event

@@ -143,7 +143,7 @@ class KafkaSource:
                     invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
                     batch.dead.append(DeadLetter.of(message, exc))
                     continue
-                if hint(message.value):
+                if message.value and hint(message.value):  # a tombstone has no value
                     batch.suspect.add(len(events))
                 events.append(event)
                 batch.messages.append(message)
@@ -172,6 +172,22 @@ class KafkaSource:
         labels = (tp.topic, str(tp.partition))
         self._metrics.invalid_ratio.labels(*labels).set(monitor.ratio(tp.topic, tp.partition))
         self._metrics.dlq_alarm.labels(*labels).set(monitor.alarmed(tp.topic, tp.partition))
+
+    async def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
+        """The end offset of every partition of the topic (the next offset to be written)."""
+        partitions = self._consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return {}
+        return dict(await self._consumer.end_offsets(tps))
+
+    def partition_count(self, topic: str) -> int:
+        """The topic's partitions as the consumer's metadata knows them (0 when unknown)."""
+        return len(self._consumer.partitions_for_topic(topic) or ())
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of a partition, whoever consumes it."""
+        return await self._consumer.committed(tp)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         """Commit after what the offsets cover is durable; False when the broker refused. A

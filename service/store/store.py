@@ -280,6 +280,8 @@ class SqlStore(Store):
             await conn.executemany(ingest.OPEN_SNAPSHOT, [(s, n, now) for s, n in sorted(opened)])
         if snapshot.keys:
             await self._d.ingest.snapshot_keys(conn, snapshot.keys)
+        for sync_id in dict.fromkeys(snapshot.truncated):
+            await self._remove_all(conn, sync_id)
         for sync_id, snap in snapshot.closed:
             after = ""
             while True:  # page by page: a huge sync's absent keys never sit in memory at once
@@ -293,6 +295,18 @@ class SqlStore(Store):
                 after = keys[-1]
             await conn.execute(ingest.FORGET_SNAPSHOT_KEYS, sync_id, snap)
             await conn.execute(ingest.CLOSE_SNAPSHOT, now, sync_id, snap)
+
+    async def _remove_all(self, conn: Conn, sync_id: str) -> None:
+        """Plans every row the sync holds (or is about to send) as removed: its source table
+        was truncated."""
+        after = ""
+        while True:
+            page = await conn.fetch(ingest.HELD_KEYS, sync_id, after, ingest.ABSENT_PAGE)
+            if not page:
+                break
+            keys = [r[0] for r in page]
+            await self._d.ingest.plan_deletes(conn, sync_id, keys)
+            after = keys[-1]
 
     async def open_snapshots(self) -> list[tuple[str, str, float]]:
         return [(r[0], r[1], r[2]) for r in await self._rows(ingest.OPEN_SNAPSHOTS)]

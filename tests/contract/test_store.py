@@ -652,6 +652,26 @@ async def test_an_unclosed_snapshot_removes_nothing(store: Store) -> None:
     assert opened_at > 1_700_000_000
 
 
+async def test_a_truncated_table_plans_every_held_key_as_removed(store: Store) -> None:
+    await catalog(store)
+    await store.write_pending([pending(k) for k in ("a", "b")])
+    rows = await store.pending_page("1", 0, 10**9, 10)
+    await store.record_outcomes("1", RowOutcomes(delivered=[delivered(r) for r in rows]), 1.0)
+    before = await store.max_pending_seq("1")
+
+    # "c" arrives in the same transaction as the truncate, before it: it goes too.
+    await store.write_pending([pending("c")], SnapshotProgress(truncated=["1"]))
+    page = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
+    assert {k: r.op for k, r in page.items()} == {"a": "delete", "b": "delete", "c": "delete"}
+    assert min(r.seq for r in page.values()) > before
+    assert await store.open_snapshots() == []
+    # Nothing held any more: a second truncate plans nothing new.
+    seqs = {k: r.seq for k, r in page.items()}
+    await store.write_pending([], SnapshotProgress(truncated=["1"]))
+    page = {r.key: r for r in await store.pending_page("1", 0, 10**9, 10)}
+    assert {k: r.seq for k, r in page.items()} == seqs
+
+
 async def test_rejected_rows_are_kept_claimed_once_and_listed(store: Store) -> None:
     await catalog(store)
     refused = [RejectedRow("1", "no value for the primary key 'id'", b'{"name": "x"}')] * 3

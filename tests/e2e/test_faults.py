@@ -253,7 +253,7 @@ async def test_a_poison_corpus_interleaved_with_valid_events_costs_only_the_pois
         await e2e.produce(raw)
         await e2e.event("upsert", [user(100 + i)])
         expected.add(str(100 + i))
-    await e2e.produce(b'{"modelId": "1", "op": "upsert", "rows": []}', key=b"2")  # key mismatch
+    await e2e.produce(b'{"modelId": "999", "op": "upsert", "rows": [{"id": 9}]}')  # no model
     rows = [*rejected_rows, user(200, "é" * 1000), user(201, "x" * (1 << 19))]
     await e2e.produce(json.dumps({"modelId": "1", "op": "upsert", "rows": rows}).encode())
     expected |= {"200", "201"}

@@ -74,6 +74,15 @@ class Source:
             self.commits.append(offsets[TP])
         return True
 
+    async def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
+        return {TP: 0}
+
+    def partition_count(self, topic: str) -> int:
+        return 1
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return None
+
 
 class Store:
     """write_pending fails while `down`, and for any row whose key is in `poison`."""
@@ -86,6 +95,9 @@ class Store:
         self.writes = 0
         #: The write (counted from 1) from which the store is down.
         self.down_from: int | None = None
+        self.snapshot_keys: list[str] = []
+        #: Each close: the snapshots closed and the snapshot's keys known then.
+        self.closed: list[tuple[list[tuple[str, str]], list[str]]] = []
 
     async def write_pending(self, writes: Sequence[PendingWrite], snap: SnapshotProgress) -> int:
         if self.gate is not None:
@@ -98,6 +110,9 @@ class Store:
         if any(w.key in self.poison for w in writes):
             raise ValueError("the store refuses this row")
         self.rows.update((w.key, w.data) for w in writes)
+        self.snapshot_keys.extend(k for _, _, k in snap.keys)
+        if snap.closed:
+            self.closed.append((list(snap.closed), sorted(self.snapshot_keys)))
         return len(writes)
 
     async def ping(self) -> bool:
@@ -110,6 +125,9 @@ class Catalog:
 
     def routes_for(self, b: EventBatch) -> list[RouteIndex]:
         return [ROUTES] * len(b.events)
+
+    def is_model(self, model_id: str) -> bool:
+        return model_id in ROUTES
 
 
 class DLQ:
@@ -311,3 +329,66 @@ def test_a_lower_offset_is_refused() -> None:
     ledger.record({TP: 10})
     with pytest.raises(OffsetRegression):
         ledger.forward({TP: 9})
+
+
+def records(*items: tuple[int, int, dict[str, Any]]) -> EventBatch:
+    """A batch of (partition, offset, event) records of the topic of TP."""
+    out = EventBatch()
+    for partition, offset, event in items:
+        out.events.append(ChangeEvent.model_validate(event))
+        out.messages.append(
+            SimpleNamespace(
+                topic=TP.topic, partition=partition, offset=offset, key=b"k", value=b"{}"
+            )
+        )
+        tp = TopicPartition(TP.topic, partition)
+        out.offsets[tp] = offset + 1
+        out.spans.append((TP.topic, len(out.events)))
+    out.records = len(out.events)
+    return out
+
+
+class TwoPartitions(Source):
+    """Partitions 0 and 1 of one topic, each with two records."""
+
+    def __init__(self, batches: list[EventBatch]) -> None:
+        super().__init__(batches)
+        self.all_commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> bool:
+        if offsets:
+            self.all_commits.append(dict(offsets))
+        return True
+
+    async def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
+        return {TopicPartition(topic, 0): 2, TopicPartition(topic, 1): 2}
+
+    def partition_count(self, topic: str) -> int:
+        return 2
+
+
+def snap(row: dict[str, Any], last: bool = False) -> dict[str, Any]:
+    return {"modelId": "1", "op": "snapshot", "snapshotId": "s", "rows": [row], "last": last}
+
+
+async def test_a_snapshot_closes_only_once_every_partition_delivered_its_part() -> None:
+    p0, p1 = TopicPartition(TP.topic, 0), TopicPartition(TP.topic, 1)
+    first = records((0, 0, snap({"id": "a"})), (0, 1, snap({"id": "b"}, last=True)))
+    # Partition 1 comes later: its part of the snapshot and a row streamed after it.
+    second = records(
+        (1, 0, snap({"id": "c"})),
+        (1, 1, {"modelId": "1", "op": "upsert", "rows": [{"id": "d"}]}),
+    )
+    source, store = TwoPartitions([first]), Store()
+    c = loop(source, store)
+    task = asyncio.create_task(c.run())
+    await until(lambda: len(source.all_commits) == 1)
+    assert store.closed == []
+    # The closing record's partition is committed up to the closing record, not past it.
+    assert source.all_commits == [{p0: 1}]
+    source.batches.append(second)
+    await until(lambda: store.closed != [])
+    await until(lambda: len(source.all_commits) == 3)
+    await stop(c, task)
+    assert store.closed == [([("10", "s")], ["a", "b", "c", "d"])]
+    assert source.all_commits[1:] == [{p1: 2}, {p0: 2}]

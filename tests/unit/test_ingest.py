@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.core.events import ChangeEvent, InvalidEvent
+from service.core.events import ChangeEvent, InvalidEvent, SourceChange
 from service.core.metrics import Metrics
 from service.core.rows import PendingWrite, SnapshotProgress, SyncRoute
 from service.ingest import MAX_KEY_LENGTH, REJECT_REASONS, Ingest, project_events, row_key
@@ -320,3 +320,67 @@ async def test_rejections_are_counted_by_reason() -> None:
     sample = metrics.registry.get_sample_value
     assert sample("sync_rows_rejected_total", {"reason": "unencodable"}) == 1
     assert sample("sync_rows_rejected_total", {"reason": "missing_key"}) == 1
+
+
+# --- changes decoded from Debezium records ------------------------------------------------------
+
+SOURCE_ROUTES = {
+    "source:3": (SyncRoute("10", "id", ("id", "email")), SyncRoute("11", "id", ("id", "notes")))
+}
+
+
+def _change(op: str = "upsert", row: dict[str, Any] | None = None, **fields: Any) -> SourceChange:
+    rows = [row] if row is not None else []
+    return SourceChange.model_construct(model_id="source:3", op=op, rows=rows, **fields)
+
+
+def test_one_record_feeds_each_model_over_its_table() -> None:
+    snapshot = SnapshotProgress()
+    row = {"id": 1, "email": "a@example.com", "notes": "n"}
+    writes, found = project_events([_change("upsert", row)], SOURCE_ROUTES, snapshot)
+    assert {(w.sync_id, w.data) for w in writes} == {
+        ("10", b'{"id":1,"email":"a@example.com"}'),
+        ("11", b'{"id":1,"notes":"n"}'),
+    }
+    assert found.rejected == 0
+
+
+def test_a_row_that_could_not_be_converted_is_rejected_for_each_model() -> None:
+    snapshot = SnapshotProgress()
+    bad = _change("upsert", {"id": 1, "price": "AA=="}, rejected="price: decimal bytes ...")
+    writes, found = project_events([bad], SOURCE_ROUTES, snapshot)
+    assert writes == []
+    assert found.rejected_by == {"unconvertible": 2}
+    assert [(r.sync_id, r.reason) for r in snapshot.rejected] == [
+        ("10", "price: decimal bytes ..."),
+        ("11", "price: decimal bytes ..."),
+    ]
+
+
+def test_a_dropped_or_unsent_column_rejects_the_row_only_for_models_reading_it() -> None:
+    snapshot = SnapshotProgress()
+    dropped = _change("upsert", {"id": 1, "email": "a@example.com"})  # no "notes" any more
+    toasted = _change("upsert", {"id": 2, "notes": "n"}, unavailable=("email",))
+    writes, found = project_events([dropped, toasted], SOURCE_ROUTES, snapshot)
+    assert sorted((w.sync_id, w.key) for w in writes) == [("10", "1"), ("11", "2")]
+    assert found.rejected_by == {"missing_column": 1, "unavailable": 1}
+    reasons = {r.sync_id: r.reason for r in snapshot.rejected}
+    assert "notes" in reasons["11"] and "dropped" in reasons["11"]
+    assert "email" in reasons["10"] and "REPLICA IDENTITY FULL" in reasons["10"]
+
+
+def test_a_delete_needs_only_the_key_and_a_truncate_reaches_every_model() -> None:
+    snapshot = SnapshotProgress()
+    events = [_change("delete", {"id": 1}, strict=False), _change("delete", truncate=True)]
+    writes, _ = project_events(events, SOURCE_ROUTES, snapshot)
+    assert sorted((w.sync_id, w.key, w.op) for w in writes) == [
+        ("10", "1", "delete"),
+        ("11", "1", "delete"),
+    ]
+    assert snapshot.truncated == ["10", "11"]
+    # A truncate ends its part of the batch, like a closing snapshot.
+    parts = Ingest(None, Metrics()).prepare(  # type: ignore[arg-type]
+        [*events, _change("upsert", {"id": 2, "email": "e", "notes": "n"})], SOURCE_ROUTES
+    )
+    assert [len(p.writes) for p in parts] == [2, 2]
+    assert parts[0].snapshot.truncated == ["10", "11"]

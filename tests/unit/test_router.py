@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from service.core.events import ChangeEvent
-from service.core.models import Source, Sync
+from service.core.models import Model, Source, Sync
 from service.pipeline.catalog import CatalogView
 from service.router import plan_topics
+from service.source.debezium import DebeziumSources
 from service.source.kafka import EventBatch
 
 
@@ -56,8 +57,13 @@ def test_a_topic_keeps_its_first_owner() -> None:
 
 
 class Store:
-    def __init__(self, syncs: list[Sync], sources: list[Source]) -> None:
-        self.syncs, self.sources = syncs, sources
+    def __init__(
+        self, syncs: list[Sync], sources: list[Source], models: list[Model] | None = None
+    ) -> None:
+        self.syncs, self.sources, self.models = syncs, sources, models or []
+
+    async def list_models(self) -> list[Model]:
+        return self.models
 
     async def catalog_version(self) -> int:
         return 1
@@ -103,3 +109,47 @@ async def test_an_event_reaches_only_the_models_of_its_topics_workspace() -> Non
     found = [bool(index.get(e.model_id)) for index, e in zip(routes, events, strict=True)]
     # workspace 1's topic feeds model 10 only; workspace 2's model 20 only; an unowned none
     assert found == [True, False, False, True, False]
+
+
+def model(id: str, source_id: str) -> Model:
+    return Model(
+        id=id, name=f"m{id}", slug=f"m{id}", workspace_id="1", source_id=source_id, primary_key="id"
+    )
+
+
+async def test_a_debezium_record_feeds_every_model_over_its_source() -> None:
+    cdc = Source(
+        id="3",
+        name="cdc",
+        slug="cdc",
+        workspace_id="1",
+        configuration={"topic": "pg.public.customers", "format": "debezium"},
+    )
+    store = Store(
+        [sync("1", "10", "1"), sync("2", "20", "1"), sync("3", "30", "1")],
+        [cdc, source("4", "plain", "1")],
+        [model("10", "3"), model("20", "3"), model("30", "4")],
+    )
+    subscriber = Subscriber()
+    catalog = CatalogView(
+        store,  # type: ignore[arg-type]
+        subscriber,
+        Scheduler(),
+        events_topics=["model-changes"],
+        default_workspace="1",
+        reserved_topics=["sync-dlq", "sync-status"],
+        decoder_for=DebeziumSources(),
+    )
+    decoders: dict[str, Any] = {}
+    subscriber.subscribe = lambda topics, d=None: decoders.update(d or {})  # type: ignore[method-assign]
+    await catalog.refresh()
+    assert set(decoders) == {"pg.public.customers"}  # the other source keeps the own format
+    record = b'{"before": null, "after": {"id": 5}, "op": "c", "source": {"ts_ms": 1000}}'
+    event = decoders["pg.public.customers"](b'{"id": 5}', record)
+    assert event.rows == [{"id": 5}]
+    assert event.emitted_at.timestamp() == 1.0
+    batch = EventBatch(events=[event], spans=[("pg.public.customers", 1)])
+    (index,) = catalog.routes_for(batch)
+    assert sorted(r.sync_id for r in index[event.model_id]) == ["1", "2"]
+    assert catalog.is_model(event.model_id) and catalog.is_model("30")
+    assert not catalog.is_model("99")

@@ -43,6 +43,14 @@ AND NOT EXISTS (
 ORDER BY r.key LIMIT ?
 """
 ABSENT_PAGE = 5000
+#: One page of the keys a truncated source table removes: every key synced or pending as
+#: upsert and not already pending as a delete, after the last key of the page before.
+HELD_KEYS = """
+SELECT r.key FROM row_state r
+WHERE r.sync_id = ? AND r.key > ?
+AND (r.synced_hash IS NOT NULL OR r.pending = 1) AND NOT (r.pending = 1 AND r.op = 'delete')
+ORDER BY r.key LIMIT ?
+"""
 #: Closing forgets the keys but keeps the snapshot, marked closed, for a while: a closing
 #: message read again after a crash must not reopen it with only its own keys.
 FORGET_SNAPSHOT_KEYS = "DELETE FROM snapshot_keys WHERE sync_id = ? AND snapshot_id = ?"
