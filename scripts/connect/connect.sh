@@ -19,16 +19,13 @@ logfile="${CONNECT_LOG_FILE:-$run/connect.log}"
 timeout_s="${CONNECT_START_TIMEOUT:-120}"
 url="http://127.0.0.1:$port"
 
+# shellcheck source=scripts/lib/maven.sh
+. "$root/scripts/lib/maven.sh"
+
 say() { echo "connect: $*" >&2; }
 
 resolve() {
-  if [ -f "$lib/.resolved" ] && [ "$lib/.resolved" -nt "$here/pom.xml" ]; then return; fi
-  command -v mvn >/dev/null || { say "mvn not found: install Maven (apt-get install maven)"; exit 1; }
-  say "resolving Kafka Connect and Debezium from Maven Central (pom: scripts/connect/pom.xml)"
-  rm -rf "$lib"
-  mvn -q -B -f "$here/pom.xml" -Dmaven.repo.local="$cache/m2" \
-    dependency:copy-dependencies -DoutputDirectory="$lib" -DincludeScope=runtime
-  touch "$lib/.resolved"
+  resolve_jars "Kafka Connect and Debezium"
 }
 
 # Ready means the worker answers and has found the Debezium connector class.

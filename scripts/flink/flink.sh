@@ -10,17 +10,14 @@ root="$(cd "$here/../.." && pwd)"
 cache="${FLINK_CACHE_DIR:-$root/.cache/flink}"
 lib="$cache/lib"
 
+# shellcheck source=scripts/lib/maven.sh
+. "$root/scripts/lib/maven.sh"
+
 say() { echo "flink: $*" >&2; }
 
 resolve() {
-  if [ -f "$lib/.resolved" ] && [ "$lib/.resolved" -nt "$here/pom.xml" ]; then return; fi
   command -v java >/dev/null || { say "java not found: install a JDK 17 (apt-get install openjdk-17-jdk-headless)"; exit 1; }
-  command -v mvn >/dev/null || { say "mvn not found: install Maven (apt-get install maven)"; exit 1; }
-  say "resolving Flink from Maven Central (pom: scripts/flink/pom.xml)"
-  rm -rf "$lib"
-  mvn -q -B -f "$here/pom.xml" -Dmaven.repo.local="$cache/m2" \
-    dependency:copy-dependencies -DoutputDirectory="$lib" -DincludeScope=runtime
-  touch "$lib/.resolved"
+  resolve_jars "Flink"
 }
 
 # What Flink's own launcher passes on Java 17 (its reflection into the JDK).

@@ -20,6 +20,9 @@ timeout_s="${KAFKA_START_TIMEOUT:-90}"
 java_opts=(-Xms256m -Xmx"${KAFKA_HEAP:-768m}" -XX:+UseG1GC -Djava.awt.headless=true
   -Dlog4j2.configurationFile="$here/log4j2.xml" -Dkafka.log.file="$logfile")
 
+# shellcheck source=scripts/lib/maven.sh
+. "$root/scripts/lib/maven.sh"
+
 say() { echo "kafka: $*" >&2; }
 
 reachable() {
@@ -33,13 +36,7 @@ reachable() {
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
 resolve() {
-  if [ -f "$lib/.resolved" ] && [ "$lib/.resolved" -nt "$here/pom.xml" ]; then return; fi
-  command -v mvn >/dev/null || { say "mvn not found: install Maven (apt-get install maven)"; exit 1; }
-  say "resolving the broker from Maven Central (pom: scripts/kafka/pom.xml)"
-  rm -rf "$lib"
-  mvn -q -B -f "$here/pom.xml" -Dmaven.repo.local="$cache/m2" \
-    dependency:copy-dependencies -DoutputDirectory="$lib" -DincludeScope=runtime
-  touch "$lib/.resolved"
+  resolve_jars "the broker"
 }
 
 running_pid() {
