@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+
+from prometheus_client import Histogram
 
 from service.core.errors import DestinationError
 from service.core.interfaces import (
@@ -222,7 +225,13 @@ class SyncRunner:
             delivery = await self._delivery(destination)
         except DestinationError as exc:
             raise _RunAborted(exc) from exc
-        sending = _Sending(self, sync, run, delivery)
+        sending = _Sending(
+            sync,
+            run,
+            delivery,
+            record=functools.partial(self._record, sync, run, delivery),
+            batch_rows=self._metrics.batch_rows,
+        )
         try:
             await self._plan_and_send(sync, run, request, delivery, sending)
             await sending.finish()
@@ -463,8 +472,17 @@ class _Sending:
     the destination holds. A fatal error stops new batches; the ones in flight finish and
     record their rows."""
 
-    def __init__(self, runner: SyncRunner, sync: Sync, run: SyncRun, delivery: Delivery) -> None:
-        self._runner = runner
+    def __init__(
+        self,
+        sync: Sync,
+        run: SyncRun,
+        delivery: Delivery,
+        *,
+        record: Callable[[list[_Sent]], Awaitable[None]],
+        batch_rows: Histogram,
+    ) -> None:
+        self._record_sent = record
+        self._batch_rows = batch_rows
         self._sync = sync
         self._run = run
         self._delivery = delivery
@@ -506,7 +524,7 @@ class _Sending:
     async def _send(self, rows: list[RowChange], n: int) -> DestinationError | None:
         sync, run = self._sync, self._run
         try:
-            self._runner._metrics.batch_rows.observe(len(rows))
+            self._batch_rows.observe(len(rows))
             result = await self._delivery.send(Batch(sync.id, run.id, f"{run.id}-{n}", rows))
             if result.fatal is not None and self._fatal is None:
                 self._fatal = result.fatal  # before the slot frees, so no further batch starts
@@ -523,9 +541,7 @@ class _Sending:
         while self._sent:
             taken, self._sent = self._sent, []
             try:
-                await self._runner._record(
-                    self._sync, self._run, self._delivery, [sent for sent, _ in taken]
-                )
+                await self._record_sent([sent for sent, _ in taken])
             except BaseException as exc:  # the batches' own tasks raise it
                 for _, recorded in taken:
                     if not recorded.done():
