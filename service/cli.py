@@ -48,7 +48,8 @@ async def serve(settings: Settings, resources: ResourcesFile | None, tokens: dic
     try:
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
-        log.info("HTTP on %s:%d", settings.http_host, settings.http_port)
+        bound = [s.getsockname()[1] for s in getattr(site._server, "sockets", None) or ()]
+        log.info("HTTP on %s:%d", settings.http_host, bound[0] if bound else settings.http_port)
         fatal = asyncio.create_task(app[FATAL].wait())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({fatal, stopped}, return_when=asyncio.FIRST_COMPLETED)

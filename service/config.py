@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     consumer_group: str = Field(default="sync-service", min_length=1)
     database_url: str = "sqlite:///./sync-service.db"
     http_host: str = "0.0.0.0"
-    http_port: int = Field(default=8080, ge=1, le=65535)
+    #: 0 takes any free port; the log's "HTTP on host:port" line names the one bound.
+    http_port: int = Field(default=8080, ge=0, le=65535)
     config_file: Path | None = None
     api_tokens: SecretStr | None = None
     api_tokens_file: Path | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -67,7 +68,7 @@ class ServiceProcess:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
         self.log_path = log_path
-        self.port = int(env["SYNC_HTTP_PORT"])
+        self.port = int(env["SYNC_HTTP_PORT"])  # 0 until the server says which it bound
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -75,25 +76,42 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, timeout: float = 40.0) -> None:
+        """Start and wait for /readyz. With SYNC_HTTP_PORT=0 the server takes a free port and
+        names it in its log, where it is read from (no port picked here and handed on)."""
         log = self.log_path.open("ab")
+        since = log.tell()
         self.proc = await asyncio.create_subprocess_exec(
             SYNC_SERVICE, "serve", env=self.env, stdout=log, stderr=log
         )
         log.close()
+        if self.env["SYNC_HTTP_PORT"] == "0":
+            self.port = 0
         deadline = asyncio.get_running_loop().time() + timeout
         async with aiohttp.ClientSession() as session:
             while True:
                 if self.proc.returncode is not None:
                     raise AssertionError(f"service exited {self.proc.returncode}:\n{self.log()}")
-                try:
-                    async with session.get(f"{self.base}/readyz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
+                if not self.port:
+                    self.port = self._bound_port(since)
+                if self.port and await self._ready(session):
+                    return
                 if asyncio.get_running_loop().time() > deadline:
                     raise AssertionError(f"service not ready in {timeout}s:\n{self.log()}")
                 await asyncio.sleep(0.2)
+
+    def _bound_port(self, since: int) -> int:
+        """The port this start's server bound, from its "HTTP on host:port" log line; 0 before."""
+        with self.log_path.open("rb") as log:
+            log.seek(since)
+            found = re.findall(rb"HTTP on \S+:(\d+)", log.read())
+        return int(found[-1]) if found else 0
+
+    async def _ready(self, session: aiohttp.ClientSession) -> bool:
+        try:
+            async with session.get(f"{self.base}/readyz") as response:
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         assert self.proc is not None
@@ -140,7 +158,7 @@ class Harness:
             "SYNC_DLQ_TOPIC": self.dlq_topic,
             "SYNC_CONSUMER_GROUP": f"group-{uid}",
             "SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
-            "SYNC_HTTP_PORT": str(free_port()),
+            "SYNC_HTTP_PORT": "0",  # the server picks; ServiceProcess reads it from the log
             "SYNC_CONFIG_FILE": str(self.config_file),
             "SYNC_FAILED_ROWS_RETRY_SECONDS": "0.5",
             "SYNC_DESTINATION_RETRY_BASE_SECONDS": "0.05",

@@ -157,7 +157,7 @@ async def test_a_second_replica_joining_mid_stream_loses_no_row(e2e: Harness) ->
         await e2e.produce(
             {"modelId": "1", "op": "upsert", "rows": [user(k) for k in range(i, i + 10)]}
         )
-    e2e.env["SYNC_HTTP_PORT"] = str(free_port())
+    e2e.env["SYNC_HTTP_PORT"] = "0"
     e2e.env["SYNC_DATABASE_URL"] = f"sqlite:///{e2e.tmp_path / 'second.db'}"
     second = ServiceProcess(e2e.env, e2e.tmp_path / "second.log")
     e2e.services.append(second)

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from tests.e2e.conftest import ServiceProcess, free_port
+from tests.e2e.conftest import ServiceProcess
 from tests.support import Receiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -335,8 +335,8 @@ class Cluster:
 
     async def service(self, name: str = "service", **env: str) -> Service:
         """Start one more process (a restart when the last one was killed) and wait for /readyz."""
-        # The config takes a fixed port (SYNC_HTTP_PORT must be 1-65535), so a free one is picked.
-        merged = {**self.env, "SYNC_HTTP_PORT": str(free_port()), **env}
+        # Port 0: each process takes a free port and names it in its log (ServiceProcess reads it).
+        merged = {**self.env, "SYNC_HTTP_PORT": "0", **env}
         service = Service(merged, self.tmp_path / f"{name}.log")
         self.services.append(service)
         await service.start()

@@ -55,7 +55,7 @@ def test_no_events_topic_at_all_is_an_error(clean_env: pytest.MonkeyPatch) -> No
     ("name", "value"),
     [
         ("SYNC_HTTP_PORT", "notaport"),
-        ("SYNC_HTTP_PORT", "0"),
+        ("SYNC_HTTP_PORT", "-1"),
         ("SYNC_HTTP_PORT", "70000"),
         ("SYNC_STATUS_TOPIC", ""),
         ("SYNC_LOG_LEVEL", "chatty"),
