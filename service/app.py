@@ -36,9 +36,9 @@ from service.destinations.registry import (
 from service.ingest import Ingest
 from service.pipeline.catalog import CatalogView
 from service.pipeline.consume import Backoff, ConsumeLoop
-from service.pipeline.control import PipelineRunControl
+from service.pipeline.control import PipelineRunControl, RunRequests
 from service.pipeline.health import ConsumerHealth
-from service.pipeline.watch import Watcher
+from service.pipeline.watch import Upkeep, Watcher
 from service.resources import ResourcesError, ResourcesFile, apply_resources
 from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
@@ -47,7 +47,7 @@ from service.source.dlq import DeadLetters
 from service.source.invalid_rate import InvalidRateMonitor
 from service.source.kafka import KafkaSource
 from service.status import StatusReporter
-from service.store.base import Store
+from service.store.base import Store, StoreUnavailable
 from service.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ def open_store(settings: Settings) -> Store:
     if settings.database_url.startswith(("postgresql://", "postgres://")):
         from service.store.postgres import PostgresStore  # only PostgreSQL users need asyncpg
 
-        return PostgresStore(settings.database_url)
-    return SqliteStore(settings.database_url)
+        return PostgresStore(settings.database_url, timeout=settings.store_timeout_seconds)
+    return SqliteStore(settings.database_url, timeout=settings.store_timeout_seconds)
 
 
 class KafkaUnavailable(Exception):
@@ -183,6 +183,8 @@ class Running:
     scheduler: Scheduler
     consume: asyncio.Task[None]
     watch: asyncio.Task[None]
+    requests: RunRequests
+    take_requests: asyncio.Task[None]
 
 
 def build_catalog(settings: Settings, store: Store, egress: EgressPolicy | None) -> Catalog:
@@ -286,6 +288,8 @@ def build_app(
                 base_delay=settings.destination_retry_base_seconds,
                 max_delay=settings.destination_retry_max_seconds,
             ),
+            lease_ttl=settings.lease_ttl_seconds,
+            lease_renew=settings.lease_renew_seconds,
         )
         stack.push_async_callback(runner.close)
         scheduler = Scheduler(
@@ -318,13 +322,26 @@ def build_app(
             drain_seconds=settings.rebalance_drain_seconds,
         )
         await catalog.refresh()
-        run_control.attach(store, catalog, scheduler, reporter)
+        upkeep = Upkeep(
+            store,
+            reporter,
+            scheduler.notify_pending,
+            settings.store_retention(),
+            prune_seconds=settings.store_prune_interval_seconds,
+            first_prune_seconds=min(60.0, settings.store_prune_interval_seconds),
+        )
+        # Runs a stopped process left open end as interrupted before anything runs; their
+        # rows are still pending and go in the first run (notified below).
+        await upkeep.close_orphaned_runs()
+        requests = RunRequests(store, catalog, scheduler, reporter, runner.owner)
+        run_control.attach(store, catalog, scheduler, reporter, requests)
         await connect_kafka(settings, consumer.start, shutting_down)
         parts["source"], parts["loop"] = source, loop
         scheduler.notify_pending((await store.pending_counts()).keys())
-        watcher = Watcher(store, catalog, metrics, settings.snapshot_warn_seconds)
+        watcher = Watcher(store, catalog, metrics, settings.snapshot_warn_seconds, upkeep)
         consume = asyncio.create_task(loop.run(), name="consume")
         watch = asyncio.create_task(watcher.run(), name="catalog-watch")
+        take_requests = asyncio.create_task(requests.run(), name="run-requests")
 
         def on_consume_done(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is not None:
@@ -333,7 +350,7 @@ def build_app(
 
         consume.add_done_callback(on_consume_done)
         log.info("sync-service started: consuming %s", ", ".join(sorted(catalog.plan.owners)))
-        return Running(loop, watcher, scheduler, consume, watch)
+        return Running(loop, watcher, scheduler, consume, watch, requests, take_requests)
 
     async def apply_file() -> None:
         if resources is not None:
@@ -344,6 +361,8 @@ def build_app(
         running.loop.stopping = True
         running.watcher.stopping = True
         running.watch.cancel()
+        running.requests.stopping = True
+        running.take_requests.cancel()
         # The consume loop ends after its current fetch (at most 0.5 s) and commit.
         try:
             await asyncio.wait_for(asyncio.shield(running.consume), timeout=3)
@@ -352,7 +371,7 @@ def build_app(
         except Exception:
             pass  # reported by on_consume_done
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({running.consume, running.watch})
+            await asyncio.wait({running.consume, running.watch, running.take_requests})
         await running.scheduler.stop(settings.shutdown_grace_seconds)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -374,6 +393,8 @@ def build_app(
                     exit_reason.set(1, str(exc))
                 elif isinstance(exc, SchemaMismatch | ResourcesError):
                     exit_reason.set(EXIT_CONFIG, str(exc))
+                elif isinstance(exc, StoreUnavailable | ConnectionError):
+                    exit_reason.set(1, str(exc))
                 else:
                     log.error("the pipeline could not start", exc_info=exc)
                     exit_reason.set(1, f"the pipeline could not start: {exc}")

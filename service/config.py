@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     retention_runs_per_sync: int = Field(default=10_000, ge=1)
     retention_rejected_days: float = Field(default=7.0, gt=0)
     retention_open_snapshot_days: float = Field(default=7.0, gt=0)
+    #: How often the store is pruned to the retention above (first a minute after start).
+    store_prune_interval_seconds: float = Field(default=3600.0, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _renew_within_ttl(self) -> Settings:
