@@ -9,11 +9,13 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
 from service import __version__
 from service.api.auth import TokenTable
@@ -67,6 +69,27 @@ def open_store(settings: Settings) -> Store:
     return SqliteStore(settings.database_url, timeout=settings.store_timeout_seconds)
 
 
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """What every Kafka client of the service's own (consumer, producer, admin) is given to
+    reach the cluster: its address and security. Reads the CA file: call it off the loop."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": protocol,
+    }
+    if protocol in ("SSL", "SASL_SSL"):
+        cafile = settings.kafka_ssl_cafile
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(cafile) if cafile is not None else None
+        )
+    if protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_password is not None  # checked by the settings
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
 class KafkaUnavailable(Exception):
     """The cluster did not answer within SYNC_KAFKA_CONNECT_TIMEOUT_SECONDS at start."""
 
@@ -110,9 +133,15 @@ async def connect_kafka(
             delay = min(delay * 2, 5.0)
 
 
-async def ensure_topics(settings: Settings, stopping: asyncio.Event | None = None) -> None:
+async def ensure_topics(
+    settings: Settings,
+    stopping: asyncio.Event | None = None,
+    options: dict[str, Any] | None = None,
+) -> None:
     """Create the topics the service uses when the broker allows it; existing ones are kept."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    if options is None:
+        options = await asyncio.to_thread(kafka_client_options, settings)
+    admin = AIOKafkaAdminClient(**options)
     try:
         await connect_kafka(settings, admin.start, stopping)
         existing = set(await admin.list_topics())
@@ -163,9 +192,9 @@ async def open_store_checked(store: Store, settings: Settings) -> None:
     await store.open(migrate=False)  # type: ignore[call-arg]
 
 
-def new_consumer(settings: Settings) -> AIOKafkaConsumer:
+def new_consumer(settings: Settings, options: dict[str, Any] | None = None) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **(options if options is not None else kafka_client_options(settings)),
         group_id=settings.consumer_group,
         group_instance_id=settings.group_instance_id,
         enable_auto_commit=False,
@@ -257,9 +286,10 @@ def build_app(
             await open_store_checked(store, settings)
             stack.push_async_callback(store.close)
             await apply_file()
-        await ensure_topics(settings, shutting_down)
+        kafka = await asyncio.to_thread(kafka_client_options, settings)
+        await ensure_topics(settings, shutting_down, kafka)
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+            **kafka,
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
@@ -267,7 +297,7 @@ def build_app(
         # Stopped however start-up ends (a SIGTERM may cancel it while it connects).
         stack.push_async_callback(producer.stop)
         await connect_kafka(settings, producer.start, shutting_down)
-        consumer = new_consumer(settings)
+        consumer = new_consumer(settings, kafka)
         stack.push_async_callback(consumer.stop)
         source = KafkaSource(
             consumer,
