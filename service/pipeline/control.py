@@ -105,7 +105,12 @@ class PipelineRunControl:
                 p.scheduler.trigger(sync.id, request)
             else:
                 await p.store.request_run(sync.id, run.id, full_resync)
-                p.requests.wake()
+                # Taken here at once when this replica may run the sync, so triggers that
+                # follow join it; otherwise the replica holding the sync takes it.
+                try:
+                    await p.requests.poll()
+                except Exception as exc:  # recorded: the poll loop takes it later
+                    log.warning("run request of sync %s not taken yet: %s", sync.id, exc)
             return run.id
 
     async def cancel(self, sync: Sync, run_id: str) -> bool:
@@ -150,6 +155,7 @@ class RunRequests:
         #: Taken requests waiting for the sync's queued trigger to start (one at a time).
         self._waiting: dict[str, deque[tuple[RunRequest, Sync]]] = {}
         self._wake = asyncio.Event()
+        self._polling = asyncio.Lock()
         self.stopping = False
 
     def wake(self) -> None:
@@ -173,10 +179,11 @@ class RunRequests:
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
     async def poll(self) -> None:
-        for control in await self._store.take_run_requests(self._owner):
-            await self._take(control)
-        await self._cancel_queued()
-        self._hand_over()
+        async with self._polling:
+            for control in await self._store.take_run_requests(self._owner):
+                await self._take(control)
+            await self._cancel_queued()
+            self._hand_over()
 
     async def _take(self, control: RunControl) -> None:
         sync = await self._sync(control.sync_id)
@@ -188,9 +195,11 @@ class RunRequests:
         runs, _ = await self._store.list_runs(
             RunQuery(control.sync_id, run_id=control.run_id, limit=1)
         )
-        if not runs or runs[0].status.is_final:
-            return  # cancelled before anyone took it, or pruned
+        if not runs or runs[0].status is not RunStatus.QUEUED:
+            return  # cancelled before anyone took it, pruned, or started already
         run = runs[0]
+        if self._join(control):
+            return
         if sync is None or await self._store.cancel_requested(run.id):
             run.status = RunStatus.CANCELLED
             run.finished_at = datetime.now(UTC)
@@ -209,6 +218,16 @@ class RunRequests:
             full_resync=control.full_resync,
         )
         self._waiting.setdefault(sync.id, deque()).append((request, sync))
+
+    def _join(self, control: RunControl) -> bool:
+        """A request for a run already waiting here (asked again) joins it."""
+        queued = self._scheduler.queued_trigger(control.sync_id)
+        waiting = [r for r, _ in self._waiting.get(control.sync_id, ())]
+        for request in [queued, *waiting]:
+            if request is not None and request.run_id == control.run_id:
+                request.full_resync |= control.full_resync
+                return True
+        return False
 
     async def _sync(self, sync_id: str) -> Sync | None:
         if not self._scheduler.knows(sync_id):

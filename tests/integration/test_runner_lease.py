@@ -18,7 +18,7 @@ from service.runner.runner import SyncRunner
 from service.store.base import RunQuery
 from service.store.sqlite import SqliteStore
 from tests.integration.test_runner_webhook import Harness, user
-from tests.support import Receiver, wait_for
+from tests.support import LOCAL_ONLY, Receiver, wait_for
 
 
 class SavingReporter:
@@ -42,7 +42,7 @@ async def harness(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Harness]:
     h.reporter = reporter  # type: ignore[assignment]
     h.runner = SyncRunner(
         store,
-        functools.partial(open_destination, context=DestinationContext("127.0.0.1:9")),
+        functools.partial(open_destination, context=DestinationContext("127.0.0.1:9", LOCAL_ONLY)),
         reporter,
         h.metrics,
         SystemClock(),

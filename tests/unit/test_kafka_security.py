@@ -65,7 +65,9 @@ async def test_sasl_ssl_gives_every_client_mechanism_credentials_and_the_ca(
     await admin.close()
 
 
-async def test_sasl_plaintext_defaults_to_plain_and_needs_no_ca(clean_env: pytest.MonkeyPatch) -> None:
+async def test_sasl_plaintext_defaults_to_plain_and_needs_no_ca(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
     settings = Settings(
         kafka_security_protocol="SASL_PLAINTEXT",
         kafka_sasl_username="svc",
