@@ -59,6 +59,8 @@ START_STOP_SECONDS = 5.0
 
 #: Exit status of a start-up that can't succeed without an operator (configuration, schema).
 EXIT_CONFIG = 2
+#: How often a start with SYNC_MIGRATE_ON_START off looks again at a schema that is behind.
+SCHEMA_WAIT_SECONDS = 5.0
 
 
 def open_store(settings: Settings) -> Store:
@@ -188,7 +190,7 @@ async def open_store_checked(store: Store, settings: Settings) -> None:
             current,
             expected,
         )
-        await asyncio.sleep(5)
+        await asyncio.sleep(SCHEMA_WAIT_SECONDS)
     await store.open(migrate=False)  # type: ignore[call-arg]
 
 
