@@ -7,7 +7,7 @@ KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
 .PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean \
-	cdc-up cdc-down demo-cdc image image-test compose-test deploy-check
+	cdc-up cdc-down demo-cdc image image-test compose-test deploy-check bench-peer
 
 help:
 	@echo "make demo        run the service with a demo receiver and sample events"
@@ -66,6 +66,11 @@ bench: venv kafka-up pg-up
 
 bench-quick: venv kafka-up pg-up
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
+
+# S4 next to P4, Flink SQL doing the same job (needs a JDK 17 and Maven; jars in .cache/flink).
+bench-peer: venv kafka-up pg-up
+	scripts/flink/flink.sh resolve
+	$(BIN)/python -m bench.run --only S0,S4,P4,P4d $(BENCH_ARGS)
 
 # The container image and the deployment files (README, "Deploy").
 image: venv

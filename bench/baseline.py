@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -75,6 +76,8 @@ async def measure(topic: str, group: str, rows: int, max_records: int) -> Window
     out, _ = await proc.communicate()
     if not joining.done():
         joining.cancel()  # the consumer came and went between two polls
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await joining  # done either way before it is asked for its result
     if proc.returncode != 0:
         raise RuntimeError(f"the baseline consumer exited {proc.returncode}")
     t = json.loads(out)

@@ -33,10 +33,11 @@ class Bench:
     tree: ServiceTree
     topics: list[str] = field(default_factory=list)
 
-    async def topic(self, label: str) -> str:
-        """A new, empty events topic (one partition: every event has the same key)."""
+    async def topic(self, label: str, partitions: int = 1) -> str:
+        """A new, empty events topic (by default one partition: every event has the same
+        key)."""
         name = f"bench-{self.run_id}-{label}"
-        await create_topics([name])
+        await create_topics([name], partitions)
         self.topics.append(name)
         return name
 
@@ -64,13 +65,15 @@ class Bench:
         database_url: str,
         destination: DestinationSpec,
         extra_env: dict[str, str] | None = None,
+        group: str | None = None,
     ) -> AsyncIterator[ServiceProcess]:
-        """A started service consuming `topic` with a consumer group of its own."""
+        """A started service consuming `topic` with a consumer group of its own (or `group`,
+        shared with other processes)."""
         service = ServiceProcess(
             name,
             self.workdir,
             topic=topic,
-            group=f"{topic}-{name}",
+            group=group or f"{topic}-{name}",
             database_url=database_url,
             resources=resources(
                 destination.type, destination.configuration, self.profile.linger_ms

@@ -138,15 +138,25 @@ def producer() -> AIOKafkaProducer:
     )
 
 
-async def produce_all(topic: str, events: list[bytes]) -> float:
-    """Every event, acknowledged; returns the seconds it took."""
+def row_keys(events: int, rows_per_event: int, first_id: int = 1) -> list[bytes | None]:
+    """Each event's record key when events are keyed by row: its first row's id (what
+    `generate` made), so a model's events spread over a topic's partitions."""
+    return [str(first_id + i * rows_per_event).encode() for i in range(events)]
+
+
+async def produce_all(
+    topic: str, events: list[bytes], keys: list[bytes | None] | None = None
+) -> float:
+    """Every event, acknowledged (keyed by the model, or by `keys`); returns the seconds it
+    took."""
     started = time.monotonic()
     sender = producer()
     await sender.start()
     try:
         pending = []
-        for value in events:
-            pending.append(await sender.send(topic, value, key=KEY))
+        for n, value in enumerate(events):
+            key = KEY if keys is None else keys[n]
+            pending.append(await sender.send(topic, value, key=key))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending.clear()

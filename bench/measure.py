@@ -71,8 +71,9 @@ SERVICE_COUNTERS = (
 )
 
 
-async def group_joined(group: str, within: float = 60.0) -> float:
-    """When the broker first describes `group` as Stable with a member (wall clock)."""
+async def group_joined(group: str, within: float = 60.0, members: int = 1) -> float:
+    """When the broker first describes `group` as Stable with `members` members or more
+    (wall clock)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
     try:
@@ -80,8 +81,8 @@ async def group_joined(group: str, within: float = 60.0) -> float:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             [response] = await admin.describe_consumer_groups([group], coordinator)
-            _, _, state, _, _, members, *_ = response.groups[0]
-            if state == "Stable" and members:
+            _, _, state, _, _, group_members, *_ = response.groups[0]
+            if state == "Stable" and len(group_members) >= members:
                 return time.time()
             await asyncio.sleep(POLL)
     finally:

@@ -62,6 +62,9 @@ async def run_memory(bench: Bench, s1_rate: float) -> dict[str, Any]:
         "SYNC_DESTINATION_RETRY_MAX_SECONDS": str(profile.memory_retry_max_seconds),
     }
     rate = profile.memory_load * s1_rate
+    # With a backlog to reach, the stall's load is set by it instead of by S1's rate.
+    backlog_rows = profile.memory_backlog_rows
+    stall_rate = backlog_rows / profile.memory_stall_seconds if backlog_rows else rate
     async with bench.service(
         "M1",
         topic=topic,
@@ -78,6 +81,11 @@ async def run_memory(bench: Bench, s1_rate: float) -> dict[str, Any]:
                 producing = asyncio.create_task(paced.run(rate, float("inf"), stop))
                 try:
                     await asyncio.sleep(profile.memory_warmup_seconds)
+                    if stall_rate != rate:
+                        stop.set()
+                        await producing
+                        stop = asyncio.Event()
+                        producing = asyncio.create_task(paced.run(stall_rate, float("inf"), stop))
                     before = await service.scrape()
                     await bench.receiver.control(stall=True)
                     stall_start, rss_stall_start = time.time(), rss.now()
@@ -102,6 +110,8 @@ async def run_memory(bench: Bench, s1_rate: float) -> dict[str, Any]:
     ingested = "sync_rows_ingested_total"
     return {
         "load_rows_per_s": round(rate, 1),
+        "stall_load_rows_per_s": round(stall_rate, 1),
+        "backlog_rows_asked": backlog_rows or None,
         "produced_rows_per_s": round(produced_rate, 1),
         "rows_produced": paced.sent,
         "stall_seconds": round(stall_end - stall_start, 1),

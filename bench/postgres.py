@@ -7,6 +7,7 @@ import secrets
 
 import asyncpg
 
+from bench.events import COLUMNS
 from bench.settings import PG_URL
 
 
@@ -40,3 +41,27 @@ class Schema:
             await conn.execute(f"DROP SCHEMA IF EXISTS {self.name} CASCADE")
         finally:
             await conn.close()
+
+
+#: The destination table as the service's createTable makes it for the bench's rows.
+TARGET_TABLE = "bench_target"
+_TYPES = {"id": "bigint PRIMARY KEY", "mrr": "double precision"}
+
+
+async def create_target(schema: str) -> None:
+    """`<schema>.bench_target` made up front, for writers that do not create it (the peer) or
+    that could race to (two service processes)."""
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        columns = ", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in COLUMNS)
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.{TARGET_TABLE} ({columns})")
+    finally:
+        await conn.close()
+
+
+async def count_target(schema: str) -> int:
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        return await conn.fetchval(f"SELECT count(*) FROM {schema}.{TARGET_TABLE}")
+    finally:
+        await conn.close()

@@ -36,7 +36,9 @@ from bench.tree import ServiceTree
 
 log = logging.getLogger("bench")
 
-ALL = ("S0", "S1", "S2", "S3", "S4", "L1", "M1")
+ALL = ("S0", "S1", "S2", "S3", "S4", "S5", "L1", "M1")
+#: The peer (Flink SQL, needs a JVM): only when asked for (`--only`, `--peer`, make bench-peer).
+PEER = ("P4", "P4d")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,6 +48,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", default=",".join(ALL), help=f"comma-separated scenarios (default {','.join(ALL)})"
     )
     parser.add_argument("--rows", type=int, help="rows per event shape (overrides the profile)")
+    parser.add_argument(
+        "--peer", action="store_true", help=f"also the Flink SQL peer ({', '.join(PEER)})"
+    )
+    parser.add_argument(
+        "--s5-keys",
+        choices=("row", "none"),
+        help="S5's record keys: each event's first row key (default), or none",
+    )
+    parser.add_argument(
+        "--m1-backlog",
+        type=int,
+        metavar="ROWS",
+        help="M1: rows left waiting by the stall (full: 1,000,000; 0: 20%% of S1's rate)",
+    )
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy the service of S1-S4 into DIR"
     )
@@ -131,10 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     profile = QUICK if args.quick else FULL
     if args.rows:
         profile = Profile(**{**profile.as_dict(), "rows_per_shape": args.rows})
+    if args.s5_keys:
+        profile = Profile(**{**profile.as_dict(), "scale_out_keys": args.s5_keys})
+    if args.m1_backlog is not None:
+        profile = Profile(**{**profile.as_dict(), "memory_backlog_rows": args.m1_backlog})
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - set(ALL)
+    if args.peer:
+        only |= set(PEER)
+    unknown = only - set(ALL) - set(PEER)
     if unknown:
-        print(f"bench: unknown scenarios {sorted(unknown)} (known: {', '.join(ALL)})")
+        known = ", ".join(ALL + PEER)
+        print(f"bench: unknown scenarios {sorted(unknown)} (known: {known})")
         return 2
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     results = asyncio.run(bench(profile, only, args.profile, args.commit))

@@ -39,12 +39,18 @@ class Profile:
     memory_load: float = 0.2
     memory_warmup_seconds: float = 10.0
     memory_stall_seconds: float = 180.0
+    #: M1: when set, the load during the stall is this many rows over the stall (instead of
+    #: memory_load), so that many rows wait behind the stalled destination at its end.
+    memory_backlog_rows: int = 0
     #: M1 webhook settings: a stalled request gives up after timeout_seconds and is retried
     #: (backoff capped at retry_max_seconds) for max_attempts, far longer than the stall,
     #: so the run waits for the receiver instead of failing its rows.
     memory_timeout_seconds: float = 5.0
     memory_max_attempts: int = 100
     memory_retry_max_seconds: float = 2.0
+    #: S5's record keys: "row" (each event's first row key) or "none" (keyless records, for
+    #: a service that takes only the model id as a record key).
+    scale_out_keys: str = "row"
     #: Give up on a throughput scenario when it runs slower than this many rows/s.
     floor_rows_per_second: float = 500.0
 
@@ -59,7 +65,7 @@ QUICK = Profile(
     memory_warmup_seconds=5.0,
     memory_stall_seconds=30.0,
 )
-FULL = Profile(name="full", rows_per_shape=300_000)
+FULL = Profile(name="full", rows_per_shape=300_000, memory_backlog_rows=1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,18 @@ TARGETS = {
     "S3/S1@100": Target("S3/S1@100", "S3 >= 0.9 x S1 (100-row events)", 0.9),
     "S4@1": Target("S4@1", "S4 >= 40,000 rows/s (1-row events)", 40_000),
     "S4@100": Target("S4@100", "S4 >= 40,000 rows/s (100-row events)", 40_000),
+    "S4/P4@1": Target(
+        "S4/P4@1", "S4 >= 1.2 x Flink SQL at its best (P4 or P4d, 1-row events)", 1.2
+    ),
+    "S4/P4@100": Target(
+        "S4/P4@100", "S4 >= 1.2 x Flink SQL at its best (P4 or P4d, 100-row events)", 1.2
+    ),
+    "S5/S4@1": Target(
+        "S5/S4@1", "S5 >= 1.6 x S4, or CPU per row within 1.2 x S4's (1-row events)", 1.6
+    ),
+    "S5/S4@100": Target(
+        "S5/S4@100", "S5 >= 1.6 x S4, or CPU per row within 1.2 x S4's (100-row events)", 1.6
+    ),
     "L1p99@50%": Target("L1p99@50%", "L1 p99 <= 250 ms at 50% load", 250, at_least=False),
     "M1max": Target("M1max", "M1 max RSS in the stall < 256 MiB", 256, at_least=False),
     "M1growth": Target(

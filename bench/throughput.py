@@ -1,5 +1,6 @@
-"""S0 to S4 for one event shape: the same events, produced up front, read by the baseline
-consumer and by the service with each store and destination."""
+"""S0 to S5 and the peer (P4) for one event shape: the same events, produced up front, read by
+the baseline consumer, by the service with each store and destination, by two service
+processes in one group, and by Flink SQL."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import statistics
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import baseline, postgres
+from bench import baseline, peer, postgres
 from bench.context import Bench, DestinationSpec
-from bench.events import generate, produce_all
+from bench.events import generate, produce_all, row_keys
 from bench.measure import Window, service_window
+from bench.scaleout import run_scaleout
 
 log = logging.getLogger("bench")
+
+#: S5's topic: enough partitions for two processes to share.
+SCALE_OUT_PARTITIONS = 4
 
 
 async def run_shape(bench: Bench, rows_per_event: int, only: set[str]) -> dict[str, Any]:
@@ -34,6 +39,14 @@ async def run_shape(bench: Bench, rows_per_event: int, only: set[str]) -> dict[s
             round(await produce_all(second, events), 3),
         ],
     }
+    spread = None
+    if "S5" in only:  # the same events keyed by row, over several partitions
+        spread = await bench.topic(f"{shape}-p", partitions=SCALE_OUT_PARTITIONS)
+        if bench.profile.scale_out_keys == "row":
+            keys = row_keys(len(events), rows_per_event)
+        else:  # no key: the producer spreads the records over the partitions itself
+            keys = [None] * len(events)
+        result["produce_seconds"].append(round(await produce_all(spread, events, keys), 3))
     del events
     log.info("%s: %d rows in %d events on %s and %s", shape, rows, result["events"], first, second)
 
@@ -60,13 +73,31 @@ async def run_shape(bench: Bench, rows_per_event: int, only: set[str]) -> dict[s
         )
     s3_store = bench.sqlite_url(f"s3-{shape}")
     await attempt("S3", lambda n: _service(bench, n, first, rows, s3_store, bench.webhook()))
-    if "S4" in only:
+    if only & {"S4", "S5"}:
         reason = await asyncio.to_thread(bench.tree.postgres_missing)
         reason = reason or await postgres.reachable()
         if reason is not None:
-            result["S4"] = {"not_available": reason}
+            for name in only & {"S4", "S5"}:
+                result[name] = {"not_available": reason}
         else:
             await attempt("S4", lambda n: _postgres(bench, n, first, rows))
+            if spread is not None:
+                await attempt("S5", lambda n: run_scaleout(bench, n, spread, rows))
+    within = 300 + rows / bench.profile.floor_rows_per_second
+    for name, reuse in (("P4", True), ("P4d", False)):
+        if name not in only:
+            continue
+        reason = peer.missing() or await postgres.reachable()
+        if reason is not None:
+            result[name] = {"not_available": reason}
+            continue
+
+        async def flink(n: str, reuse: bool = reuse) -> dict[str, Any]:
+            return await peer.run_peer(
+                bench.workdir, n, first, rows, object_reuse=reuse, within=within
+            )
+
+        await attempt(name, flink)
     return result
 
 

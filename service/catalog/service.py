@@ -153,15 +153,29 @@ class Catalog:
         updatedAt."""
         fields = spec.model_dump(exclude={"id"})
         async with self._writing:
-            current = await self._store.get(kind, item_id)
-            if current is not None and current.workspace_id != workspace_id:
-                raise Conflicting({"id": f"{_WHAT[kind]} {item_id} belongs to another workspace"})
-            if current is not None:
-                return await self._replace(kind, workspace_id, current, fields, keep_unchanged=True)
-            fields = await self._complete(kind, workspace_id, None, fields)
-            item = self._validated(kind, {**fields, "id": item_id, "workspace_id": workspace_id})
-            await self._upsert(item)
-            return item
+            for second_look in (False, True):
+                current = await self._store.get(kind, item_id)
+                if current is not None and current.workspace_id != workspace_id:
+                    what = f"{_WHAT[kind]} {item_id} belongs to another workspace"
+                    raise Conflicting({"id": what})
+                if current is not None:
+                    return await self._replace(
+                        kind, workspace_id, current, fields, keep_unchanged=True
+                    )
+                completed = await self._complete(kind, workspace_id, None, fields)
+                item = self._validated(
+                    kind, {**completed, "id": item_id, "workspace_id": workspace_id}
+                )
+                try:
+                    await self._upsert(item)
+                except Conflicting:
+                    # Replicas that start together apply the same file at once: the one that
+                    # lost the race finds the resource there now and takes it as it is.
+                    if second_look or await self._store.get(kind, item_id) is None:
+                        raise
+                    continue
+                return item
+        raise AssertionError("unreachable: the second look returns or raises")
 
     async def delete(self, kind: type[CatalogItem], workspace_id: str, item_id: str) -> None:
         """Refused (Conflicting) while another resource refers to it."""

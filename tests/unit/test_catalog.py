@@ -23,7 +23,7 @@ from service.core.specs import (
     SyncCreate,
     SyncPatch,
 )
-from service.store.base import Store
+from service.store.base import Conflict, Store
 
 OWN_CLUSTER = "broker-a:9092,broker-b:9092"
 
@@ -401,3 +401,22 @@ async def test_the_primary_key_stays_while_syncs_use_the_model(catalog: Catalog)
     error = await refused(catalog.put(Model, "1", model_id, body))
     assert isinstance(error, Conflicting)
     assert set(error.details) == {"primaryKey"}
+
+
+async def test_a_put_that_loses_a_race_to_the_same_put_takes_the_winners_resource(
+    store: Store, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas applying one resources file at once: the second insert of model 5 fails on
+    its slug because the first just wrote it; the second put then finds it and succeeds."""
+    spec = ModelCreate.model_validate({"name": "users", "slug": "users", "primaryKey": "id"})
+    upsert = store.upsert
+
+    async def other_replica_wins(item: Any) -> None:
+        monkeypatch.setattr(store, "upsert", upsert)
+        await upsert(item)  # the other replica's write lands first
+        raise Conflict("slug", "slug 'users' is already used")
+
+    monkeypatch.setattr(store, "upsert", other_replica_wins)
+    model = await catalog.put(Model, "1", "5", spec)
+    assert (model.id, model.slug) == ("5", "users")
+    assert [m.id for m in await store.list(Model, "1")] == ["5"]
