@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     retention_open_snapshot_days: float = Field(default=7.0, gt=0)
     #: How often the store is pruned to the retention above (first a minute after start).
     store_prune_interval_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    #: How long a closed (or abandoned) snapshot is remembered, so that its closing message
+    #: read again removes nothing.
+    retention_closed_snapshot_days: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _renew_within_ttl(self) -> Settings:
@@ -114,6 +117,7 @@ class Settings(BaseSettings):
             runs_per_sync=self.retention_runs_per_sync,
             rejected_seconds=self.retention_rejected_days * day,
             open_snapshot_seconds=self.retention_open_snapshot_days * day,
+            closed_snapshot_seconds=self.retention_closed_snapshot_days * day,
         )
 
     @field_validator("events_topics", mode="before")
