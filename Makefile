@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit demo bench bench-quick clean \
-	cdc-up cdc-down demo-cdc image image-test compose-test deploy-check bench-peer
+.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit test-faults demo \
+	bench bench-quick clean cdc-up cdc-down demo-cdc image image-test compose-test deploy-check bench-peer
 
 help:
 	@echo "make demo        run the service with a demo receiver and sample events"
 	@echo "make test        lint, import contracts and every test (starts Kafka if needed)"
+	@echo "make test-faults the fault suite: kills the service, a broker and a database of its own"
 	@echo "make kafka-up    start a local Apache Kafka broker on 127.0.0.1:$(KAFKA_PORT)"
 	@echo "make kafka-down  stop it"
 	@echo "make demo-cdc    a Debezium PostgreSQL connector streams a table's changes; prints them"
@@ -55,7 +56,11 @@ test: venv kafka-up pg-up lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: venv
-	$(BIN)/pytest -m "not kafka" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not kafka and not postgres" $(PYTEST_ARGS)
+
+# Starts and kills its own broker (19092) and PostgreSQL (55450); figures in .cache/faults/.
+test-faults: venv
+	RUN_FAULT_SUITE=1 $(BIN)/pytest tests/faults -p no:cacheprovider -rxXs $(FAULTS_PYTEST_ARGS)
 
 demo: venv
 	scripts/demo.sh

@@ -3,7 +3,9 @@
 # tests: a fresh cluster in a temporary folder, role `sync` (password `sync`) owning the
 # database `sync`. The system's default cluster (5432) is never touched. PG_SERVER_OPTIONS adds
 # server settings (`-c wal_level=logical` for change data capture).
-#   scripts/postgres.sh up|down|status
+#   scripts/postgres.sh up|down|status|kill|start
+# `kill` ends the server and its backends with SIGKILL and keeps the data; `start` starts it
+# again on that data (crash recovery).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -108,9 +110,37 @@ down() {
   rm -rf "$data" "$run/data-dir"
 }
 
+# SIGKILL to the postmaster and every backend, as when the machine dies; the data stays.
+crash() {
+  local data; data="$(data_dir || true)"
+  local pidfile="$data/pgdata/postmaster.pid"
+  if [ -z "$data" ] || [ ! -f "$pidfile" ]; then say "not running"; return 0; fi
+  local pid; pid="$(head -1 "$pidfile")"
+  local pids; pids="$pid $(ps -o pid= --ppid "$pid" | tr '\n' ' ')"
+  # shellcheck disable=SC2086
+  kill -9 $pids 2>/dev/null || true
+  for p in $pids; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
+  say "killed (pid $pid and its backends)"
+}
+
+# Starts the server again on the data of the last `up`.
+start() {
+  if ready 2; then say "a server already answers on 127.0.0.1:$port"; return 0; fi
+  local data; data="$(data_dir || true)"
+  if [ -z "$data" ] || [ ! -d "$data/pgdata" ]; then say "no data to start on: use up"; exit 1; fi
+  local bin; bin="$(bindir)"
+  as_pg "$bin/pg_ctl" -D "$data/pgdata" -w -t "$timeout_s" start \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$data -c fsync=off ${PG_SERVER_OPTIONS:-}" \
+    >>"$logfile" 2>&1 || { say "start failed, see $logfile"; tail -30 "$logfile" >&2; exit 1; }
+  until ready 2; do sleep 0.2; done
+  say "started again on 127.0.0.1:$port"
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  kill) crash ;;
+  start) start ;;
   status) if ready 2; then say "up on 127.0.0.1:$port"; else say "down"; exit 1; fi ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kill|start" >&2; exit 2 ;;
 esac

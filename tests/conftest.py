@@ -13,6 +13,22 @@ from blockbuster import blockbuster_ctx
 
 from tests.support import Receiver
 
+# The fault suite starts, kills and restarts servers of its own for minutes: `make test-faults`.
+collect_ignore = [] if os.environ.get("RUN_FAULT_SUITE") else ["faults"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that reaches the broker or PostgreSQL carries `kafka` or `postgres`, so that
+    `make test-unit` (neither marker) needs no server."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        params = {str(v) for v in callspec.params.values()} if callspec else set()
+        if "kafka_bootstrap" in names or params & {"kafka", "kafka-tombstone"}:
+            item.add_marker(pytest.mark.kafka)
+        if "postgres_url" in names or "postgres" in params:
+            item.add_marker(pytest.mark.postgres)
+
 
 def kafka_address() -> str:
     return os.environ.get("KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")

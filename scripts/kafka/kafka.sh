@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts and stops a single-node Apache Kafka broker (KRaft, broker+controller in one
 # process) on 127.0.0.1:${KAFKA_PORT:-9092}, from jars that Maven resolves per pom.xml.
-#   scripts/kafka/kafka.sh up|down|status
+#   scripts/kafka/kafka.sh up|down|status|kill|start
+# `kill` ends the broker with SIGKILL and keeps its data; `start` starts it again on that
+# data (a crash and a restart). KAFKA_RUN_DIR puts the run folder elsewhere than the cache.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -10,10 +12,13 @@ port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
 cache="${KAFKA_CACHE_DIR:-$root/.cache/kafka}"
 lib="$cache/lib"
-run="$cache/run-$port"
+run="${KAFKA_RUN_DIR:-$cache/run-$port}"
 pidfile="$run/kafka.pid"
 logfile="${KAFKA_LOG_FILE:-$run/kafka.log}"
 timeout_s="${KAFKA_START_TIMEOUT:-90}"
+
+java_opts=(-Xms256m -Xmx"${KAFKA_HEAP:-768m}" -XX:+UseG1GC -Djava.awt.headless=true
+  -Dlog4j2.configurationFile="$here/log4j2.xml" -Dkafka.log.file="$logfile")
 
 say() { echo "kafka: $*" >&2; }
 
@@ -55,6 +60,17 @@ up() {
   mkdir -p "$run"
   local data; data="$(mktemp -d "${TMPDIR:-/tmp}/sync-service-kafka-$port.XXXXXX")"
   echo "$data" > "$run/data-dir"
+  write_properties "$data"
+  say "formatting KRaft storage in $data"
+  java "${java_opts[@]}" -cp "$lib/*" kafka.tools.StorageTool format --standalone \
+    --cluster-id "$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)" \
+    --config "$run/server.properties" >>"$logfile" 2>&1 \
+    || { say "format failed, see $logfile"; tail -20 "$logfile" >&2; exit 1; }
+  launch
+}
+
+write_properties() {
+  local data="$1"
   cat > "$run/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -76,13 +92,9 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.flush.interval.messages=9223372036854775807
 PROPS
-  local java_opts=(-Xms256m -Xmx${KAFKA_HEAP:-768m} -XX:+UseG1GC -Djava.awt.headless=true
-    -Dlog4j2.configurationFile="$here/log4j2.xml" -Dkafka.log.file="$logfile")
-  say "formatting KRaft storage in $data"
-  java "${java_opts[@]}" -cp "$lib/*" kafka.tools.StorageTool format --standalone \
-    --cluster-id "$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)" \
-    --config "$run/server.properties" >>"$logfile" 2>&1 \
-    || { say "format failed, see $logfile"; tail -20 "$logfile" >&2; exit 1; }
+}
+
+launch() {
   say "starting broker on 127.0.0.1:$port (log: $logfile)"
   nohup java "${java_opts[@]}" -cp "$lib/*" kafka.Kafka "$run/server.properties" \
     >>"$logfile" 2>&1 </dev/null &
@@ -109,10 +121,35 @@ down() {
   if [ -f "$run/data-dir" ]; then rm -rf "$(cat "$run/data-dir")" "$run/data-dir"; fi
 }
 
+# SIGKILL, as when the machine or the JVM dies; the data stays for `start`.
+crash() {
+  local pid
+  if pid="$(running_pid)"; then
+    kill -9 "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    say "killed (pid $pid)"
+  else
+    say "not running"
+  fi
+  rm -f "$pidfile"
+}
+
+# Starts the broker again on the data of the last `up`.
+start() {
+  resolve
+  if running_pid >/dev/null; then say "already running (pid $(cat "$pidfile"))"; return 0; fi
+  local data; data="$(cat "$run/data-dir" 2>/dev/null || true)"
+  if [ -z "$data" ] || [ ! -d "$data" ]; then say "no data to start on: use up"; exit 1; fi
+  write_properties "$data"
+  launch
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  kill) crash ;;
+  start) start ;;
   status) resolve; if reachable; then say "up on 127.0.0.1:$port"; else say "down"; exit 1; fi ;;
   reachable) resolve; reachable ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kill|start" >&2; exit 2 ;;
 esac

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,6 @@ DBT_SECRET = "dbt-webhook-secret"
 POSTGRES_URL = os.environ.get(
     "SYNC_TEST_POSTGRES_URL", "postgresql://sync:sync@127.0.0.1:55432/sync"
 )
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Api:
@@ -115,7 +108,6 @@ async def service(
         database_url = f"{POSTGRES_URL}?search_path={schema}"
     else:
         database_url = f"sqlite:///{tmp_path / 'store.db'}"
-    port = _port()
     settings = Settings(
         kafka_bootstrap_servers=kafka_bootstrap,
         events_topics=[f"api-events-{uid}"],
@@ -123,7 +115,6 @@ async def service(
         dlq_topic=f"api-dlq-{uid}",
         consumer_group=f"api-{uid}",
         database_url=database_url,
-        http_port=port,
         api_max_body_bytes=64 * 1024,
         dbt_cloud_webhook_secret=DBT_SECRET,
         egress_allow=["127.0.0.1/32"],  # the receivers of these tests listen there
@@ -131,7 +122,10 @@ async def service(
     app = build_app(settings, None, TOKENS)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    # Port 0: the server picks a free port and is asked for it, so no other process can take it.
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:

@@ -25,6 +25,8 @@ from service.store.sqlite import SqliteStore
 from tests.integration.test_runner_webhook import RecordingReporter
 from tests.support import LOCAL_ONLY
 
+pytestmark = pytest.mark.postgres
+
 POSTGRES_URL = os.environ.get(
     "SYNC_TEST_POSTGRES_URL", "postgresql://sync:sync@127.0.0.1:55432/sync"
 )
