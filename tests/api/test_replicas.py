@@ -17,7 +17,7 @@ from tests.api.conftest import POSTGRES_URL, TOKENS, Service, _port, _postgres_s
 from tests.api.test_api import make_catalog, run_status
 from tests.support import Receiver, wait_for
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 
 @pytest.fixture
