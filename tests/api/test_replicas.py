@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from service.app import build_app
 from service.config import Settings
-from tests.api.conftest import POSTGRES_URL, TOKENS, Service, _port, _postgres_schema
+from tests.api.conftest import POSTGRES_URL, TOKENS, Service, _postgres_schema
 from tests.api.test_api import make_catalog, run_status
 from tests.support import Receiver, wait_for
 
@@ -35,7 +35,6 @@ async def replicas(kafka_bootstrap: str, uid: str) -> AsyncIterator[tuple[Servic
         stack.push_async_callback(producer.stop)
         services = []
         for _ in range(2):
-            port = _port()
             settings = Settings(
                 kafka_bootstrap_servers=kafka_bootstrap,
                 events_topics=[f"rep-events-{uid}"],
@@ -43,23 +42,18 @@ async def replicas(kafka_bootstrap: str, uid: str) -> AsyncIterator[tuple[Servic
                 dlq_topic=f"rep-dlq-{uid}",
                 consumer_group=f"rep-{uid}",
                 database_url=f"{POSTGRES_URL}?search_path={schema}",
-                http_port=port,
                 egress_allow=["127.0.0.1/32"],
                 shutdown_grace_seconds=0.5,
             )
             runner = web.AppRunner(build_app(settings, None, TOKENS), handle_signals=False)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            services.append(
-                Service(
-                    f"http://127.0.0.1:{port}",
-                    session,
-                    producer,
-                    settings.events_topics[0],
-                    settings,
-                )
-            )
+            # Port 0: the server picks a free port, which no other process can take meanwhile.
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            base = f"http://127.0.0.1:{port}"
+            services.append(Service(base, session, producer, settings.events_topics[0], settings))
         yield services[0], services[1]
 
 
