@@ -9,11 +9,13 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
 from service import __version__
 from service.api.auth import TokenTable
@@ -36,9 +38,9 @@ from service.destinations.registry import (
 from service.ingest import Ingest
 from service.pipeline.catalog import CatalogView
 from service.pipeline.consume import Backoff, ConsumeLoop
-from service.pipeline.control import PipelineRunControl
+from service.pipeline.control import PipelineRunControl, RunRequests
 from service.pipeline.health import ConsumerHealth
-from service.pipeline.watch import Watcher
+from service.pipeline.watch import Upkeep, Watcher
 from service.resources import ResourcesError, ResourcesFile, apply_resources
 from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
@@ -48,7 +50,7 @@ from service.source.dlq import DeadLetters
 from service.source.invalid_rate import InvalidRateMonitor
 from service.source.kafka import KafkaSource
 from service.status import StatusReporter
-from service.store.base import Store
+from service.store.base import Store, StoreUnavailable
 from service.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -58,14 +60,37 @@ START_STOP_SECONDS = 5.0
 
 #: Exit status of a start-up that can't succeed without an operator (configuration, schema).
 EXIT_CONFIG = 2
+#: How often a start with SYNC_MIGRATE_ON_START off looks again at a schema that is behind.
+SCHEMA_WAIT_SECONDS = 5.0
 
 
 def open_store(settings: Settings) -> Store:
     if settings.database_url.startswith(("postgresql://", "postgres://")):
         from service.store.postgres import PostgresStore  # only PostgreSQL users need asyncpg
 
-        return PostgresStore(settings.database_url)
-    return SqliteStore(settings.database_url)
+        return PostgresStore(settings.database_url, timeout=settings.store_timeout_seconds)
+    return SqliteStore(settings.database_url, timeout=settings.store_timeout_seconds)
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """What every Kafka client of the service's own (consumer, producer, admin) is given to
+    reach the cluster: its address and security. Reads the CA file: call it off the loop."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": protocol,
+    }
+    if protocol in ("SSL", "SASL_SSL"):
+        cafile = settings.kafka_ssl_cafile
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(cafile) if cafile is not None else None
+        )
+    if protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_password is not None  # checked by the settings
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
 
 
 class KafkaUnavailable(Exception):
@@ -111,9 +136,15 @@ async def connect_kafka(
             delay = min(delay * 2, 5.0)
 
 
-async def ensure_topics(settings: Settings, stopping: asyncio.Event | None = None) -> None:
+async def ensure_topics(
+    settings: Settings,
+    stopping: asyncio.Event | None = None,
+    options: dict[str, Any] | None = None,
+) -> None:
     """Create the topics the service uses when the broker allows it; existing ones are kept."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    if options is None:
+        options = await asyncio.to_thread(kafka_client_options, settings)
+    admin = AIOKafkaAdminClient(**options)
     try:
         await connect_kafka(settings, admin.start, stopping)
         existing = set(await admin.list_topics())
@@ -160,13 +191,13 @@ async def open_store_checked(store: Store, settings: Settings) -> None:
             current,
             expected,
         )
-        await asyncio.sleep(5)
+        await asyncio.sleep(SCHEMA_WAIT_SECONDS)
     await store.open(migrate=False)  # type: ignore[call-arg]
 
 
-def new_consumer(settings: Settings) -> AIOKafkaConsumer:
+def new_consumer(settings: Settings, options: dict[str, Any] | None = None) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **(options if options is not None else kafka_client_options(settings)),
         group_id=settings.consumer_group,
         group_instance_id=settings.group_instance_id,
         enable_auto_commit=False,
@@ -184,6 +215,8 @@ class Running:
     scheduler: Scheduler
     consume: asyncio.Task[None]
     watch: asyncio.Task[None]
+    requests: RunRequests
+    take_requests: asyncio.Task[None]
 
 
 def build_catalog(settings: Settings, store: Store, egress: EgressPolicy | None) -> Catalog:
@@ -257,9 +290,10 @@ def build_app(
             await open_store_checked(store, settings)
             stack.push_async_callback(store.close)
             await apply_file()
-        await ensure_topics(settings, shutting_down)
+        kafka = await asyncio.to_thread(kafka_client_options, settings)
+        await ensure_topics(settings, shutting_down, kafka)
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+            **kafka,
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
@@ -267,7 +301,7 @@ def build_app(
         # Stopped however start-up ends (a SIGTERM may cancel it while it connects).
         stack.push_async_callback(producer.stop)
         await connect_kafka(settings, producer.start, shutting_down)
-        consumer = new_consumer(settings)
+        consumer = new_consumer(settings, kafka)
         stack.push_async_callback(consumer.stop)
         source = KafkaSource(
             consumer,
@@ -288,6 +322,8 @@ def build_app(
                 base_delay=settings.destination_retry_base_seconds,
                 max_delay=settings.destination_retry_max_seconds,
             ),
+            lease_ttl=settings.lease_ttl_seconds,
+            lease_renew=settings.lease_renew_seconds,
         )
         stack.push_async_callback(runner.close)
         scheduler = Scheduler(
@@ -321,13 +357,26 @@ def build_app(
             drain_seconds=settings.rebalance_drain_seconds,
         )
         await catalog.refresh()
-        run_control.attach(store, catalog, scheduler, reporter)
+        upkeep = Upkeep(
+            store,
+            reporter,
+            scheduler.notify_pending,
+            settings.store_retention(),
+            prune_seconds=settings.store_prune_interval_seconds,
+            first_prune_seconds=min(60.0, settings.store_prune_interval_seconds),
+        )
+        # Runs a stopped process left open end as interrupted before anything runs; their
+        # rows are still pending and go in the first run (notified below).
+        await upkeep.close_orphaned_runs()
+        requests = RunRequests(store, catalog, scheduler, reporter, runner.owner)
+        run_control.attach(store, catalog, scheduler, reporter, requests)
         await connect_kafka(settings, consumer.start, shutting_down)
         parts["source"], parts["loop"] = source, loop
         scheduler.notify_pending((await store.pending_counts()).keys())
-        watcher = Watcher(store, catalog, metrics, settings.snapshot_warn_seconds)
+        watcher = Watcher(store, catalog, metrics, settings.snapshot_warn_seconds, upkeep)
         consume = asyncio.create_task(loop.run(), name="consume")
         watch = asyncio.create_task(watcher.run(), name="catalog-watch")
+        take_requests = asyncio.create_task(requests.run(), name="run-requests")
 
         def on_consume_done(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is not None:
@@ -336,7 +385,7 @@ def build_app(
 
         consume.add_done_callback(on_consume_done)
         log.info("sync-service started: consuming %s", ", ".join(sorted(catalog.plan.owners)))
-        return Running(loop, watcher, scheduler, consume, watch)
+        return Running(loop, watcher, scheduler, consume, watch, requests, take_requests)
 
     async def apply_file() -> None:
         if resources is not None:
@@ -347,6 +396,8 @@ def build_app(
         running.loop.stopping = True
         running.watcher.stopping = True
         running.watch.cancel()
+        running.requests.stopping = True
+        running.take_requests.cancel()
         # The consume loop ends after its current fetch (at most 0.5 s) and commit.
         try:
             await asyncio.wait_for(asyncio.shield(running.consume), timeout=3)
@@ -355,7 +406,7 @@ def build_app(
         except Exception:
             pass  # reported by on_consume_done
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({running.consume, running.watch})
+            await asyncio.wait({running.consume, running.watch, running.take_requests})
         await running.scheduler.stop(settings.shutdown_grace_seconds)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -377,6 +428,8 @@ def build_app(
                     exit_reason.set(1, str(exc))
                 elif isinstance(exc, SchemaMismatch | ResourcesError):
                     exit_reason.set(EXIT_CONFIG, str(exc))
+                elif isinstance(exc, StoreUnavailable | ConnectionError):
+                    exit_reason.set(1, str(exc))
                 else:
                     log.error("the pipeline could not start", exc_info=exc)
                     exit_reason.set(1, f"the pipeline could not start: {exc}")

@@ -15,6 +15,7 @@ from service.api.health import EXIT_REASON, FATAL
 from service.app import build_app, open_store
 from service.config import Settings, SettingsError, load_settings
 from service.resources import ResourcesError, ResourcesFile, parse_resources
+from service.store.base import StoreUnavailable
 
 log = logging.getLogger("service")
 
@@ -45,6 +46,11 @@ async def serve(settings: Settings, resources: ResourcesFile | None, tokens: dic
     except ResourcesError as exc:
         print(f"sync-service: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except (StoreUnavailable, ConnectionError) as exc:
+        # The store opens before HTTP answers: another process holds the SQLite file, or
+        # PostgreSQL can't be reached.
+        print(f"sync-service: {exc}", file=sys.stderr)
+        return 1
     try:
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
@@ -68,7 +74,11 @@ async def serve(settings: Settings, resources: ResourcesFile | None, tokens: dic
 
 async def migrate(settings: Settings) -> int:
     store = open_store(settings)
-    await store.open()  # applies every migration not yet recorded
+    try:
+        await store.open()  # applies every migration not yet recorded
+    except (StoreUnavailable, ConnectionError) as exc:
+        print(f"sync-service: {exc}", file=sys.stderr)
+        return 1
     await store.close()
     print("sync-service: store schema is up to date")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     retention_runs_per_sync: int = Field(default=10_000, ge=1)
     retention_rejected_days: float = Field(default=7.0, gt=0)
     retention_open_snapshot_days: float = Field(default=7.0, gt=0)
+    #: How often the store is pruned to the retention above (first a minute after start).
+    store_prune_interval_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    #: How long a closed (or abandoned) snapshot is remembered, so that its closing message
+    #: read again removes nothing.
+    retention_closed_snapshot_days: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _renew_within_ttl(self) -> Settings:
@@ -113,6 +118,7 @@ class Settings(BaseSettings):
             runs_per_sync=self.retention_runs_per_sync,
             rejected_seconds=self.retention_rejected_days * day,
             open_snapshot_seconds=self.retention_open_snapshot_days * day,
+            closed_snapshot_seconds=self.retention_closed_snapshot_days * day,
         )
 
     @field_validator("events_topics", mode="before")
@@ -162,6 +168,52 @@ class Settings(BaseSettings):
             parse_networks(entries, "")
         return entries
 
+    # Kafka security of the service's own clients (consumer, producer, admin).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = Field(default=None, min_length=1)
+    kafka_sasl_password: SecretStr | None = None
+    #: CA bundle (PEM) the brokers' certificates are checked against; the system's otherwise.
+    kafka_ssl_cafile: Path | None = None
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        given = [
+            name
+            for name, value in (
+                ("SYNC_KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism),
+                ("SYNC_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                ("SYNC_KAFKA_SASL_PASSWORD", self.kafka_sasl_password),
+            )
+            if value is not None
+        ]
+        if not sasl and given:
+            raise ValueError(
+                f"{', '.join(given)} set, but SYNC_KAFKA_SECURITY_PROTOCOL is {protocol}: "
+                "use SASL_PLAINTEXT or SASL_SSL"
+            )
+        if sasl and (self.kafka_sasl_username is None or self.kafka_sasl_password is None):
+            raise ValueError(
+                f"SYNC_KAFKA_SECURITY_PROTOCOL {protocol} needs SYNC_KAFKA_SASL_USERNAME "
+                "and SYNC_KAFKA_SASL_PASSWORD"
+            )
+        if self.kafka_ssl_cafile is not None:
+            if not protocol.endswith("SSL"):
+                raise ValueError(
+                    f"SYNC_KAFKA_SSL_CAFILE set, but SYNC_KAFKA_SECURITY_PROTOCOL is {protocol}: "
+                    "use SSL or SASL_SSL"
+                )
+            if not self.kafka_ssl_cafile.is_file():
+                raise ValueError(f"SYNC_KAFKA_SSL_CAFILE: no file at {self.kafka_ssl_cafile}")
+        return self
+
 
 class SettingsError(Exception):
     """One line naming the setting and what is wrong with it."""
@@ -172,8 +224,12 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         error = exc.errors()[0]
+        if not error["loc"]:  # a rule over several settings names them itself
+            raise SettingsError(str(error.get("ctx", {}).get("error", error["msg"]))) from None
         name = "SYNC_" + str(error["loc"][0]).upper() if error["loc"] else "SYNC_*"
         value = error.get("input")
-        secret = any(word in name for word in ("TOKEN", "DATABASE_URL", "SECRET"))
+        secret = any(
+            word in name for word in ("TOKEN", "DATABASE_URL", "SECRET", "PASSWORD", "SASL")
+        )
         shown = "" if isinstance(value, dict) or secret else f" (got {value!r})"
         raise SettingsError(f"{name}: {error['msg']}{shown}") from None

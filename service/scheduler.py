@@ -162,6 +162,10 @@ class Scheduler:
         state = self._states.get(sync_id)
         return state.trigger if state is not None else None
 
+    def queued_runs(self) -> list[tuple[str, RunRequest]]:
+        """The triggered runs waiting to start, by sync."""
+        return [(i, s.trigger) for i, s in self._states.items() if s.trigger is not None]
+
     def trigger(self, sync_id: str, request: RunRequest) -> bool:
         """Queue one run (after the one in flight, if any)."""
         state = self._states.get(sync_id)

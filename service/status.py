@@ -43,14 +43,22 @@ class StatusReporter:
 
     async def report(self, sync: Sync, run: SyncRun) -> None:
         await self._store.save_run(run)
+        await self._announce(sync.id, run)
+
+    async def report_saved(self, run: SyncRun) -> None:
+        """Mirror and publish a run the store has already written (a run closed as
+        interrupted at start): saving it again could meet a newer lease and be refused."""
+        await self._announce(run.sync_id, run)
+
+    async def _announce(self, sync_id: str, run: SyncRun) -> None:
         final = run.status.is_final
         last_run_at = (run.started_at or run.created_at) if final else None
-        await self._store.set_sync_status(sync.id, SyncStatus(run.status.value), last_run_at)
+        await self._store.set_sync_status(sync_id, SyncStatus(run.status.value), last_run_at)
         if final:
             self._metrics.runs.labels(run.status.value).inc()
             log.info(
                 "sync %s run %s %s: planned %d, delivered %d, failed %d%s",
-                sync.id,
+                sync_id,
                 run.id,
                 run.status.value,
                 run.planned_rows.total,
@@ -62,8 +70,8 @@ class StatusReporter:
             return
         try:
             await self._producer.send_and_wait(
-                self._topic, value=orjson.dumps(cloud_event(sync.id, run)), key=sync.id.encode()
+                self._topic, value=orjson.dumps(cloud_event(sync_id, run)), key=sync_id.encode()
             )
         except KafkaError as exc:
             # The run record in the store stays the source of truth; the event is a copy.
-            log.warning("status event for sync %s run %s not published: %s", sync.id, run.id, exc)
+            log.warning("status event for sync %s run %s not published: %s", sync_id, run.id, exc)

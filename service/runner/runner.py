@@ -41,6 +41,8 @@ DestinationFactory = Callable[[Destination], DestinationWriter]
 #: A continuous run ends after this long without new rows (or at the end of its window).
 RUN_IDLE_SECONDS = 1.0
 _IDLE_POLL_SECONDS = 0.02
+#: How often a running run looks for a cancel asked for through the store.
+CANCEL_POLL_SECONDS = 1.0
 
 
 class _RunAborted(Exception):
@@ -54,8 +56,9 @@ class _RunAborted(Exception):
 class _Held:
     """The lease a run holds, whether the heartbeat lost it, and the run record."""
 
-    def __init__(self, lease: Lease) -> None:
+    def __init__(self, lease: Lease, request: RunRequest) -> None:
         self.lease = lease
+        self.request = request
         self.lost = False
         self.run: SyncRun | None = None
 
@@ -107,7 +110,7 @@ class SyncRunner:
             if request.run_id is None:
                 return None  # the replica holding it sends these rows too
             await self._clock.sleep(0.5)  # a triggered run waits its turn
-        held = _Held(Lease(sync.id, self._owner, token))
+        held = _Held(Lease(sync.id, self._owner, token), request)
         task = asyncio.current_task()
         assert task is not None
         self._leases[sync.id] = held.lease
@@ -130,11 +133,21 @@ class SyncRunner:
 
     async def _heartbeat(self, held: _Held, task: asyncio.Task[object]) -> None:
         """Renew the lease while the run lives; stop the run once it cannot be renewed (taken
-        by another replica, or the store unreachable until the lease would have expired)."""
+        by another replica, or the store unreachable until the lease would have expired).
+        Between renewals, look for a cancel asked for through the store (on any replica)."""
         lease = held.lease
-        renewed = self._clock.monotonic()
+        renewed = due = self._clock.monotonic()
+        tick = min(CANCEL_POLL_SECONDS, self._lease_renew)
         while True:
-            await self._clock.sleep(self._lease_renew)
+            await self._clock.sleep(tick)
+            if await self._cancel_asked(held):
+                log.info("sync %s: its run is cancelled through the API", lease.sync_id)
+                held.request.cancelled = True
+                task.cancel()
+                return
+            if self._clock.monotonic() - due < self._lease_renew - tick / 2:
+                continue
+            due = self._clock.monotonic()
             try:
                 kept = await self._store.renew_lease(
                     lease.sync_id, lease.owner, lease.token, self._lease_ttl
@@ -151,6 +164,15 @@ class SyncRunner:
             held.lost = True
             task.cancel()
             return
+
+    async def _cancel_asked(self, held: _Held) -> bool:
+        if held.run is None or held.request.cancelled:
+            return False
+        try:
+            return await self._store.cancel_requested(held.run.id)
+        except Exception as exc:
+            log.debug("sync %s: cancel requests not read: %s", held.lease.sync_id, exc)
+            return False
 
     async def _run(self, sync: Sync, request: RunRequest, held: _Held) -> SyncRun:
         run = SyncRun(

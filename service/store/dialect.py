@@ -56,8 +56,13 @@ class Dialect:
         self.timeout = timeout
         self.schema_upto = schema_upto
 
-    async def open(self) -> None: ...
+    async def open(self, migrate: bool = True) -> None: ...
     async def close(self) -> None: ...
+
+    async def schema_version(self) -> int:
+        """The schema version the database holds now (0: none), read without opening the
+        store for use or migrating it."""
+        raise NotImplementedError
 
     async def ping(self) -> bool:
         """True when the store answers a trivial query (in time)."""
@@ -182,18 +187,35 @@ class SqliteDialect(Dialect):
         self._lock = asyncio.Lock()
         self._seq = 0
 
-    async def open(self) -> None:
+    async def open(self, migrate: bool = True) -> None:
         if self.path != ":memory:":
             await asyncio.to_thread(Path(self.path).parent.mkdir, parents=True, exist_ok=True)
             self._locked = await asyncio.to_thread(_lock_file, self.path + ".lock")
         self.orphan_cutoff = time.time()
         try:
-            await self._connect()
+            await self._connect(migrate)
         except BaseException:
             await self.close()
             raise
 
-    async def _connect(self) -> None:
+    async def schema_version(self) -> int:
+        import aiosqlite
+
+        if self.path == ":memory:" or not await asyncio.to_thread(Path(self.path).exists):
+            return 0
+        # Read-only and without the lock file: the process that holds it may be migrating.
+        uri = f"file:{await asyncio.to_thread(os.path.realpath, self.path)}?mode=ro"
+        async with aiosqlite.connect(uri, uri=True, timeout=self.timeout) as db:
+            async with db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ) as cur:
+                if await cur.fetchone() is None:
+                    return 0
+            async with db.execute(_SCHEMA_VERSION) as cur:
+                row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _connect(self, migrate: bool = True) -> None:
         import aiosqlite
 
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
@@ -203,7 +225,8 @@ class SqliteDialect(Dialect):
         await self._wal()
         # FULL: a committed ingest transaction survives power loss before offsets are committed.
         await self._db.execute("PRAGMA synchronous=FULL")
-        await self._migrate()
+        if migrate:
+            await self._migrate()
         async with self._db.execute("SELECT value FROM meta WHERE name = 'seq'") as cur:
             meta = await cur.fetchone()
         self._seq = meta[0] if meta else 0
@@ -325,7 +348,7 @@ class PostgresDialect(Dialect):
         self._max_size = max_size
         self._pool: Any = None
 
-    async def open(self) -> None:
+    async def open(self, migrate: bool = True) -> None:
         self._pool = await create_pool(
             self.url,
             min_size=self._min_size,
@@ -334,11 +357,35 @@ class PostgresDialect(Dialect):
             statement_timeout=self.timeout,
         )
         try:
-            version = await self._migrate()
+            version = await self._migrate() if migrate else await self._version()
         except BaseException:
             await self.close()
             raise
         log.info("PostgreSQL store at %s, schema version %d", mask_url(self.url), version)
+
+    async def _version(self) -> int:
+        async with self._acquire() as raw:
+            conn = PostgresConn(raw)
+            if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+                return 0
+            return int(await conn.fetchval(_SCHEMA_VERSION))
+
+    async def schema_version(self) -> int:
+        pool = await create_pool(
+            self.url,
+            min_size=1,
+            max_size=1,
+            connect_timeout=self.timeout,
+            statement_timeout=self.timeout,
+        )
+        try:
+            async with pool.acquire(timeout=self.timeout) as raw:
+                conn = PostgresConn(raw)
+                if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+                    return 0
+                return int(await conn.fetchval(_SCHEMA_VERSION))
+        finally:
+            await pool.close()
 
     async def _migrate(self) -> int:
         async with self._acquire() as raw:

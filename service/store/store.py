@@ -46,8 +46,10 @@ class SqlStore(Store):
 
     # lifecycle -------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        await self._d.open()
+    async def open(self, migrate: bool = True) -> None:
+        """Connect; apply the migrations not yet recorded unless `migrate` is off (then the
+        schema must be current already: see `schema_status`)."""
+        await self._d.open(migrate)
         if self._d.alone and (self._d.schema_upto is None or self._d.schema_upto >= 8):
             # Whoever held a lease before this process is gone: its syncs may run at once.
             async with self._d.tx() as conn:
@@ -55,6 +57,11 @@ class SqlStore(Store):
 
     async def close(self) -> None:
         await self._d.close()
+
+    async def schema_status(self) -> tuple[int, int]:
+        """(the version the database holds, the version this release migrates to), read
+        before `open`."""
+        return await self._d.schema_version(), len(self._d.migrations())
 
     async def ping(self) -> bool:
         return await self._d.ping()

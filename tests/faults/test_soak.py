@@ -31,6 +31,8 @@ RETENTION = {
     "SYNC_RETENTION_RUNS_PER_SYNC": "10",
     "SYNC_RETENTION_REJECTED_DAYS": str(20 / 86400),
     "SYNC_RETENTION_OPEN_SNAPSHOT_DAYS": str(20 / 86400),
+    "SYNC_STORE_PRUNE_INTERVAL_SECONDS": "5",
+    "SYNC_RETENTION_CLOSED_SNAPSHOT_DAYS": str(20 / 86400),
 }
 #: Tables that retention bounds; row_state (pending and synced rows) is bounded by the keys.
 PRUNED = ("sync_runs", "rejected_rows", "snapshots", "snapshot_keys")
@@ -55,9 +57,6 @@ def grows(series: list[float], slack: float) -> bool:
     return max(last) > max(middle) + slack
 
 
-@pytest.mark.xfail(
-    strict=True, reason="nothing calls Store.prune: run records, rejected rows, open snapshots grow"
-)
 @pytest.mark.timeout(SOAK + 300)
 async def test_soak_memory_and_store_stay_flat(
     cluster: Cluster, receiver: TimedReceiver, tmp_path: Path
