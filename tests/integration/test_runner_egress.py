@@ -4,24 +4,12 @@ is counted as delivered, and every row stays pending with the reason."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from service.core.models import RunStatus
-from service.store.sqlite import SqliteStore
 from tests.integration.test_runner_webhook import Harness, user
-from tests.support import Listener, Receiver
-
-
-@pytest.fixture
-async def harness(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Harness]:
-    store = SqliteStore(f"sqlite:///{tmp_path / 'store.db'}")
-    await store.open()
-    h = Harness(store, receiver)
-    yield h
-    await h.runner.close()
-    await store.close()
+from tests.support import Listener
 
 
 @pytest.fixture

@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from service.core.models import RunStatus, Sync, SyncConfiguration, referenced_columns
-from service.store.sqlite import SqliteStore
 from tests.integration.test_runner_webhook import Harness, user
-from tests.support import Receiver
 
 #: Within the iteration, output and variable limits; stopped by the CPU-time limit.
 BOMB = (
@@ -22,16 +16,6 @@ BOMB = (
     + "{{ a | join: '-' | split: '-' | join: ',' | size | modulo: 1 }}" * 20
     + "{% endfor %}"
 )
-
-
-@pytest.fixture
-async def harness(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Harness]:
-    store = SqliteStore(f"sqlite:///{tmp_path / 'store.db'}")
-    await store.open()
-    h = Harness(store, receiver)
-    yield h
-    await h.runner.close()
-    await store.close()
 
 
 async def use_mappings(harness: Harness, mappings: list[dict[str, Any]]) -> None:

@@ -6,11 +6,7 @@ import asyncio
 import functools
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from service.core.events import ChangeEvent
 from service.core.interfaces import RunRequest, SystemClock
@@ -101,16 +97,6 @@ class Harness:
             {"destination_type": "webhook", "op": op, "outcome": outcome},
         )
         return value or 0.0
-
-
-@pytest.fixture
-async def harness(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Harness]:
-    store = SqliteStore(f"sqlite:///{tmp_path / 'store.db'}")
-    await store.open()
-    h = Harness(store, receiver)
-    yield h
-    await h.runner.close()
-    await store.close()
 
 
 def user(i: int, email: str | None = None, **extra: Any) -> dict[str, Any]:
