@@ -79,6 +79,7 @@ docker run -d --name "$name" \
   -e SYNC_HTTP_PORT="$http_port" \
   -e SYNC_CONFIG_FILE=/etc/sync-service/resources.yaml \
   -e SYNC_API_TOKENS="image-test-$uid-token=1" \
+  -e SYNC_EGRESS_ALLOW=127.0.0.1/32 \
   "$image" >/dev/null
 
 [ "$(docker exec "$name" id -u)" = 10001 ] || fail "the service does not run as uid 10001"

@@ -161,11 +161,10 @@ def corpus() -> list[Case]:
             "p-delnokey",
         ),
         Case(
-            "message key differs from modelId",
-            event([{"id": "p-msgkey", "v": 1}]),
+            "a model that does not exist",
+            orjson.dumps({"modelId": "999", "op": "upsert", "rows": [{"id": "p-nomodel", "v": 1}]}),
             "invalid",
-            "p-msgkey",
-            key=b"2",
+            "p-nomodel",
         ),
     ]
 
