@@ -64,7 +64,14 @@ trap cleanup EXIT
 
 say "docker compose --profile demo up --wait ($image, $kafka_image, $postgres_image)"
 dc up --wait --wait-timeout 240 --no-build --quiet-pull >&2 || fail "compose up --wait"
-code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SYNC_HOST_PORT/readyz")"
+# `up --wait` can return while the service's health is still `starting`: ask /readyz until it
+# answers 200 (the consumer has joined its group), for a minute at most.
+code=000
+for _ in $(seq 1 60); do
+  code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SYNC_HOST_PORT/readyz" || true)"
+  [ "$code" = 200 ] && break
+  sleep 1
+done
 [ "$code" = 200 ] || fail "/readyz answered $code"
 received() { [[ "$(dc logs demo-receiver 2>/dev/null)" == *"receiver <-"* ]]; }
 for _ in $(seq 1 60); do
