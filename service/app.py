@@ -36,7 +36,7 @@ from service.destinations.registry import (
     open_destination,
 )
 from service.ingest import Ingest
-from service.pipeline.catalog import CatalogView
+from service.pipeline.catalog import CatalogView, SyncSets
 from service.pipeline.consume import Backoff, ConsumeLoop
 from service.pipeline.control import PipelineRunControl, RunRequests
 from service.pipeline.health import ConsumerHealth
@@ -44,6 +44,7 @@ from service.pipeline.watch import Upkeep, Watcher
 from service.resources import ResourcesError, ResourcesFile, apply_resources
 from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
+from service.runner.stream import Streams
 from service.scheduler import Scheduler
 from service.source.debezium import DebeziumSources
 from service.source.dlq import DeadLetters
@@ -332,10 +333,25 @@ def build_app(
             max_concurrent_runs=settings.max_concurrent_runs,
             retry_base=settings.failed_rows_retry_seconds,
         )
+        streams = (
+            Streams(
+                store,
+                runner,
+                metrics,
+                clock,
+                notify_pending=scheduler.notify_pending,
+                queue_bytes=settings.stream_queue_bytes,
+                cache_bytes=settings.synced_cache_bytes,
+            )
+            if settings.streaming
+            else None
+        )
+        if streams is not None:
+            stack.push_async_callback(streams.close)
         catalog = CatalogView(
             store,
             source,
-            scheduler,
+            scheduler if streams is None else SyncSets(scheduler, streams),
             events_topics=settings.events_topics,
             default_workspace=settings.default_workspace,
             reserved_topics=(settings.status_topic, settings.dlq_topic),
@@ -355,6 +371,7 @@ def build_app(
                 settings.consumer_retry_max_seconds,
             ),
             drain_seconds=settings.rebalance_drain_seconds,
+            streams=streams,
         )
         await catalog.refresh()
         upkeep = Upkeep(

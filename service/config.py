@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     #: How long a closed (or abandoned) snapshot is remembered, so that its closing message
     #: read again removes nothing.
     retention_closed_snapshot_days: float = Field(default=30.0, gt=0)
+    # streaming: continuous syncs send from memory, the store keeps only their outcomes
+    #: Off: every row is written pending first and sent by the sync's lease holder.
+    streaming: bool = True
+    #: Bytes of rows a continuous sync may hold in memory before new ones go to the store.
+    stream_queue_bytes: int = Field(default=16 << 20, ge=64 << 10, le=4 << 30)
+    #: Bytes of the cache of what destinations hold (synced hashes by key), shared by syncs.
+    synced_cache_bytes: int = Field(default=64 << 20, ge=0, le=16 << 30)
 
     @model_validator(mode="after")
     def _renew_within_ttl(self) -> Settings:

@@ -308,7 +308,9 @@ def _project_fast(
         # A row that has exactly the referenced columns, in their order, is its own projection.
         projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
         data = dumps(projected)
-        latest[(sync_id, key)] = PendingWrite(sync_id, key, "upsert", data, row_hash(data), emitted)
+        latest[(sync_id, key)] = PendingWrite(
+            sync_id, key, "upsert", data, row_hash(data), emitted, projected
+        )
     return refused
 
 
@@ -348,7 +350,9 @@ def _project_one_by_one(
         except (TypeError, ValueError, RecursionError) as exc:
             refused.add(row, "unencodable", f"a value can't be encoded as JSON: {exc}"[:300])
             continue
-        latest[(sync_id, key)] = PendingWrite(sync_id, key, "upsert", data, row_hash(data), emitted)
+        latest[(sync_id, key)] = PendingWrite(
+            sync_id, key, "upsert", data, row_hash(data), emitted, projected
+        )
     return refused
 
 

@@ -34,6 +34,8 @@ class PendingWrite:
     data: bytes | None  # JSON of the row projected onto the referenced columns
     row_hash: bytes | None
     emitted_at: float | None
+    #: The projected row itself (what `data` encodes), kept while it travels in memory.
+    source: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

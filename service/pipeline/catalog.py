@@ -26,6 +26,18 @@ class SyncSet(Protocol):
     def set_syncs(self, syncs: Iterable[Sync]) -> None: ...
 
 
+class SyncSets:
+    """Several parts that follow the set of syncs, told at once."""
+
+    def __init__(self, *parts: SyncSet) -> None:
+        self._parts = parts
+
+    def set_syncs(self, syncs: Iterable[Sync]) -> None:
+        syncs = list(syncs)
+        for part in self._parts:
+            part.set_syncs(syncs)
+
+
 class CatalogView:
     """Reloaded whenever the store's catalog version moves. An event is routed only to the
     models of the workspace that owns the topic it came from."""

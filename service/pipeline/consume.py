@@ -13,9 +13,9 @@ from typing import Protocol, TypeVar
 from aiokafka import TopicPartition
 
 from service.core.events import ChangeEvent, InvalidEvent
-from service.core.rows import RouteIndex
-from service.ingest import Ingest, IngestResult
-from service.pipeline.commit import OffsetLedger, Prepared, Stored, store_then_commit
+from service.core.rows import PendingWrite, RouteIndex
+from service.ingest import Ingest, IngestResult, PreparedPart
+from service.pipeline.commit import Committer, OffsetLedger, Prepared, Stored, store_then_commit
 from service.pipeline.health import ConsumerHealth
 from service.source.dlq import DeadLetter
 from service.source.kafka import EventBatch
@@ -61,6 +61,21 @@ class DeadLetterSink(Protocol):
 
 class Notify(Protocol):
     def notify_pending(self, sync_ids: Iterable[str]) -> None: ...
+
+
+class Ticket(Protocol):
+    @property
+    def done(self) -> asyncio.Future[None]: ...
+
+
+class Streamer(Protocol):
+    """Takes the rows of continuous syncs to send from memory (service.runner.stream)."""
+
+    async def take(
+        self, writes: list[PendingWrite], hold: set[str]
+    ) -> tuple[list[PendingWrite], Ticket | None]: ...
+
+    async def flush(self, seconds: float) -> None: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -110,6 +125,7 @@ class ConsumeLoop:
         health: ConsumerHealth | None = None,
         backoff: Backoff = Backoff(),
         drain_seconds: float = 20.0,
+        streams: Streamer | None = None,
     ) -> None:
         self.source = source
         self.ingest = ingest
@@ -121,6 +137,8 @@ class ConsumeLoop:
         self.backoff = backoff
         self.drain_seconds = drain_seconds
         self.ledger = OffsetLedger()
+        self.committer = Committer(source.commit, self.ledger)
+        self.streams = streams
         self.stopping = False
         self._storing: asyncio.Task[IngestResult | None] | None = None
         #: Snapshots read but not closed yet, by model (or source route): their upserts count
@@ -152,11 +170,22 @@ class ConsumeLoop:
                 storing = self._storing = asyncio.create_task(
                     self._store_and_commit(batch, prepared), name="ingest"
                 )
-            if storing is not None:
-                await self._finished(storing)
+            if storing is not None and not await self._finished(storing):
+                return
+            await self._settle(self.drain_seconds)
         finally:
             if storing is not None and not storing.done():
                 storing.cancel()  # uncommitted: these events are read again
+
+    async def _settle(self, seconds: float) -> None:
+        """Rows still in memory are sent or spilled to the store, then their offsets are
+        committed (before a rebalance moves partitions, and when the service stops)."""
+        if self.streams is not None:
+            try:
+                await self.streams.flush(seconds)
+            except Exception as exc:
+                log.warning("rows in memory were not all stored (%s); they are read again", exc)
+        await self.committer.idle()
 
     @staticmethod
     async def _finished(task: asyncio.Task[IngestResult | None]) -> bool:
@@ -182,6 +211,8 @@ class ConsumeLoop:
                 await asyncio.wait({task})
             except Exception:
                 pass  # its own failure is reported by the loop
+        await self._settle(self.drain_seconds)
+        self.committer.clear()
         self.ledger.committed.clear()  # the next owner's commits are its own
         # Held commits make the next owner read the closing records again.
         self._closing.clear()
@@ -294,12 +325,7 @@ class ConsumeLoop:
                     close.held_at, self.ledger.committed.get(close.hold, 0)
                 )
         result = await store_then_commit(
-            batch,
-            prepared,
-            send_dead=self._send_dead,
-            store=self._store,
-            commit=self.source.commit,
-            ledger=self.ledger,
+            batch, prepared, send_dead=self._send_dead, store=self._store, committer=self.committer
         )
         if result is not None:
             self.scheduler.notify_pending(result.sync_ids)
@@ -338,9 +364,7 @@ class ConsumeLoop:
             if self._open.get(close.model_id) == close.snapshot_id:
                 del self._open[close.model_id]
             if not any(c.hold == close.hold for c in self._closing):
-                offsets = self.ledger.forward({close.hold: self._processed[close.hold]})
-                if await self.source.commit(offsets):
-                    self.ledger.record(offsets)
+                self.committer.add({close.hold: self._processed[close.hold]})
         return True
 
     async def _send_dead(self, letters: Sequence[DeadLetter]) -> bool:
@@ -354,9 +378,19 @@ class ConsumeLoop:
         return self.health.stuck or self.dead_letters.failing
 
     async def _store(self, batch: EventBatch, prepared: Prepared) -> Stored | None:
+        streamed: list[asyncio.Future[None]] = []
         try:
+            if self.streams is not None:
+                for part in prepared.parts:
+                    ticket = await self._retry(
+                        "reading what destinations hold",
+                        lambda p=part: self._stream(p),  # type: ignore[misc]
+                        bounded=False,
+                    )
+                    if ticket is not None:
+                        streamed.append(ticket.done)
             result = await self._retry("storing", lambda: self.ingest.store(prepared.parts))
-            return Stored(result)
+            return Stored(result, streamed=streamed)
         except _Stopping:
             return None
         except _GaveUp:
@@ -366,7 +400,23 @@ class ConsumeLoop:
                 len(batch.events),
                 self.backoff.attempts,
             )
-        return await self._store_one_by_one(batch, prepared)
+        stored = await self._store_one_by_one(batch, prepared)
+        if stored is not None:
+            stored.streamed = streamed
+        return stored
+
+    async def _stream(self, part: PreparedPart) -> Ticket | None:
+        """Hands the part's rows of continuous syncs to the streams; the rest stay for the
+        store. Rows of a sync whose snapshot this part touches stay for the store."""
+        assert self.streams is not None
+        snapshot = part.snapshot
+        hold = {sync_id for sync_id, _, _ in snapshot.keys}
+        hold.update(sync_id for sync_id, _ in snapshot.closed)
+        hold.update(snapshot.truncated)
+        part.writes, ticket = await self.streams.take(part.writes, hold)
+        part.found.sync_ids = {w.sync_id for w in part.writes} | hold
+        part.found.sync_ids.update(r.sync_id for r in snapshot.rejected)
+        return ticket
 
     async def _store_one_by_one(self, batch: EventBatch, prepared: Prepared) -> Stored | None:
         stored = Stored(IngestResult(), [])

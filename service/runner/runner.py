@@ -45,7 +45,7 @@ _IDLE_POLL_SECONDS = 0.02
 CANCEL_POLL_SECONDS = 1.0
 
 
-class _RunAborted(Exception):
+class RunAborted(Exception):
     """A fatal destination error ended the run; its rows are already recorded as failed."""
 
     def __init__(self, error: DestinationError) -> None:
@@ -204,7 +204,7 @@ class SyncRunner:
             await self._enter(sync, run, RunStatus.PROCESSING)
             run.started_at = datetime.now(UTC)
             await self._process(sync, run, request)
-        except _RunAborted as exc:
+        except RunAborted as exc:
             run.error = str(exc.error)
             await self._finish(sync, run, RunStatus.FAILED)
         except asyncio.CancelledError:
@@ -228,6 +228,25 @@ class SyncRunner:
             final = RunStatus.WARNING if run.failed_rows.total else RunStatus.SUCCESS
             await self._finish(sync, run, final)
 
+    async def enter(self, sync: Sync, run: SyncRun, status: RunStatus) -> None:
+        """Move the run to `status`, saved and published."""
+        await self._enter(sync, run, status)
+
+    async def finish(self, sync: Sync, run: SyncRun, status: RunStatus) -> None:
+        """End the run with `status`, its completion worked out."""
+        await self._finish(sync, run, status)
+
+    def count(self, run: SyncRun, kind: str, outcomes: RowOutcomes, now: float) -> None:
+        """Count what became of rows sent, on the run and in the metrics."""
+        self._count(run, kind, outcomes, now)
+
+    async def delivery(self, destination: Destination) -> Delivery:
+        """The destination's writer with its retries and pacing, opened once and shared."""
+        return await self._delivery(destination)
+
+    def mapper(self, sync: Sync) -> RowMapper:
+        return self._mapper(sync)
+
     async def _enter(self, sync: Sync, run: SyncRun, status: RunStatus) -> None:
         run.status = status
         await self._reporter.report(sync, run)
@@ -242,12 +261,12 @@ class SyncRunner:
     async def _process(self, sync: Sync, run: SyncRun, request: RunRequest) -> None:
         destination = await self._store.get_destination(sync.destination_id)
         if destination is None:
-            raise _RunAborted(DestinationError(f"destination {sync.destination_id} not found"))
+            raise RunAborted(DestinationError(f"destination {sync.destination_id} not found"))
         try:
             delivery = await self._delivery(destination)
         except DestinationError as exc:
-            raise _RunAborted(exc) from exc
-        sending = _Sending(
+            raise RunAborted(exc) from exc
+        sending = Sending(
             sync,
             run,
             delivery,
@@ -266,7 +285,7 @@ class SyncRunner:
         run: SyncRun,
         request: RunRequest,
         delivery: Delivery,
-        sending: _Sending,
+        sending: Sending,
     ) -> None:
         """Read pending rows page by page, plan them, and hand full batches to `sending`.
         Reading waits while the destination's batches in flight are at their limit, so a
@@ -323,10 +342,10 @@ class SyncRunner:
         mapper: RowMapper,
         mode: SyncMode,
         batcher: Batcher[RowChange],
-        sending: _Sending,
+        sending: Sending,
     ) -> None:
         if renders_templates(mapper):
-            plan = await _plan_in_thread(page, mode, mapper, request.full_resync)
+            plan = await plan_in_thread(page, mode, mapper, request.full_resync)
         else:
             plan = plan_changes(page, mode, mapper, full_resync=request.full_resync)
         if request.reset_cdc:
@@ -380,9 +399,7 @@ class SyncRunner:
                 return None
         return None
 
-    async def _record(
-        self, sync: Sync, run: SyncRun, delivery: Delivery, sent: list[_Sent]
-    ) -> None:
+    async def _record(self, sync: Sync, run: SyncRun, delivery: Delivery, sent: list[Sent]) -> None:
         """Record what became of each row of the batches sent, in one store transaction."""
         outcomes = RowOutcomes()
         for rows, result in sent:
@@ -464,7 +481,7 @@ def _plan_for_a_while(
     return plan, start
 
 
-async def _plan_in_thread(
+async def plan_in_thread(
     page: list[PendingRow], mode: SyncMode, mapper: RowMapper, full_resync: bool
 ) -> Plan:
     """Templates may take milliseconds a row: planned in a worker thread, a slice at a time,
@@ -482,10 +499,10 @@ async def _plan_in_thread(
 
 
 #: A batch sent: its rows and what the destination answered.
-_Sent = tuple[list[RowChange], BatchResult]
+Sent = tuple[list[RowChange], BatchResult]
 
 
-class _Sending:
+class Sending:
     """The batches of one run in flight at once: up to the destination's adaptive concurrency
     limit in requests, and as many again being recorded. Batches that come back while the
     store records others are recorded together, in one transaction. A page holding a key that
@@ -500,7 +517,7 @@ class _Sending:
         run: SyncRun,
         delivery: Delivery,
         *,
-        record: Callable[[list[_Sent]], Awaitable[None]],
+        record: Callable[[list[Sent]], Awaitable[None]],
         batch_rows: Histogram,
     ) -> None:
         self._record_sent = record
@@ -511,7 +528,7 @@ class _Sending:
         self._tasks: dict[asyncio.Task[DestinationError | None], set[str]] = {}
         self._fatal: DestinationError | None = None
         self._count = 0
-        self._sent: list[tuple[_Sent, asyncio.Future[None]]] = []
+        self._sent: list[tuple[Sent, asyncio.Future[None]]] = []
         self._recorder: asyncio.Task[None] | None = None
 
     def _collect(self) -> None:
@@ -538,7 +555,7 @@ class _Sending:
         self._collect()
         if self._fatal is not None:
             await limiter.release()
-            raise _RunAborted(self._fatal)
+            raise RunAborted(self._fatal)
         self._count += 1
         task = asyncio.create_task(self._send(rows, self._count))
         self._tasks[task] = {r.key for r in rows}
@@ -578,7 +595,7 @@ class _Sending:
             await asyncio.wait(self._tasks)
         self._collect()
         if self._fatal is not None:
-            raise _RunAborted(self._fatal)
+            raise RunAborted(self._fatal)
 
     async def cancel(self) -> None:
         """Stop whatever is still in flight (shutdown, cancel); those rows stay pending."""

@@ -1,0 +1,719 @@
+"""Streams: rows of continuous syncs sent from memory on the replica that consumed them, and
+written once, as their outcome.
+
+The store's pending rows are the overflow: rows of scheduled syncs, rows of a sync whose
+memory queue is over its byte budget, rows that failed and wait for a retry, deletes of keys
+the destination holds, and rows of syncs with a snapshot in progress. The lease-holding runner
+sends those as before. For the rest, per sync and per replica (a key's versions come from one
+partition, so one replica):
+
+- a key is streamed only while the replica knows of no pending version of it in the store
+  (`_SyncStream.overflow`), and a pending version is written only when no streamed version of
+  the key is in flight here (`Streams.take` waits for it), so the two paths never hold
+  versions of one key at once;
+- what the destination holds is looked up in a bounded cache of synced hashes
+  (`SyncedCache`), filled by one store read per batch for the keys it lacks; a row equal to it
+  is dropped with no write at all;
+- a consumed batch's offsets may be committed once its `StreamTicket` is done: each of its
+  streamed rows recorded, dropped, superseded by a newer version, or spilled to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from service.core.errors import DestinationError
+from service.core.interfaces import Clock
+from service.core.metrics import Metrics
+from service.core.models import ContinuousSchedule, RunStatus, Sync, SyncRun
+from service.core.rows import PendingRow, PendingWrite, RowChange, RowFailure, RowOutcomes
+from service.runner.mapping import renders_templates
+from service.runner.planner import plan_changes
+from service.runner.runner import RunAborted, Sending, Sent, SyncRunner, plan_in_thread
+from service.store.base import Store
+
+log = logging.getLogger(__name__)
+
+#: A streamed run ends after this long without rows (the runner's continuous runs do the same),
+#: or once it has been open `STREAM_RUN_SECONDS`, so each run record covers a bounded stretch.
+STREAM_IDLE_SECONDS = 1.0
+STREAM_RUN_SECONDS = 60.0
+#: Keys known pending per sync before the whole sync goes to the store until it has none.
+MAX_OVERFLOW_KEYS = 10_000
+#: How often keys known pending are looked up again, to stream them once they are sent.
+OVERFLOW_CHECK_SECONDS = 1.0
+#: Rough bytes of one cache entry beyond its key (dict slot, hash bytes object).
+_ENTRY_BYTES = 120
+
+
+class SyncedCache:
+    """What the destination holds per (sync, key) as this replica knows it: the synced hash, or
+    None for a key it does not hold. Bounded by bytes; each sync's oldest entries go first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._syncs: dict[str, dict[str, bytes | None]] = {}
+        self.bytes = 0
+
+    def get(self, sync_id: str) -> dict[str, bytes | None]:
+        return self._syncs.setdefault(sync_id, {})
+
+    def put(self, sync_id: str, items: Iterable[tuple[str, bytes | None]]) -> None:
+        entries = self.get(sync_id)
+        added = 0
+        for key, value in items:
+            if key not in entries:
+                added += len(key) + _ENTRY_BYTES
+            entries[key] = value
+        self.bytes += added
+        if self.bytes > self.max_bytes:
+            self._evict(entries)
+
+    def _evict(self, entries: dict[str, bytes | None]) -> None:
+        target = self.max_bytes * 3 // 4
+        victims = entries if entries else next(iter(self._syncs.values()))
+        freed = 0
+        drop = []
+        for key in victims:
+            if self.bytes - freed <= target:
+                break
+            drop.append(key)
+            freed += len(key) + _ENTRY_BYTES
+        for key in drop:
+            del victims[key]
+        self.bytes -= freed
+
+    def forget(self, sync_id: str, keys: Iterable[str] | None = None) -> None:
+        entries = self._syncs.get(sync_id)
+        if not entries:
+            return
+        if keys is None:
+            self.bytes -= sum(len(k) + _ENTRY_BYTES for k in entries)
+            del self._syncs[sync_id]
+            return
+        for key in keys:
+            if entries.pop(key, False) is not False:
+                self.bytes -= len(key) + _ENTRY_BYTES
+
+    def clear(self) -> None:
+        self._syncs.clear()
+        self.bytes = 0
+
+
+class StreamTicket:
+    """The streamed rows of one consumed batch. `done` resolves once none is left in memory
+    (each recorded, dropped, superseded or spilled); it fails when the service stopped with
+    some of them neither sent nor spilled."""
+
+    __slots__ = ("_left", "_sealed", "done")
+
+    def __init__(self) -> None:
+        self._left = 0
+        self._sealed = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def add(self) -> None:
+        self._left += 1
+
+    def release(self, n: int = 1) -> None:
+        self._left -= n
+        if self._left <= 0 and self._sealed and not self.done.done():
+            self.done.set_result(None)
+
+    def seal(self) -> None:
+        self._sealed = True
+        self.release(0)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+            self.done.exception()  # retrieved here: the committer may never look at it
+
+
+@dataclass(slots=True)
+class _Queued:
+    write: PendingWrite
+    ticket: StreamTicket
+    #: What the destination holds for the key as far as this replica knows.
+    held: bytes | None
+    size: int
+
+
+@dataclass(slots=True)
+class _SyncStream:
+    sync: Sync
+    queue: dict[str, _Queued] = field(default_factory=dict)
+    queued_bytes: int = 0
+    #: Rows of a batch in flight, by key.
+    flying: dict[str, _Queued] = field(default_factory=dict)
+    #: Keys with a pending version in the store: their rows go there too.
+    overflow: set[str] = field(default_factory=set)
+    #: Every row of the sync goes to the store until it has no pending row.
+    overflow_all: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None
+    run: SyncRun | None = None
+    sending: Sending | None = None
+    #: Set while a flush holds the pump (rebalance, shutdown).
+    held_back: bool = False
+
+
+class StreamStopped(Exception):
+    """The service stopped before these rows were sent or spilled; they are read again."""
+
+
+class Streams:
+    """Per replica: the memory queues of continuous syncs, their senders and their cache."""
+
+    def __init__(
+        self,
+        store: Store,
+        runner: SyncRunner,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        notify_pending: Callable[[Iterable[str]], None],
+        queue_bytes: int = 16 << 20,
+        cache_bytes: int = 64 << 20,
+        record_retry: float = 0.5,
+    ) -> None:
+        self._store = store
+        self._runner = runner
+        self._metrics = metrics
+        self._clock = clock
+        self._notify_pending = notify_pending
+        self.queue_bytes = queue_bytes
+        self.cache = SyncedCache(cache_bytes)
+        self._record_retry = record_retry
+        self._streams: dict[str, _SyncStream] = {}
+        self._destinations: dict[str, object] = {}
+        self._checker: asyncio.Task[None] | None = None
+        self.stopping = False
+
+    # the catalog -----------------------------------------------------------------------
+
+    def set_syncs(self, syncs: Iterable[Sync]) -> None:
+        """Continuous, enabled syncs stream; a sync that stops being one sends what it queued
+        and then takes the store path."""
+        wanted = {
+            s.id: s for s in syncs if not s.disabled and isinstance(s.schedule, ContinuousSchedule)
+        }
+        self._destinations.clear()
+        for sync_id, stream in list(self._streams.items()):
+            sync = wanted.get(sync_id)
+            if sync is None:
+                stream.overflow_all = True  # no more rows; the queue still drains
+            else:
+                if sync.updated_at != stream.sync.updated_at:
+                    self.cache.forget(sync_id)  # a new mapping or mode: look again
+                stream.sync = sync
+        for sync_id, sync in wanted.items():
+            if sync_id not in self._streams:
+                self._streams[sync_id] = _SyncStream(sync)
+
+    def streams(self, sync_id: str) -> bool:
+        stream = self._streams.get(sync_id)
+        return stream is not None and not stream.overflow_all
+
+    # from the consumer -----------------------------------------------------------------
+
+    async def take(
+        self,
+        writes: list[PendingWrite],
+        hold: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> tuple[list[PendingWrite], StreamTicket | None]:
+        """Splits a batch's rows: those streamed from memory (their ticket) and those for the
+        store (returned; written by the caller, who must then call `stored`). Rows of the syncs
+        in `hold` (a snapshot in progress) go to the store once the sync's memory is empty."""
+        if not self._streams or self.stopping:
+            return writes, None
+        groups: dict[str, list[PendingWrite]] = {}
+        to_store: list[PendingWrite] = []
+        for w in writes:
+            stream = self._streams.get(w.sync_id)
+            if stream is None:
+                to_store.append(w)
+            else:
+                groups.setdefault(w.sync_id, []).append(w)
+        if not groups:
+            return writes, None
+        for sync_id in hold & groups.keys():
+            await self._quiet(self._streams[sync_id])
+        # Reads first, so a failing read changes nothing and the caller may try again.
+        found: dict[str, dict[str, tuple[bytes | None, bool]]] = {}
+        for sync_id, rows in groups.items():
+            stream = self._streams[sync_id]
+            if stream.overflow_all or sync_id in hold:
+                continue
+            known = self.cache.get(sync_id)
+            missing = [
+                w.key
+                for w in rows
+                if w.key not in known
+                and w.key not in stream.queue
+                and w.key not in stream.flying
+                and w.key not in stream.overflow
+            ]
+            if missing:
+                found[sync_id] = await self._store.held(sync_id, missing)
+        ticket = StreamTicket()
+        settle: list[tuple[_SyncStream, set[str]]] = []
+        unchanged = 0
+        for sync_id, rows in groups.items():
+            stream = self._streams[sync_id]
+            if stream.overflow_all or sync_id in hold:
+                self._to_store(stream, rows, to_store, settle)
+                continue
+            n, kept = self._stream_rows(
+                stream, rows, found.get(sync_id, {}), ticket, to_store, settle
+            )
+            unchanged += n
+            if kept:
+                stream.wake.set()
+                self._start(stream)
+            if stream.queued_bytes > self.queue_bytes:
+                log.info(
+                    "sync %s: over %d bytes waiting in memory; its rows go to the store until "
+                    "the destination catches up",
+                    sync_id,
+                    self.queue_bytes,
+                )
+                stream.overflow_all = True
+        ticket.seal()
+        if unchanged:
+            self._metrics.rows_unchanged.inc(unchanged)
+        for stream, keys in settle:
+            if stream.sending is not None:
+                await stream.sending.settle(keys)
+        return to_store, ticket
+
+    def _stream_rows(
+        self,
+        stream: _SyncStream,
+        rows: list[PendingWrite],
+        found: dict[str, tuple[bytes | None, bool]],
+        ticket: StreamTicket,
+        to_store: list[PendingWrite],
+        settle: list[tuple[_SyncStream, set[str]]],
+    ) -> tuple[int, int]:
+        """Queues the rows of one sync; returns (dropped as unchanged, queued). `found`: what
+        the store said of the keys the cache lacked (a key it lacks is held nowhere)."""
+        sync_id = stream.sync.id
+        known = self.cache.get(sync_id)
+        fresh: list[tuple[str, bytes | None]] = []
+        for key, (held, pending) in found.items():
+            if pending:
+                stream.overflow.add(key)
+            else:
+                fresh.append((key, held))
+        queue, flying = stream.queue, stream.flying
+        unchanged = kept = 0
+        store_rows: list[PendingWrite] = []
+        for w in rows:
+            key = w.key
+            if key in stream.overflow:
+                store_rows.append(w)
+                continue
+            older = queue.get(key)
+            if older is not None:
+                held = older.held
+            elif key in flying:
+                held = flying[key].held  # replaced by what the flight records, when it does
+            elif key in known:
+                held = known[key]
+            elif key in found:
+                held = found[key][0]
+            else:
+                held = None
+                fresh.append((key, None))
+            idle = key not in flying
+            if w.op == "delete":
+                if held is None and idle:
+                    if older is not None:  # never sent: nothing to remove
+                        stream.queued_bytes -= older.size
+                        older.ticket.release()
+                        del queue[key]
+                    unchanged += 1
+                else:
+                    store_rows.append(w)  # a removal needs the source columns the store keeps
+                continue
+            if idle and held == w.row_hash:
+                if older is not None:  # the destination holds this version already
+                    stream.queued_bytes -= older.size
+                    older.ticket.release()
+                    del queue[key]
+                unchanged += 1
+                continue
+            if older is not None:
+                stream.queued_bytes -= older.size
+                older.ticket.release()
+                del queue[key]
+            size = len(w.data or b"") + len(key) + 200
+            queue[key] = _Queued(w, ticket, held, size)
+            stream.queued_bytes += size
+            ticket.add()
+            kept += 1
+        if fresh:
+            self.cache.put(sync_id, fresh)
+        if store_rows:
+            self._to_store(stream, store_rows, to_store, settle)
+        return unchanged, kept
+
+    def _to_store(
+        self,
+        stream: _SyncStream,
+        rows: list[PendingWrite],
+        to_store: list[PendingWrite],
+        settle: list[tuple[_SyncStream, set[str]]],
+    ) -> None:
+        """Rows of `stream` that go to the store: their older versions still queued are
+        superseded, and those in flight are waited for before the write (`settle`)."""
+        keys = set()
+        for w in rows:
+            older = stream.queue.pop(w.key, None)
+            if older is not None:
+                stream.queued_bytes -= older.size
+                older.ticket.release()
+            keys.add(w.key)
+        to_store.extend(rows)
+        if not stream.overflow_all:
+            stream.overflow |= keys
+            if len(stream.overflow) > MAX_OVERFLOW_KEYS:
+                stream.overflow_all = True
+                stream.overflow.clear()
+        self.cache.forget(stream.sync.id, keys)
+        in_flight = keys & stream.flying.keys()
+        if in_flight:
+            settle.append((stream, in_flight))
+
+    async def _quiet(self, stream: _SyncStream) -> None:
+        """Waits until nothing of the sync is in memory (its snapshot's keys are then all in
+        the store, where the snapshot closes)."""
+        while (stream.queue or stream.flying) and not self.stopping:
+            stream.wake.set()
+            self._start(stream)
+            await self._clock.sleep(0.01)
+
+    # the sender ------------------------------------------------------------------------
+
+    def _start(self, stream: _SyncStream) -> None:
+        if stream.pump is None or stream.pump.done():
+            stream.pump = asyncio.create_task(self._pump(stream), name=f"stream-{stream.sync.id}")
+
+    async def _pump(self, stream: _SyncStream) -> None:
+        try:
+            while True:
+                if not stream.queue or stream.held_back:
+                    stream.wake.clear()
+                    try:
+                        await asyncio.wait_for(stream.wake.wait(), STREAM_IDLE_SECONDS)
+                    except TimeoutError:
+                        if not stream.flying and not stream.queue:
+                            await self._end_run(stream)
+                            if not stream.queue:
+                                return
+                    continue
+                await self._send_some(stream)
+                run = stream.run
+                if run is not None and run.started_at is not None:
+                    age = (datetime.now(UTC) - run.started_at).total_seconds()
+                    if age >= STREAM_RUN_SECONDS:
+                        await self._end_run(stream)
+        except RunAborted as exc:
+            await self._abort(stream, exc.error)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sync %s: streaming failed; its rows go to the store", stream.sync.id)
+            await self._abort(stream, None)
+
+    async def _send_some(self, stream: _SyncStream) -> None:
+        sync = stream.sync
+        config = sync.parsed_configuration
+        linger = sync.schedule.schedule.linger_ms / 1000  # type: ignore[union-attr]
+        sending = await self._sending(stream)
+        size = sending.batch_size
+        if linger > 0 and len(stream.queue) < size:
+            await self._clock.sleep(linger)
+        taken: list[_Queued] = []
+        for key in list(stream.queue)[:size]:
+            if key in stream.flying:
+                break  # its older version first
+            entry = stream.queue.pop(key)
+            stream.queued_bytes -= entry.size
+            taken.append(entry)
+        if not taken:
+            # The oldest waiting key is in flight: wait for that batch.
+            first = next(iter(stream.queue))
+            await sending.settle({first})
+            return
+        for entry in taken:
+            stream.flying[entry.write.key] = entry
+        page = [
+            PendingRow(
+                e.write.key,
+                0,
+                "upsert",
+                e.write.source,
+                e.write.row_hash,
+                e.write.emitted_at,
+                synced_hash=e.held,
+            )
+            for e in taken
+        ]
+        for entry, row in zip(taken, page, strict=True):
+            if row.data is None and entry.write.data is not None:
+                row.data = orjson.loads(entry.write.data)
+        mapper = self._runner.mapper(sync)
+        if renders_templates(mapper):
+            plan = await plan_in_thread(page, config.mode, mapper, False)
+        else:
+            plan = plan_changes(page, config.mode, mapper)
+        run = stream.run
+        assert run is not None
+        run.query_size += len(taken)
+        counts = Counter(c.op for c in plan.changes)
+        counts.update(f.op for f in plan.rejected)
+        for op, n in counts.items():
+            run.planned_rows.add(op, n)
+            self._metrics.rows_planned.labels(op).inc(n)
+        if plan.dropped:
+            self._metrics.rows_unchanged.inc(len(plan.dropped))
+            for key, _seq in plan.dropped:
+                stream.flying.pop(key).ticket.release()
+        if plan.rejected:
+            await self._record(stream, [], plan.rejected)
+        for start in range(0, len(plan.changes), size):
+            await sending.dispatch(plan.changes[start : start + size])
+
+    async def _sending(self, stream: _SyncStream) -> _StreamSending:
+        if stream.sending is not None and stream.run is not None:
+            return stream.sending  # type: ignore[return-value]
+        sync = stream.sync
+        destination = await self._store.get_destination(sync.destination_id)
+        if destination is None:
+            raise RunAborted(DestinationError(f"destination {sync.destination_id} not found"))
+        try:
+            delivery = await self._runner.delivery(destination)
+        except DestinationError as exc:
+            raise RunAborted(exc) from exc
+        run = SyncRun(
+            id=await self._store.next_run_id(),
+            sync_id=sync.id,
+            created_at=datetime.now(UTC),
+        )
+        run.started_at = run.created_at
+        stream.run = run
+        await self._runner.enter(sync, run, RunStatus.PROCESSING)
+        sending = _StreamSending(
+            sync,
+            run,
+            delivery,
+            record=lambda sent: self._recorded(stream, sent),
+            batch_rows=self._metrics.batch_rows,
+        )
+        sending.batch_size = delivery.writer.batch_size
+        stream.sending = sending
+        return sending
+
+    async def _recorded(self, stream: _SyncStream, sent: list[Sent]) -> None:
+        """Writes what became of batches sent, then lets go of their rows."""
+        delivered: list[RowChange] = []
+        failed: list[RowFailure] = []
+        for rows, result in sent:
+            for row in rows:
+                error = result.rejected.get(row.key)
+                if error is None:
+                    delivered.append(row)
+                else:
+                    failed.append(RowFailure(row.key, 0, row.op, error))
+        await self._record(stream, delivered, failed)
+
+    async def _record(
+        self, stream: _SyncStream, delivered: list[RowChange], failed: list[RowFailure]
+    ) -> None:
+        sync_id = stream.sync.id
+        flying = stream.flying
+        ok = [flying[r.key].write for r in delivered]
+        bad: list[tuple[PendingWrite, str]] = []
+        for f in failed:
+            # A newer version waiting behind it is the one to keep pending.
+            newer = stream.queue.pop(f.key, None)
+            if newer is not None:
+                stream.queued_bytes -= newer.size
+                newer.ticket.release()
+            bad.append((flying[f.key].write if newer is None else newer.write, f.error))
+        while True:
+            try:
+                left = await self._store.record_streamed(sync_id, ok, bad, self._clock.time())
+                break
+            except Exception as exc:
+                if self.stopping:
+                    raise StreamStopped(str(exc)) from exc
+                log.warning("sync %s: recording streamed rows failed (%s); retrying", sync_id, exc)
+                await self._clock.sleep(self._record_retry)
+        now = self._clock.time()
+        if stream.run is not None and (delivered or failed):
+            outcomes = RowOutcomes(delivered=delivered, failed=failed)
+            kind = stream.sending.delivery.writer.type_name if stream.sending else "unknown"
+            self._runner.count(stream.run, kind, outcomes, now)
+        pending = set(left)
+        if pending:
+            stream.overflow |= pending
+            if len(stream.overflow) > MAX_OVERFLOW_KEYS:
+                stream.overflow_all = True
+                stream.overflow.clear()
+            self.cache.forget(sync_id, pending)
+            self._notify_pending([sync_id])
+            self._start_checker()
+        synced = [(w.key, w.row_hash) for w in ok if w.key not in pending]
+        self.cache.put(sync_id, synced)
+        for w in ok:
+            newer = stream.queue.get(w.key)
+            if newer is not None:
+                newer.held = w.row_hash
+        for key in [*(r.key for r in delivered), *(f.key for f in failed)]:
+            entry = flying.pop(key, None)
+            if entry is not None:
+                entry.ticket.release()
+
+    async def _end_run(self, stream: _SyncStream) -> None:
+        run, sending = stream.run, stream.sending
+        if sending is not None:
+            await sending.finish()  # a fatal error ends it failed instead (RunAborted)
+        stream.run = stream.sending = None
+        if run is not None:
+            final = RunStatus.WARNING if run.failed_rows.total else RunStatus.SUCCESS
+            await self._runner.finish(stream.sync, run, final)
+
+    async def _abort(self, stream: _SyncStream, error: DestinationError | None) -> None:
+        """A fatal destination error (or a bug): what is queued goes to the store, where the
+        runner's retries take it; the run ends failed."""
+        run, sending = stream.run, stream.sending
+        stream.run = stream.sending = None
+        if sending is not None:
+            await sending.cancel()
+        await self._spill(stream, reason=str(error) if error else "streaming failed")
+        if run is not None:
+            run.error = str(error) if error else "streaming failed"
+            await self._runner.finish(stream.sync, run, RunStatus.FAILED)
+
+    async def _spill(self, stream: _SyncStream, reason: str | None = None) -> None:
+        """Everything of the sync in memory (queued, and flights that were cancelled) becomes
+        pending in the store; their tickets are then done."""
+        entries = [*stream.flying.values(), *stream.queue.values()]
+        if not entries:
+            return
+        latest = {e.write.key: e for e in entries}
+        writes = [e.write for e in latest.values()]
+        while True:
+            try:
+                if reason is None:
+                    await self._store.write_pending(writes)
+                else:
+                    await self._store.record_streamed(
+                        stream.sync.id, [], [(w, reason[:500]) for w in writes], self._clock.time()
+                    )
+                break
+            except Exception as exc:
+                if self.stopping:
+                    for e in entries:
+                        e.ticket.fail(StreamStopped(str(exc)))
+                    raise StreamStopped(str(exc)) from exc
+                log.warning("sync %s: spilling rows failed (%s); retrying", stream.sync.id, exc)
+                await self._clock.sleep(self._record_retry)
+        stream.flying.clear()
+        stream.queue.clear()
+        stream.queued_bytes = 0
+        stream.overflow |= latest.keys()
+        if len(stream.overflow) > MAX_OVERFLOW_KEYS:
+            stream.overflow_all = True
+            stream.overflow.clear()
+        self.cache.forget(stream.sync.id, latest.keys())
+        for e in entries:
+            e.ticket.release()
+        self._notify_pending([stream.sync.id])
+        self._start_checker()
+
+    # rebalance and shutdown ------------------------------------------------------------
+
+    async def flush(self, seconds: float) -> None:
+        """Before partitions move or the service stops: batches in flight get `seconds` to be
+        recorded, then are cancelled; whatever is left in memory is spilled to the store. The
+        cache is forgotten (the next owner of a partition may have written its keys)."""
+        streams = list(self._streams.values())
+        for stream in streams:
+            stream.held_back = True
+        try:
+            waiting = [s.sending.idle() for s in streams if s.sending is not None]
+            if waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*waiting), seconds)
+            for stream in streams:
+                if stream.pump is not None and not stream.pump.done() and stream.flying:
+                    stream.pump.cancel()
+                    await asyncio.wait({stream.pump})
+                if stream.sending is not None and stream.flying:
+                    await stream.sending.cancel()
+                await self._spill(stream)
+        finally:
+            for stream in streams:
+                stream.held_back = False
+            self.cache.clear()
+
+    async def close(self) -> None:
+        """At shutdown, after `flush`: runs still open end."""
+        self.stopping = True
+        if self._checker is not None:
+            self._checker.cancel()
+        for stream in self._streams.values():
+            if stream.pump is not None and not stream.pump.done():
+                stream.pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stream.pump
+            with contextlib.suppress(Exception):
+                await self._end_run(stream)
+
+    # keys known pending ----------------------------------------------------------------
+
+    def _start_checker(self) -> None:
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.create_task(self._check_overflow(), name="stream-overflow")
+
+    async def _check_overflow(self) -> None:
+        """Keys known pending stream again once the store has sent them."""
+        while any(s.overflow or s.overflow_all for s in self._streams.values()):
+            await self._clock.sleep(OVERFLOW_CHECK_SECONDS)
+            try:
+                whole = [i for i, s in self._streams.items() if s.overflow_all]
+                busy = await self._store.syncs_with_pending(whole) if whole else set()
+                for sync_id in whole:
+                    stream = self._streams[sync_id]
+                    if sync_id not in busy and stream.queued_bytes <= self.queue_bytes // 2:
+                        stream.overflow_all = False
+                        self.cache.forget(sync_id)
+                for sync_id, stream in list(self._streams.items()):
+                    if stream.overflow and not stream.overflow_all:
+                        keys = list(stream.overflow)
+                        still = await self._store.pending_among(sync_id, keys)
+                        stream.overflow -= set(keys) - still
+            except Exception as exc:
+                log.debug("pending keys not looked up: %s", exc)
+
+
+class _StreamSending(Sending):
+    batch_size: int = 100
+
+    async def idle(self) -> None:
+        """Until no batch is in flight."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+            self._collect()
