@@ -292,6 +292,41 @@ class Store(ABC):
         pending. One transaction. With `lease`, raises LeaseLost (and writes nothing) when the
         sync's lease is no longer that one."""
 
+    # streamed rows (sent straight from ingest, written once as their outcome) -------------
+
+    @abstractmethod
+    async def held(self, sync_id: str, keys: Sequence[str]) -> dict[str, tuple[bytes | None, bool]]:
+        """For each of `keys` the store knows: (the hash the destination holds, None when it
+        holds none; whether a version is pending). A key left out is unknown to the store.
+        One read, any number of keys; writes nothing."""
+
+    @abstractmethod
+    async def record_streamed(
+        self,
+        sync_id: str,
+        delivered: Sequence[PendingWrite],
+        failed: Sequence[tuple[PendingWrite, str]],
+        now: float,
+    ) -> list[str]:
+        """Outcomes of upserts sent straight from ingest, never written as pending; one
+        transaction, one statement per kind whatever the batch size. A delivered row becomes
+        what the destination holds (hash and data); if its key was made pending meanwhile
+        by another writer (a full resync, a snapshot's planned delete), the key stays
+        pending with this version under a new `seq`, so a runner sends it again and its
+        older send, recorded later, does not clear it. A failed row (with its error) becomes
+        the key's pending version under a new `seq`, with one more attempt at `now`; what
+        the destination holds is unchanged. Returns the keys this call left pending. Raises
+        ValueError when a row is of another sync, not an upsert with data and a hash, or when
+        a key appears twice among `delivered` and `failed`."""
+
+    @abstractmethod
+    async def pending_among(self, sync_id: str, keys: Sequence[str]) -> set[str]:
+        """Which of `keys` have a pending version; one read."""
+
+    @abstractmethod
+    async def syncs_with_pending(self, sync_ids: Sequence[str]) -> set[str]:
+        """Which of these syncs have a pending row; one index probe per sync, no count."""
+
     # runs ------------------------------------------------------------------------------
 
     @abstractmethod

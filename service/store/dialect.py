@@ -22,6 +22,7 @@ from service.store.pgconnect import create_pool, mask_url
 from service.store.sql.ingest import PostgresIngest, SqliteIngest
 from service.store.sql.outcomes import PostgresOutcomes, SqliteOutcomes
 from service.store.sql.pages import PostgresPages, SqlitePages
+from service.store.sql.streamed import PostgresStreamed, SqliteStreamed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Dialect:
     ingest: ClassVar[type[SqliteIngest] | type[PostgresIngest]]
     pages: ClassVar[type[SqlitePages] | type[PostgresPages]]
     outcomes: ClassVar[type[SqliteOutcomes] | type[PostgresOutcomes]]
+    streamed: ClassVar[type[SqliteStreamed] | type[PostgresStreamed]]
     #: SQL type that orders ids as numbers.
     numeric: ClassVar[str]
     #: A text field of a catalog row's JSON document (`{field}`), NULL when the document is
@@ -171,6 +173,7 @@ class SqliteDialect(Dialect):
     ingest = SqliteIngest
     pages = SqlitePages
     outcomes = SqliteOutcomes
+    streamed = SqliteStreamed
     numeric = "INTEGER"
     doc_field = "CASE WHEN json_valid(doc) THEN doc ->> '$.{field}' END"
     text_order = ""
@@ -324,6 +327,7 @@ class PostgresDialect(Dialect):
     ingest = PostgresIngest
     pages = PostgresPages
     outcomes = PostgresOutcomes
+    streamed = PostgresStreamed
     numeric = "NUMERIC"
     doc_field = "(doc::jsonb ->> '{field}')"
     text_order = ' COLLATE "C"'

@@ -31,7 +31,7 @@ from service.store.base import (
 )
 from service.store.conn import Conn
 from service.store.dialect import Dialect
-from service.store.sql import catalog, ingest, leases, pages, runs
+from service.store.sql import catalog, ingest, leases, pages, runs, streamed
 
 _INTERRUPTED = "the service stopped during the run"
 #: Pruning may take this many store timeouts per transaction (a first prune of a big store).
@@ -394,6 +394,39 @@ class SqlStore(Store):
         )
         if held is None:
             raise LeaseLost(f"the lease of sync {lease.sync_id} now belongs to another holder")
+
+    # streamed rows ---------------------------------------------------------------------
+
+    async def held(self, sync_id: str, keys: Sequence[str]) -> dict[str, tuple[bytes | None, bool]]:
+        if not keys:
+            return {}
+        async with self._d.read() as conn:
+            return await self._d.streamed.held(conn, sync_id, keys)
+
+    async def record_streamed(
+        self,
+        sync_id: str,
+        delivered: Sequence[PendingWrite],
+        failed: Sequence[tuple[PendingWrite, str]],
+        now: float,
+    ) -> list[str]:
+        streamed.check_streamed(sync_id, delivered, failed)
+        if not delivered and not failed:
+            return []
+        async with self._d.tx() as conn:
+            return await self._d.streamed.record(conn, sync_id, delivered, failed, now)
+
+    async def pending_among(self, sync_id: str, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        async with self._d.read() as conn:
+            return await self._d.streamed.pending_among(conn, sync_id, keys)
+
+    async def syncs_with_pending(self, sync_ids: Sequence[str]) -> set[str]:
+        if not sync_ids:
+            return set()
+        async with self._d.read() as conn:
+            return await self._d.streamed.syncs_with_pending(conn, sync_ids)
 
     # leases ----------------------------------------------------------------------------
 

@@ -1,0 +1,248 @@
+"""The streamed path's SQL: what the store holds for a batch of keys, and the outcomes of rows
+sent straight from ingest (never written as pending). Written per dialect, side by side: one
+statement per kind of row whatever the batch size (SQLite adds one read of the keys it left
+pending, as it has no writable CTE to return them from)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+
+from service.core.rows import PendingWrite
+from service.store.conn import Conn
+from service.store.sql.ingest import BLOB, Blobs
+
+#: What a delivered version sets on a known key. A key another writer made pending meanwhile
+#: (a full resync, a snapshot's planned delete) stays pending with this version under a new
+#: seq (`{seq}`): the runner sends it again, and its own older send, recorded later with the
+#: old seq, does not clear it.
+_DELIVERED_ON_KNOWN = """
+  seq = CASE WHEN row_state.pending = 1 THEN {seq} ELSE row_state.seq END,
+  op = 'upsert', data = excluded.data, row_hash = excluded.row_hash,
+  emitted_at = excluded.emitted_at, synced_hash = excluded.synced_hash,
+  attempts = 0, error = NULL, last_attempt_at = NULL
+"""
+#: A failed version becomes the key's pending one (new seq), whatever was pending before.
+_FAILED_ON_KNOWN = """
+  seq = {seq}, op = 'upsert', data = excluded.data, row_hash = excluded.row_hash,
+  emitted_at = excluded.emitted_at, pending = 1, error = excluded.error,
+  attempts = row_state.attempts + 1, last_attempt_at = excluded.last_attempt_at
+"""
+_INSERT_DELIVERED = (
+    "INSERT INTO row_state (sync_id, key, seq, op, data, row_hash, emitted_at, synced_hash, "
+    "pending) "
+)
+_INSERT_FAILED = (
+    "INSERT INTO row_state (sync_id, key, seq, op, data, row_hash, emitted_at, attempts, error, "
+    "last_attempt_at, pending) "
+)
+
+
+def check_streamed(
+    sync_id: str, delivered: Sequence[PendingWrite], failed: Sequence[tuple[PendingWrite, str]]
+) -> None:
+    """Raise ValueError on a batch the statements cannot take: a row of another sync, not an
+    upsert, without data or hash, or a key twice (one statement may touch a row once)."""
+    rows = [*delivered, *(row for row, _ in failed)]
+    for row in rows:
+        if row.sync_id != sync_id:
+            raise ValueError(f"a streamed row of sync {row.sync_id} recorded for sync {sync_id}")
+        if row.op != "upsert" or not row.data or not row.row_hash:
+            raise ValueError(f"streamed row {row.key!r} is not an upsert with data and a hash")
+    if len({row.key for row in rows}) != len(rows):
+        raise ValueError("a key appears more than once among the streamed outcomes")
+
+
+# SQLite ----------------------------------------------------------------------------------
+# Batches travel as one JSON array plus concatenated blobs and reads come back as one JSON
+# value: SQLite's thread then returns to Python (and waits for the GIL) once per statement,
+# not once per row. Seqs come from the transaction's counter.
+
+#: (synced hash as hex, pending) of the held keys among ?2, a JSON array of keys of sync ?1.
+SQLITE_HELD = (
+    "SELECT json_group_array(json_array(key, hex(synced_hash), pending)) FROM row_state "
+    "WHERE sync_id = ?1 AND key IN (SELECT value FROM json_each(?2))"
+)
+SQLITE_PENDING_AMONG = (
+    "SELECT json_group_array(key) FROM row_state "
+    "WHERE sync_id = ?1 AND pending = 1 AND key IN (SELECT value FROM json_each(?2))"
+)
+#: Which of the syncs ?1 (a JSON array) have a pending row: one probe each of the partial
+#: index on pending rows, never a count.
+SQLITE_SYNCS_WITH_PENDING = (
+    "SELECT json_group_array(j.value) FROM json_each(?1) AS j WHERE EXISTS "
+    "(SELECT 1 FROM row_state r WHERE r.sync_id = j.value AND r.pending = 1)"
+)
+#: Delivered versions of sync ?1, ?3 = [[key, data at, data length, hash at, hash length,
+#: emitted_at], ...], ?4 the data, ?5 the hashes; seq ?2 + 1 onwards, in order.
+SQLITE_DELIVERED = (
+    _INSERT_DELIVERED
+    + "SELECT ?1, j.value->>0, ?2 + 1 + j.key, 'upsert', "
+    + BLOB.format(p=4, o=1, n=2)
+    + ", "
+    + BLOB.format(p=5, o=3, n=4)
+    + ", j.value->>5, "
+    + BLOB.format(p=5, o=3, n=4)
+    + ", 0 FROM json_each(?3) AS j WHERE 1 ON CONFLICT (sync_id, key) DO UPDATE SET"
+    + _DELIVERED_ON_KNOWN.format(seq="excluded.seq")
+)
+#: Failed versions like SQLITE_DELIVERED, each [..., error] at 6; ?6 the time of the attempt.
+SQLITE_FAILED = (
+    _INSERT_FAILED
+    + "SELECT ?1, j.value->>0, ?2 + 1 + j.key, 'upsert', "
+    + BLOB.format(p=4, o=1, n=2)
+    + ", "
+    + BLOB.format(p=5, o=3, n=4)
+    + ", j.value->>5, 1, j.value->>6, ?6, 1 FROM json_each(?3) AS j "
+    + "WHERE 1 ON CONFLICT (sync_id, key) DO UPDATE SET"
+    + _FAILED_ON_KNOWN.format(seq="excluded.seq")
+)
+#: Keys of sync ?1 left pending with a seq in (?2, ?3]: one writer at a time holds SQLite, so
+#: the seqs a transaction handed out are its own, and the partial index finds just those rows.
+SQLITE_PENDING_IN = (
+    "SELECT json_group_array(key) FROM row_state "
+    "WHERE sync_id = ?1 AND pending = 1 AND seq > ?2 AND seq <= ?3"
+)
+
+
+def _sqlite_batch(rows: Sequence[tuple[PendingWrite, str | None]]) -> list[bytes]:
+    """The JSON array and the two blobs of SQLITE_DELIVERED (errors None) or SQLITE_FAILED."""
+    data, hashes = Blobs(), Blobs()
+    batch = [
+        (r.key, *data.add(r.data), *hashes.add(r.row_hash), r.emitted_at, error)
+        for r, error in rows
+    ]
+    return [orjson.dumps(batch), data.blob(), hashes.blob()]
+
+
+class SqliteStreamed:
+    @staticmethod
+    async def held(
+        conn: Conn, sync_id: str, keys: Sequence[str]
+    ) -> dict[str, tuple[bytes | None, bool]]:
+        found = await conn.fetchval(SQLITE_HELD, sync_id, orjson.dumps(list(keys)))
+        return {
+            key: (bytes.fromhex(synced) if synced else None, bool(pending))
+            for key, synced, pending in orjson.loads(found)
+        }
+
+    @staticmethod
+    async def pending_among(conn: Conn, sync_id: str, keys: Sequence[str]) -> set[str]:
+        found = await conn.fetchval(SQLITE_PENDING_AMONG, sync_id, orjson.dumps(list(keys)))
+        return set(orjson.loads(found))
+
+    @staticmethod
+    async def syncs_with_pending(conn: Conn, sync_ids: Sequence[str]) -> set[str]:
+        found = await conn.fetchval(SQLITE_SYNCS_WITH_PENDING, orjson.dumps(list(sync_ids)))
+        return set(orjson.loads(found))
+
+    @staticmethod
+    async def record(
+        conn: Conn,
+        sync_id: str,
+        delivered: Sequence[PendingWrite],
+        failed: Sequence[tuple[PendingWrite, str]],
+        now: float,
+    ) -> list[str]:
+        pending: list[str] = []
+        if delivered:
+            first = conn.seq
+            batch = _sqlite_batch([(r, None) for r in delivered])
+            await conn.execute(SQLITE_DELIVERED, sync_id, first, *batch)
+            conn.seq += len(delivered)
+            found = await conn.fetchval(SQLITE_PENDING_IN, sync_id, first, conn.seq)
+            pending.extend(orjson.loads(found))
+        if failed:
+            await conn.execute(SQLITE_FAILED, sync_id, conn.seq, *_sqlite_batch(failed), now)
+            conn.seq += len(failed)
+            pending.extend(row.key for row, _ in failed)
+        return pending
+
+
+# PostgreSQL ------------------------------------------------------------------------------
+# Batches travel as arrays, one round trip per statement. Seqs come from `pending_seq`; a key
+# found pending takes nextval() on conflict, so a writer that waited for another replica's
+# lock on the row still ends with a seq above the one that replica committed.
+
+POSTGRES_HELD = (
+    "SELECT key, synced_hash, pending FROM row_state WHERE sync_id = $1 AND key = ANY($2::text[])"
+)
+POSTGRES_PENDING_AMONG = (
+    "SELECT key FROM row_state WHERE sync_id = $1 AND pending = 1 AND key = ANY($2::text[])"
+)
+POSTGRES_SYNCS_WITH_PENDING = (
+    "SELECT s.id FROM unnest($1::text[]) AS s(id) WHERE EXISTS "
+    "(SELECT 1 FROM row_state r WHERE r.sync_id = s.id AND r.pending = 1)"
+)
+#: Delivered versions; returns the keys found pending (a delivered row never turns pending).
+POSTGRES_DELIVERED = (
+    "WITH done AS ("
+    + _INSERT_DELIVERED
+    + "SELECT $1, t.key, nextval('pending_seq'), 'upsert', t.data, t.row_hash, t.emitted_at, "
+    + "t.row_hash, 0 "
+    + "FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::float8[]) "
+    + "AS t(key, data, row_hash, emitted_at) "
+    + "ON CONFLICT (sync_id, key) DO UPDATE SET"
+    + _DELIVERED_ON_KNOWN.format(seq="nextval('pending_seq')")
+    + "RETURNING key, pending) SELECT key FROM done WHERE pending = 1"
+)
+POSTGRES_FAILED = (
+    _INSERT_FAILED
+    + "SELECT $1, t.key, nextval('pending_seq'), 'upsert', t.data, t.row_hash, t.emitted_at, "
+    + "1, t.error, $2::float8, 1 "
+    + "FROM unnest($3::text[], $4::bytea[], $5::bytea[], $6::float8[], $7::text[]) "
+    + "AS t(key, data, row_hash, emitted_at, error) "
+    + "ON CONFLICT (sync_id, key) DO UPDATE SET"
+    + _FAILED_ON_KNOWN.format(seq="nextval('pending_seq')")
+)
+
+
+class PostgresStreamed:
+    @staticmethod
+    async def held(
+        conn: Conn, sync_id: str, keys: Sequence[str]
+    ) -> dict[str, tuple[bytes | None, bool]]:
+        rows = await conn.fetch(POSTGRES_HELD, sync_id, list(keys))
+        return {key: (synced, bool(pending)) for key, synced, pending in rows}
+
+    @staticmethod
+    async def pending_among(conn: Conn, sync_id: str, keys: Sequence[str]) -> set[str]:
+        return {r[0] for r in await conn.fetch(POSTGRES_PENDING_AMONG, sync_id, list(keys))}
+
+    @staticmethod
+    async def syncs_with_pending(conn: Conn, sync_ids: Sequence[str]) -> set[str]:
+        return {r[0] for r in await conn.fetch(POSTGRES_SYNCS_WITH_PENDING, list(sync_ids))}
+
+    @staticmethod
+    async def record(
+        conn: Conn,
+        sync_id: str,
+        delivered: Sequence[PendingWrite],
+        failed: Sequence[tuple[PendingWrite, str]],
+        now: float,
+    ) -> list[str]:
+        pending: list[str] = []
+        if delivered:
+            found = await conn.fetch(
+                POSTGRES_DELIVERED,
+                sync_id,
+                [r.key for r in delivered],
+                [r.data for r in delivered],
+                [r.row_hash for r in delivered],
+                [r.emitted_at for r in delivered],
+            )
+            pending.extend(r[0] for r in found)
+        if failed:
+            await conn.execute(
+                POSTGRES_FAILED,
+                sync_id,
+                now,
+                [r.key for r, _ in failed],
+                [r.data for r, _ in failed],
+                [r.row_hash for r, _ in failed],
+                [r.emitted_at for r, _ in failed],
+                [error for _, error in failed],
+            )
+            pending.extend(r.key for r, _ in failed)
+        return pending
