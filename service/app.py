@@ -372,6 +372,7 @@ def build_app(
             ),
             drain_seconds=settings.rebalance_drain_seconds,
             streams=streams,
+            stop_seconds=settings.shutdown_grace_seconds,
         )
         await catalog.refresh()
         upkeep = Upkeep(
@@ -415,16 +416,21 @@ def build_app(
         running.watch.cancel()
         running.requests.stopping = True
         running.take_requests.cancel()
-        # The consume loop ends after its current fetch (at most 0.5 s) and commit.
+        # Runs of pending rows get the grace, meanwhile the consume loop ends after its
+        # current fetch (at most 0.5 s), sends or stores the rows it holds in memory (the same
+        # grace), and commits.
+        runs = asyncio.create_task(running.scheduler.stop(settings.shutdown_grace_seconds))
         try:
-            await asyncio.wait_for(asyncio.shield(running.consume), timeout=3)
+            await asyncio.wait_for(
+                asyncio.shield(running.consume), timeout=3 + settings.shutdown_grace_seconds
+            )
         except TimeoutError:
             running.consume.cancel()
         except Exception:
             pass  # reported by on_consume_done
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait({running.consume, running.watch, running.take_requests})
-        await running.scheduler.stop(settings.shutdown_grace_seconds)
+        await runs
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         stack = contextlib.AsyncExitStack()

@@ -126,6 +126,7 @@ class ConsumeLoop:
         backoff: Backoff = Backoff(),
         drain_seconds: float = 20.0,
         streams: Streamer | None = None,
+        stop_seconds: float = 5.0,
     ) -> None:
         self.source = source
         self.ingest = ingest
@@ -139,6 +140,8 @@ class ConsumeLoop:
         self.ledger = OffsetLedger()
         self.committer = Committer(source.commit, self.ledger)
         self.streams = streams
+        #: At shutdown, how long rows in flight get to be recorded before they are stored.
+        self.stop_seconds = stop_seconds
         self.stopping = False
         self._storing: asyncio.Task[IngestResult | None] | None = None
         #: Snapshots read but not closed yet, by model (or source route): their upserts count
@@ -172,7 +175,7 @@ class ConsumeLoop:
                 )
             if storing is not None and not await self._finished(storing):
                 return
-            await self._settle(self.drain_seconds)
+            await self._settle(self.stop_seconds)
         finally:
             if storing is not None and not storing.done():
                 storing.cancel()  # uncommitted: these events are read again

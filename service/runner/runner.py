@@ -538,6 +538,12 @@ class Sending:
             if fatal is not None and self._fatal is None:
                 self._fatal = fatal
 
+    def check(self) -> None:
+        """Raises what a finished batch raised (the store), or RunAborted after a fatal error."""
+        self._collect()
+        if self._fatal is not None:
+            raise RunAborted(self._fatal)
+
     async def settle(self, keys: set[str]) -> bool:
         """Wait for the batches in flight that hold any of these keys; whether there were any."""
         holding = [t for t, held in self._tasks.items() if not keys.isdisjoint(held)]

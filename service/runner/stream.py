@@ -164,6 +164,10 @@ class _SyncStream:
     sending: Sending | None = None
     #: Set while a flush holds the pump (rebalance, shutdown).
     held_back: bool = False
+    #: The destination's type, a metric label.
+    kind: str = ""
+    #: Batches of the open run were cancelled (by a flush) before they were recorded.
+    cut: bool = False
 
 
 class StreamStopped(Exception):
@@ -454,6 +458,7 @@ class Streams:
             # The oldest waiting key is in flight: wait for that batch.
             first = next(iter(stream.queue))
             await sending.settle({first})
+            sending.check()  # a batch that failed to record raises here
             return
         for entry in taken:
             stream.flying[entry.write.key] = entry
@@ -512,6 +517,7 @@ class Streams:
         )
         run.started_at = run.created_at
         stream.run = run
+        await self._runner.enter(sync, run, RunStatus.QUEUED)
         await self._runner.enter(sync, run, RunStatus.PROCESSING)
         sending = _StreamSending(
             sync,
@@ -521,6 +527,7 @@ class Streams:
             batch_rows=self._metrics.batch_rows,
         )
         sending.batch_size = delivery.writer.batch_size
+        stream.kind = delivery.writer.type_name
         stream.sending = sending
         return sending
 
@@ -563,8 +570,7 @@ class Streams:
         now = self._clock.time()
         if stream.run is not None and (delivered or failed):
             outcomes = RowOutcomes(delivered=delivered, failed=failed)
-            kind = stream.sending.delivery.writer.type_name if stream.sending else "unknown"
-            self._runner.count(stream.run, kind, outcomes, now)
+            self._runner.count(stream.run, stream.kind, outcomes, now)
         pending = set(left)
         if pending:
             stream.overflow |= pending
@@ -590,7 +596,9 @@ class Streams:
         if sending is not None:
             await sending.finish()  # a fatal error ends it failed instead (RunAborted)
         stream.run = stream.sending = None
+        stream.cut = False
         if run is not None:
+            await self._runner.enter(stream.sync, run, RunStatus.REPORTING)
             final = RunStatus.WARNING if run.failed_rows.total else RunStatus.SUCCESS
             await self._runner.finish(stream.sync, run, final)
 
@@ -663,6 +671,7 @@ class Streams:
                     await asyncio.wait({stream.pump})
                 if stream.sending is not None and stream.flying:
                     await stream.sending.cancel()
+                    stream.cut = True
                 await self._spill(stream)
         finally:
             for stream in streams:
@@ -670,7 +679,9 @@ class Streams:
             self.cache.clear()
 
     async def close(self) -> None:
-        """At shutdown, after `flush`: runs still open end."""
+        """At shutdown, after `flush`: runs still open end, `interrupted` when batches of
+        theirs had to be cancelled (their rows are pending in the store, sent after a
+        restart)."""
         self.stopping = True
         if self._checker is not None:
             self._checker.cancel()
@@ -679,8 +690,21 @@ class Streams:
                 stream.pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await stream.pump
-            with contextlib.suppress(Exception):
-                await self._end_run(stream)
+            if stream.sending is not None and stream.flying:
+                await stream.sending.cancel()
+                stream.cut = True
+            run = stream.run
+            if run is None:
+                continue
+            try:
+                if stream.cut:
+                    stream.run = stream.sending = None
+                    run.error = "the service stopped during the run"
+                    await self._runner.finish(stream.sync, run, RunStatus.INTERRUPTED)
+                else:
+                    await self._end_run(stream)
+            except Exception as exc:
+                log.warning("sync %s: run %s not finished: %s", stream.sync.id, run.id, exc)
 
     # keys known pending ----------------------------------------------------------------
 
