@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -50,6 +51,10 @@ STREAM_RUN_SECONDS = 60.0
 MAX_OVERFLOW_KEYS = 10_000
 #: How often keys known pending are looked up again, to stream them once they are sent.
 OVERFLOW_CHECK_SECONDS = 1.0
+#: How long the consumer waits for room in a sync's memory queue before that sync's rows go to
+#: the store: a short wait lets a fast destination keep up, a longer one would let one slow
+#: destination hold back every other sync of the consumer.
+ROOM_WAIT_SECONDS = 0.5
 #: Rough bytes of one cache entry beyond its key (dict slot, hash bytes object).
 _ENTRY_BYTES = 120
 
@@ -159,6 +164,8 @@ class _SyncStream:
     #: Every row of the sync goes to the store until it has no pending row.
     overflow_all: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when the sender takes rows from the queue.
+    room: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
     run: SyncRun | None = None
     sending: Sending | None = None
@@ -251,6 +258,8 @@ class Streams:
             return writes, None
         for sync_id in hold & groups.keys():
             await self._quiet(self._streams[sync_id])
+        for sync_id in groups:
+            await self._room(self._streams[sync_id])
         # Reads first, so a failing read changes nothing and the caller may try again.
         found: dict[str, dict[str, tuple[bytes | None, bool]]] = {}
         for sync_id, rows in groups.items():
@@ -283,14 +292,6 @@ class Streams:
             if kept:
                 stream.wake.set()
                 self._start(stream)
-            if stream.queued_bytes > self.queue_bytes:
-                log.info(
-                    "sync %s: over %d bytes waiting in memory; its rows go to the store until "
-                    "the destination catches up",
-                    sync_id,
-                    self.queue_bytes,
-                )
-                stream.overflow_all = True
         ticket.seal()
         if unchanged:
             self._metrics.rows_unchanged.inc(unchanged)
@@ -398,6 +399,28 @@ class Streams:
         if in_flight:
             settle.append((stream, in_flight))
 
+    async def _room(self, stream: _SyncStream) -> None:
+        """Waits a little for the sender to make room in a full queue (backpressure on the
+        consumer); a queue still full after that sends the sync's rows to the store."""
+        if stream.queued_bytes <= self.queue_bytes or stream.overflow_all:
+            return
+        deadline = self._clock.monotonic() + ROOM_WAIT_SECONDS
+        while stream.queued_bytes > self.queue_bytes and not self.stopping:
+            left = deadline - self._clock.monotonic()
+            if left <= 0:
+                log.info(
+                    "sync %s: over %d bytes wait in memory; its rows go to the store until the "
+                    "destination catches up",
+                    stream.sync.id,
+                    self.queue_bytes,
+                )
+                stream.overflow_all = True
+                self._start_checker()
+                return
+            stream.room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stream.room.wait(), left)
+
     async def _quiet(self, stream: _SyncStream) -> None:
         """Waits until nothing of the sync is in memory (its snapshot's keys are then all in
         the store, where the snapshot closes)."""
@@ -448,12 +471,13 @@ class Streams:
         if linger > 0 and len(stream.queue) < size:
             await self._clock.sleep(linger)
         taken: list[_Queued] = []
-        for key in list(stream.queue)[:size]:
+        for key in list(itertools.islice(stream.queue, size)):
             if key in stream.flying:
                 break  # its older version first
             entry = stream.queue.pop(key)
             stream.queued_bytes -= entry.size
             taken.append(entry)
+        stream.room.set()
         if not taken:
             # The oldest waiting key is in flight: wait for that batch.
             first = next(iter(stream.queue))
