@@ -205,34 +205,60 @@ class Streams:
         self.cache = SyncedCache(cache_bytes)
         self._record_retry = record_retry
         self._streams: dict[str, _SyncStream] = {}
-        self._destinations: dict[str, object] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self._checker: asyncio.Task[None] | None = None
         self.stopping = False
 
     # the catalog -----------------------------------------------------------------------
 
     def set_syncs(self, syncs: Iterable[Sync]) -> None:
-        """Continuous, enabled syncs stream; a sync that stops being one sends what it queued
-        and then takes the store path."""
+        """Continuous, enabled syncs stream. What a sync that stops being one (disabled, or
+        scheduled otherwise) holds in memory becomes pending in the store, where its runs find
+        it; what a deleted sync holds is dropped."""
+        syncs = list(syncs)
         wanted = {
             s.id: s for s in syncs if not s.disabled and isinstance(s.schedule, ContinuousSchedule)
         }
-        self._destinations.clear()
+        known = {s.id for s in syncs}
         for sync_id, stream in list(self._streams.items()):
             sync = wanted.get(sync_id)
             if sync is None:
-                stream.overflow_all = True  # no more rows; the queue still drains
-            else:
-                if sync.updated_at != stream.sync.updated_at:
-                    self.cache.forget(sync_id)  # a new mapping or mode: look again
-                stream.sync = sync
+                del self._streams[sync_id]
+                self.cache.forget(sync_id)
+                task = asyncio.create_task(self._retire(stream, keep=sync_id in known))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+                continue
+            if sync.updated_at != stream.sync.updated_at:
+                self.cache.forget(sync_id)  # a new mapping or mode: look again
+            stream.sync = sync
         for sync_id, sync in wanted.items():
             if sync_id not in self._streams:
                 self._streams[sync_id] = _SyncStream(sync)
 
-    def streams(self, sync_id: str) -> bool:
-        stream = self._streams.get(sync_id)
-        return stream is not None and not stream.overflow_all
+    async def _retire(self, stream: _SyncStream, *, keep: bool) -> None:
+        if stream.pump is not None and not stream.pump.done():
+            stream.pump.cancel()
+            await asyncio.wait({stream.pump})
+        if stream.sending is not None:
+            await stream.sending.cancel()
+        try:
+            if keep:
+                await self._spill(stream)
+            else:
+                for entry in [*stream.flying.values(), *stream.queue.values()]:
+                    entry.ticket.release()
+                stream.flying.clear()
+                stream.queue.clear()
+        except StreamStopped:
+            return
+        run = stream.run
+        if run is not None:
+            stream.run = stream.sending = None
+            run.error = "the sync was changed during the run" if keep else None
+            final = RunStatus.INTERRUPTED if keep else RunStatus.CANCELLED
+            with contextlib.suppress(Exception):
+                await self._runner.finish(stream.sync, run, final)
 
     # from the consumer -----------------------------------------------------------------
 
@@ -395,6 +421,7 @@ class Streams:
                 stream.overflow_all = True
                 stream.overflow.clear()
         self.cache.forget(stream.sync.id, keys)
+        self._start_checker()
         in_flight = keys & stream.flying.keys()
         if in_flight:
             settle.append((stream, in_flight))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.store.sqlite import SqliteStore
+from tests.contract.conftest import open_store, postgres_url, store_url  # noqa: F401 - fixtures
 from tests.integration.test_runner_webhook import Harness
 from tests.support import Receiver
 

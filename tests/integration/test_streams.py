@@ -1,0 +1,258 @@
+"""Streams: rows of continuous syncs go from memory to a real webhook receiver and are written
+once, as their outcome, into a real store (SQLite, and PostgreSQL where marked)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.core.events import ChangeEvent
+from service.core.interfaces import RunRequest, SystemClock
+from service.core.metrics import Metrics
+from service.core.models import Destination, Model, RunStatus, Sync, SyncConfiguration
+from service.core.models import referenced_columns as columns_of
+from service.core.rows import PendingWrite
+from service.destinations.registry import DestinationContext, open_destination
+from service.ingest import Ingest
+from service.router import build_routes
+from service.runner.retry import RetryPolicy
+from service.runner.runner import SyncRunner
+from service.runner.stream import Streams, StreamTicket
+from service.store.base import Store
+from service.store.sqlite import SqliteStore
+from tests.integration.test_runner_webhook import RecordingReporter
+from tests.support import LOCAL_ONLY, Receiver, wait_for
+
+
+class Harness:
+    def __init__(self, store: Store, receiver: Receiver, **streams: Any) -> None:
+        self.store = store
+        self.receiver = receiver
+        self.metrics = Metrics()
+        self.reporter = RecordingReporter()
+        self.ingest = Ingest(store, self.metrics)
+        self.runner = SyncRunner(
+            store,
+            functools.partial(
+                open_destination, context=DestinationContext("127.0.0.1:9", LOCAL_ONLY)
+            ),
+            self.reporter,
+            self.metrics,
+            SystemClock(),
+            RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.05),
+        )
+        self.notified: list[str] = []
+        self.streams = Streams(
+            store,
+            self.runner,
+            self.metrics,
+            SystemClock(),
+            notify_pending=self.notified.extend,
+            **streams,
+        )
+        self.sync: Sync
+
+    async def setup(self, mode: str = "upsert", batch_size: int = 50) -> None:
+        await self.store.upsert(Model(id="1", name="users", slug="users", primary_key="id"))
+        config = {"url": self.receiver.url, "batchSize": batch_size}
+        await self.store.upsert(
+            Destination(id="1", name="crm", slug="crm", type="webhook", configuration=config)
+        )
+        configuration = {
+            "mode": mode,
+            "mappings": [{"from": "id", "to": "id"}, {"from": "v", "to": "v"}],
+        }
+        parsed = SyncConfiguration.model_validate(configuration)
+        self.sync = Sync(
+            id="7",
+            slug="users-to-crm",
+            model_id="1",
+            destination_id="1",
+            schedule={"type": "continuous"},
+            configuration=configuration,
+            primary_key="id",
+            referenced_columns=columns_of("id", parsed),
+        )
+        await self.store.upsert(self.sync)
+        self.streams.set_syncs([self.sync])
+
+    def writes(self, op: str, rows: list[dict[str, Any]]) -> list[PendingWrite]:
+        event = ChangeEvent.model_validate({"modelId": "1", "op": op, "rows": rows})
+        (part,) = self.ingest.prepare([event], build_routes([self.sync]))
+        return part.writes
+
+    async def take(self, op: str, rows: list[dict[str, Any]]) -> tuple[int, StreamTicket | None]:
+        """Hands rows over as the consumer does; writes what comes back for the store."""
+        to_store, ticket = await self.streams.take(self.writes(op, rows), set())
+        if to_store:
+            await self.store.write_pending(to_store)
+        return len(to_store), ticket
+
+    async def run(self) -> Any:
+        return await self.runner.run(self.sync, RunRequest("test"))
+
+    async def close(self) -> None:
+        await self.streams.close()
+        await self.runner.close()
+
+    def latest(self) -> dict[str, Any]:
+        """What the receiver holds per key: the last version it accepted."""
+        return {r["key"]: r["data"]["v"] for r in self.receiver.rows}
+
+
+def rows(n: int, v: int = 0, start: int = 0) -> list[dict[str, Any]]:
+    return [{"id": i, "v": v} for i in range(start, start + n)]
+
+
+@pytest.fixture
+async def sqlite_harness(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Harness]:
+    store = SqliteStore(f"sqlite:///{tmp_path / 'store.db'}")
+    await store.open()
+    h = Harness(store, receiver)
+    yield h
+    await h.close()
+    await store.close()
+
+
+@pytest.fixture
+async def harness(open_store: Any, receiver: Receiver) -> AsyncIterator[Harness]:
+    h = Harness(await open_store(), receiver)
+    yield h
+    await h.close()
+
+
+async def test_rows_go_from_memory_and_are_written_once_as_what_the_destination_holds(
+    harness: Harness,
+) -> None:
+    await harness.setup()
+    stored, ticket = await harness.take("upsert", rows(120))
+    assert stored == 0 and ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+    assert harness.latest() == {str(i): 0 for i in range(120)}
+    assert await harness.store.pending_counts() == {}
+    held = await harness.store.held("7", [str(i) for i in range(120)])
+    assert set(held) == {str(i) for i in range(120)}
+    assert all(synced is not None and not pending for synced, pending in held.values())
+
+    # The same rows again: the destination holds them, nothing is sent nor written.
+    requests = len(harness.receiver.requests)
+    stored, ticket = await harness.take("upsert", rows(120))
+    assert stored == 0 and ticket is not None and ticket.done.done()
+    assert len(harness.receiver.requests) == requests
+    assert harness.metrics.registry.get_sample_value("sync_rows_unchanged_total") == 120
+
+    # A run record covers the stream: queued, processing, reporting, success.
+    await wait_for(lambda: "success" in harness.reporter.statuses, what="the run to end")
+    assert harness.reporter.statuses == ["queued", "processing", "reporting", "success"]
+
+
+async def test_a_refused_row_stays_pending_with_its_reason_and_a_run_sends_it(
+    harness: Harness,
+) -> None:
+    await harness.setup()
+    harness.receiver.replies = [(200, {"rejected": [{"key": "3", "error": "bad email"}]}, {})]
+    _, ticket = await harness.take("upsert", rows(10))
+    assert ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+    assert "3" not in harness.latest()
+    assert await harness.store.pending_counts() == {"7": 1}
+    (row,), _ = await harness.store.list_pending("7", failed_only=True, limit=10, offset=0)
+    assert row.key == "3" and "bad email" in (row.error or "") and row.attempts == 1
+    assert harness.notified == ["7"]
+
+    # While it is pending, a newer version of it goes to the store too, behind it.
+    stored, _ = await harness.take("upsert", [{"id": 3, "v": 1}])
+    assert stored == 1
+    run = await harness.run()
+    assert run.status is RunStatus.SUCCESS
+    assert harness.latest()["3"] == 1
+    assert await harness.store.pending_counts() == {}
+
+
+async def test_a_full_queue_sends_the_rest_to_the_store_and_everything_converges(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path / 'store.db'}")
+    await store.open()
+    h = Harness(store, receiver, queue_bytes=20_000)
+    try:
+        await h.setup(batch_size=20)
+        receiver.delay = 0.3  # a slow endpoint: the queue fills
+        tickets = []
+        stored_total = 0
+        for v in range(3):
+            for start in range(0, 300, 100):
+                stored, ticket = await h.take("upsert", rows(100, v=v, start=start))
+                stored_total += stored
+                assert ticket is not None
+                tickets.append(ticket)
+        assert stored_total > 0  # the queue's budget sent rows to the store
+        receiver.delay = 0.0
+        await asyncio.wait_for(asyncio.gather(*(t.done for t in tickets)), 30)
+        while await store.pending_counts():
+            await h.run()
+        # Key by key, the destination ends with the model's last version.
+        assert h.latest() == {str(i): 2 for i in range(300)}
+    finally:
+        await h.close()
+        await store.close()
+
+
+async def test_versions_of_a_key_reach_the_destination_in_order(sqlite_harness: Harness) -> None:
+    h = sqlite_harness
+    await h.setup(batch_size=7)
+    h.receiver.delay = 0.01
+    tickets = []
+    for v in range(20):
+        _, ticket = await h.take("upsert", rows(30, v=v))
+        assert ticket is not None
+        tickets.append(ticket)
+    await asyncio.wait_for(asyncio.gather(*(t.done for t in tickets)), 30)
+    seen: dict[str, list[int]] = {}
+    for row in h.receiver.rows:
+        seen.setdefault(row["key"], []).append(row["data"]["v"])
+    assert all(versions == sorted(versions) for versions in seen.values())
+    assert h.latest() == {str(i): 19 for i in range(30)}
+
+
+async def test_a_flush_stores_what_memory_holds_and_the_next_run_sends_it(
+    sqlite_harness: Harness,
+) -> None:
+    h = sqlite_harness
+    await h.setup(batch_size=10)
+    h.receiver.delay = 30.0  # the endpoint hangs
+    _, ticket = await h.take("upsert", rows(40))
+    assert ticket is not None
+    await wait_for(lambda: len(h.receiver.requests) >= 1, what="a request to start")
+    await h.streams.flush(0.2)
+    await asyncio.wait_for(ticket.done, 5)  # every row is in the store now
+    assert await h.store.pending_counts() == {"7": 40}
+    await h.streams.close()
+    assert h.reporter.statuses[-1] == "interrupted"
+    h.receiver.delay = 0.0
+    await h.run()
+    assert h.latest() == {str(i): 0 for i in range(40)}
+
+
+async def test_a_delete_of_a_held_row_is_removed_through_the_store(sqlite_harness: Harness) -> None:
+    h = sqlite_harness
+    await h.setup(mode="mirror")
+    _, ticket = await h.take("upsert", rows(5))
+    assert ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+    stored, _ = await h.take("delete", [{"id": 2}, {"id": 99}])
+    assert stored == 1  # 99 was never held: nothing to remove
+    await h.run()
+    assert ("removed", "2") in h.receiver.ops()
+    assert ("removed", "99") not in h.receiver.ops()
+    # Once sent, the key streams again.
+    await wait_for(lambda: not h.streams._streams["7"].overflow, what="the key to stream again")
+    stored, ticket = await h.take("upsert", [{"id": 2, "v": 5}])
+    assert stored == 0 and ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+    assert h.receiver.ops()[-1] == ("added", "2")
