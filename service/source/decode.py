@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
 from typing import Any
 
 from orjson import JSONDecodeError
 from orjson import loads as _loads
-from pydantic import ValidationError
-from pydantic_core import TzInfo
+from pydantic import BaseModel, ValidationError
+from pydantic_core import SchemaValidator, core_schema
 
 from service.core.events import ChangeEvent, InvalidEvent
 
@@ -23,16 +21,17 @@ _FIELD_NAMES = frozenset(("model_id", "snapshot_id", "event_id", "emitted_at"))
 _BIG = 2.0**63
 #: pydantic's JSON parser refuses nesting past about 200 levels; a row this deep is left to it.
 _MAX_DEPTH = 100
-#: The forms of emittedAt read here; pydantic reads these the same way (and others, which go
-#: the validated path). ASCII digits only: `\d` would take other scripts' digits too.
-_STAMP = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.([0-9]{1,6}))?(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))?"
-).fullmatch
-_ZONES: dict[int, TzInfo] = {}
+_MISSING = object()
+_PLAIN = frozenset((str, int, bool, type(None)))
+#: pydantic's own datetime parser, for the one field whose forms are many: the same datetime,
+#: or an error for what the model refuses.
+_datetime = SchemaValidator(core_schema.datetime_schema()).validate_python
 
 _new = object.__new__
-_set = object.__setattr__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 def decode_event(key: bytes | None, value: bytes | None) -> ChangeEvent:
@@ -80,58 +79,73 @@ def _lean(value: bytes) -> ChangeEvent | None:
         return None
     if type(doc) is not dict:
         return None
-    model_id = doc.get("modelId")
-    op = doc.get("op")
-    rows = doc.get("rows")
+    get = doc.get
+    model_id = get("modelId")
+    op = get("op")
+    rows = get("rows")
     if (
         type(model_id) is not str
-        or not 0 < len(model_id) <= 200
         or type(op) is not str
-        or op not in _OPS
         or type(rows) is not list
-        or not _rows_fine(rows)
+        or op not in _OPS
+        or not 0 < len(model_id) <= 200
     ):
         return None
+    for row in rows:  # _nested_fine, unrolled for the common flat row
+        if type(row) is not dict:
+            return None
+        for x in row.values():
+            if type(x) not in _PLAIN:
+                if type(x) is float:
+                    if -_BIG < x < _BIG:
+                        continue
+                    return None
+                if not _nested_fine(x, 4):
+                    return None
     fields = {"model_id", "op", "rows"}
-    snapshot_id: str | None = None
-    last = False
-    event_id: str | None = None
-    emitted_at: datetime | None = None
-    if len(doc) > 3:
-        for name, x in doc.items():
-            if name == "snapshotId":
-                if x is not None and (type(x) is not str or not x):
-                    return None
-                snapshot_id = x
-                fields.add("snapshot_id")
-            elif name == "last":
-                if type(x) is not bool:
-                    return None
-                last = x
-                fields.add("last")
-            elif name == "eventId":
-                if x is not None and type(x) is not str:
-                    return None
-                event_id = x
-                fields.add("event_id")
-            elif name == "emittedAt":
-                if x is not None:
-                    emitted_at = _stamp(x)
-                    if emitted_at is None:
-                        return None
-                fields.add("emitted_at")
-            elif name in _FIELD_NAMES:
-                return None
-            elif (type(x) is dict or type(x) is list) and name != "rows" and not _nested_fine(x, 2):
-                return None  # ignored, but pydantic's parser refuses it when too deep
+    snapshot_id = get("snapshotId", _MISSING)
+    if snapshot_id is _MISSING:
+        snapshot_id = None
+    elif snapshot_id is None or (type(snapshot_id) is str and snapshot_id):
+        fields.add("snapshot_id")
+    else:
+        return None
     if op == "snapshot" and snapshot_id is None:
+        return None
+    last = get("last", _MISSING)
+    if last is _MISSING:
+        last = False
+    elif type(last) is bool:
+        fields.add("last")
+    else:
+        return None
+    event_id = get("eventId", _MISSING)
+    if event_id is _MISSING:
+        event_id = None
+    elif event_id is None or type(event_id) is str:
+        fields.add("event_id")
+    else:
+        return None
+    emitted_at = get("emittedAt", _MISSING)
+    if emitted_at is _MISSING:
+        emitted_at = None
+    elif emitted_at is None:
+        fields.add("emitted_at")
+    elif type(emitted_at) is str:
+        try:
+            emitted_at = _datetime(emitted_at)
+        except ValidationError:
+            return None
+        fields.add("emitted_at")
+    else:
+        return None
+    if len(doc) > len(fields) and not _others_fine(doc):
         return None
     # What model_construct does, without its per-field alias lookups; the test holds it to
     # what validation builds.
     event = _new(ChangeEvent)
-    _set(
+    _set_dict(
         event,
-        "__dict__",
         {
             "model_id": model_id,
             "op": op,
@@ -142,71 +156,34 @@ def _lean(value: bytes) -> ChangeEvent | None:
             "emitted_at": emitted_at,
         },
     )
-    _set(event, "__pydantic_fields_set__", fields)
-    _set(event, "__pydantic_extra__", None)
-    _set(event, "__pydantic_private__", None)
+    _set_fields(event, fields)
+    _set_extra(event, None)
+    _set_private(event, None)
     return event
 
 
-def _rows_fine(rows: list[Any]) -> bool:
-    for row in rows:
-        if type(row) is not dict:
+def _others_fine(doc: dict[str, Any]) -> bool:
+    """Keys beyond the fields are ignored, unless they name a field (pydantic reads those
+    too) or nest deeper than pydantic's parser goes."""
+    for name, x in doc.items():
+        if name in _FIELD_NAMES:
             return False
-        for x in row.values():
-            t = type(x)
-            if t is float:
-                if not -_BIG < x < _BIG:
-                    return False
-            elif (t is dict or t is list) and not _nested_fine(x, 4):
-                return False
+        if (type(x) is dict or type(x) is list) and name != "rows" and not _nested_fine(x, 2):
+            return False
     return True
 
 
 def _nested_fine(value: dict[str, Any] | list[Any], depth: int) -> bool:
+    """Whether orjson read it as pydantic does: no float that may have been a huge integer,
+    no nesting near pydantic's limit."""
     if depth > _MAX_DEPTH:
         return False
     for x in value.values() if type(value) is dict else value:
-        t = type(x)
-        if t is float:
-            if not -_BIG < x < _BIG:
+        if type(x) not in _PLAIN:
+            if type(x) is float:
+                if -_BIG < x < _BIG:
+                    continue
                 return False
-        elif (t is dict or t is list) and not _nested_fine(x, depth + 1):
-            return False
+            if not _nested_fine(x, depth + 1):
+                return False
     return True
-
-
-def _stamp(text: object) -> datetime | None:
-    if type(text) is not str:
-        return None
-    m = _STAMP(text)
-    if m is None:
-        return None
-    year, month, day, hour, minute, second, fraction, utc, sign, zh, zm = m.groups()
-    zone: TzInfo | None = None
-    if utc is not None:
-        zone = _zone(0)
-    elif sign is not None:
-        if int(zh) > 23 or int(zm) > 59:
-            return None
-        offset = int(zh) * 3600 + int(zm) * 60
-        zone = _zone(-offset if sign == "-" else offset)
-    try:
-        return datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour),
-            int(minute),
-            int(second),
-            int(fraction.ljust(6, "0")) if fraction else 0,
-            zone,
-        )
-    except ValueError:
-        return None
-
-
-def _zone(offset: int) -> TzInfo:
-    zone = _ZONES.get(offset)
-    if zone is None:
-        zone = _ZONES[offset] = TzInfo(offset)
-    return zone
