@@ -417,6 +417,9 @@ class Consumer:
     def highwater(self, tp: TopicPartition) -> int | None:
         return None
 
+    def subscribe(self, topics: list[str], listener: object) -> None:
+        pass
+
 
 def records(topic: str, *values: bytes | None) -> dict[TopicPartition, list[Any]]:
     tp = TopicPartition(topic, 0)
@@ -437,7 +440,7 @@ async def fetched(
     decoders: dict[str, Callable[[bytes | None, bytes | None], ChangeEvent]] | None = None,
 ) -> tuple[list[ChangeEvent], set[int], int]:
     source = KafkaSource(Consumer(batch_records), Metrics())  # type: ignore[arg-type]
-    source._decoders = decoders or {}
+    source.subscribe({tp.topic for tp in batch_records}, decoders)
     batch = await source.fetch()
     return batch.events, batch.suspect, len(batch.dead)
 
