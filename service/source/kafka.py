@@ -14,7 +14,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from service.core.events import ChangeEvent, InvalidEvent
 from service.core.metrics import Metrics
-from service.source.decode import decode_event
+from service.source.decode import decode_event_lean
 from service.source.dlq import DeadLetter
 from service.source.invalid_rate import InvalidRateMonitor
 
@@ -25,7 +25,8 @@ Decoder = Callable[[bytes | None, bytes | None], ChangeEvent]
 
 #: Tokens that JSON parsers turn into non-finite floats: NaN, Infinity, an exponent or a run of
 #: digits too big for a double. A message with none of them can hold no such value, so only
-#: the few that match are looked at value by value.
+#: the few that match are looked at value by value. The service's own events read by orjson
+#: need no look: orjson refuses all of these.
 _NON_FINITE_HINT = re.compile(rb"NaN|Infinity|[eE]\+?[0-9]{3}|[0-9]{309}")
 
 
@@ -135,15 +136,19 @@ class KafkaSource:
             self._metrics.events_consumed.labels(tp.topic).inc(len(messages))
             batch.records += len(messages)
             dead_before = len(batch.dead)
-            decode = self._decoders.get(tp.topic, decode_event)
+            decode = self._decoders.get(tp.topic)
             for message in messages:
                 try:
-                    event = decode(message.key, message.value)
+                    if decode is None:
+                        event, finite = decode_event_lean(message.key, message.value)
+                    else:
+                        event, finite = decode(message.key, message.value), False
                 except InvalidEvent as exc:
                     invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
                     batch.dead.append(DeadLetter.of(message, exc))
                     continue
-                if message.value and hint(message.value):  # a tombstone has no value
+                # A tombstone has no value.
+                if not finite and message.value and hint(message.value):
                     batch.suspect.add(len(events))
                 events.append(event)
                 batch.messages.append(message)
