@@ -50,6 +50,12 @@ class TemplateMapper:
         return out
 
 
+def unchanged_over(mapper: RowMapper, columns: tuple[str, ...]) -> bool:
+    """True when the mapper gives back every row projected onto `columns` as it is (each
+    column under its own name, in that order): such rows need no mapping."""
+    return getattr(mapper, "names", None) == columns
+
+
 def renders_templates(mapper: RowMapper) -> bool:
     """True when a mapper renders templates: worth running off the event loop."""
     return isinstance(mapper, TemplateMapper)
@@ -77,6 +83,7 @@ def compile_mappings(configuration: SyncConfiguration) -> RowMapper:
                 return row
             return {n: row.get(n) for n in names}
 
+        same_names.names = tuple(names)  # type: ignore[attr-defined]
         return same_names
 
     if templates:

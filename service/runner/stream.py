@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -36,7 +37,7 @@ from service.core.interfaces import Clock
 from service.core.metrics import Metrics
 from service.core.models import ContinuousSchedule, RunStatus, Sync, SyncRun
 from service.core.rows import PendingRow, PendingWrite, RowChange, RowFailure, RowOutcomes
-from service.runner.mapping import renders_templates
+from service.runner.mapping import renders_templates, unchanged_over
 from service.runner.planner import plan_changes
 from service.runner.runner import RunAborted, Sending, Sent, SyncRunner, plan_in_thread
 from service.store.base import Store
@@ -144,12 +145,13 @@ class StreamTicket:
 
 
 @dataclass(slots=True)
-class _Queued:
-    write: PendingWrite
-    ticket: StreamTicket
-    #: What the destination holds for the key as far as this replica knows.
-    held: bytes | None
-    size: int
+class _Queued(PendingRow):
+    """A row waiting in memory, planned as it is (`synced_hash`: what the destination holds
+    for the key as far as this replica knows)."""
+
+    write: PendingWrite | None = None
+    ticket: StreamTicket | None = None
+    size: int = 0
 
 
 @dataclass(slots=True)
@@ -355,9 +357,9 @@ class Streams:
                 continue
             older = queue.get(key)
             if older is not None:
-                held = older.held
+                held = older.synced_hash
             elif key in flying:
-                held = flying[key].held  # replaced by what the flight records, when it does
+                held = flying[key].synced_hash  # replaced by what the flight records, when it does
             elif key in known:
                 held = known[key]
             elif key in found:
@@ -388,7 +390,22 @@ class Streams:
                 older.ticket.release()
                 del queue[key]
             size = len(w.data or b"") + len(key) + 200
-            queue[key] = _Queued(w, ticket, held, size)
+            queue[key] = _Queued(
+                key,
+                0,
+                "upsert",
+                w.source,
+                w.row_hash,
+                w.emitted_at,
+                0,
+                None,
+                None,
+                held,
+                None,
+                w,
+                ticket,
+                size,
+            )
             stream.queued_bytes += size
             ticket.add()
             kept += 1
@@ -511,26 +528,17 @@ class Streams:
             await sending.settle({first})
             sending.check()  # a batch that failed to record raises here
             return
+        flying = stream.flying
         for entry in taken:
-            stream.flying[entry.write.key] = entry
-        page = [
-            PendingRow(
-                e.write.key,
-                0,
-                "upsert",
-                e.write.source,
-                e.write.row_hash,
-                e.write.emitted_at,
-                synced_hash=e.held,
-            )
-            for e in taken
-        ]
-        for entry, row in zip(taken, page, strict=True):
-            if row.data is None and entry.write.data is not None:
-                row.data = orjson.loads(entry.write.data)
+            flying[entry.key] = entry
+            if entry.data is None and entry.write is not None and entry.write.data is not None:
+                entry.data = orjson.loads(entry.write.data)
+        page: list[PendingRow] = taken  # type: ignore[assignment]
         mapper = self._runner.mapper(sync)
         if renders_templates(mapper):
             plan = await plan_in_thread(page, config.mode, mapper, False)
+        elif unchanged_over(mapper, sync.referenced_columns):
+            plan = plan_changes(page, config.mode, _as_is)
         else:
             plan = plan_changes(page, config.mode, mapper)
         run = stream.run
@@ -636,7 +644,7 @@ class Streams:
         for w in ok:
             newer = stream.queue.get(w.key)
             if newer is not None:
-                newer.held = w.row_hash
+                newer.synced_hash = w.row_hash
         for key in [*(r.key for r in delivered), *(f.key for f in failed)]:
             entry = flying.pop(key, None)
             if entry is not None:
@@ -782,6 +790,10 @@ class Streams:
                         stream.overflow -= set(keys) - still
             except Exception as exc:
                 log.debug("pending keys not looked up: %s", exc)
+
+
+def _as_is(row: dict[str, Any]) -> dict[str, Any]:
+    return row
 
 
 class _StreamSending(Sending):
