@@ -295,9 +295,11 @@ def _project_fast(
     pk = route.primary_key
     columns = route.referenced_columns
     sync_id = route.sync_id
+    blake2b = hashlib.blake2b
     for row in rows:
         value = row.get(pk)
-        key = row_key(value)
+        # row_key's answer for the common case (a non-empty string), without the call.
+        key = value if type(value) is str and value else row_key(value)
         if key is None or len(key) > MAX_KEY_LENGTH or "\x00" in key:
             reason, text = _key_problem(value, key)  # type: ignore[misc]
             refused.add(row, reason, text)
@@ -309,7 +311,7 @@ def _project_fast(
         projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
         data = dumps(projected)
         latest[(sync_id, key)] = PendingWrite(
-            sync_id, key, "upsert", data, row_hash(data), emitted, projected
+            sync_id, key, "upsert", data, blake2b(data, digest_size=16).digest(), emitted, projected
         )
     return refused
 

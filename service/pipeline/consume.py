@@ -253,8 +253,11 @@ class ConsumeLoop:
     def _unknown_models(self, batch: EventBatch, routes: list[RouteIndex]) -> list[DeadLetter]:
         """Events whose modelId names no model at all go to the DLQ (and are routed nowhere)."""
         dead: list[DeadLetter] = []
+        unknown = {m for m in {e.model_id for e in batch.events} if not self.catalog.is_model(m)}
+        if not unknown:
+            return dead
         for i, event in enumerate(batch.events):
-            if not self.catalog.is_model(event.model_id):
+            if event.model_id in unknown:
                 routes[i] = {}
                 why = InvalidEvent("unknown_model", f"modelId {event.model_id[:100]!r} is no model")
                 dead.append(DeadLetter.of(batch.messages[i], why))
@@ -265,6 +268,8 @@ class ConsumeLoop:
         the snapshot, and the closing record is put off (`_PendingClose`). A topic of one
         partition is read in order: its snapshots close where they end."""
         events = batch.events
+        if not self._open and all(e.op != "snapshot" for e in events):
+            return  # nothing of a snapshot in this batch, none open
         topics: list[str] | None = None
         for i, event in enumerate(events):
             if event.op == "upsert":

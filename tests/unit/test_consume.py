@@ -389,9 +389,9 @@ async def test_a_snapshot_closes_only_once_every_partition_delivered_its_part() 
     source.batches.append(second)
     await until(lambda: store.closed != [])
     # The second batch's offsets and the closing record's may go in one commit.
-    await until(lambda: {k: v for c in source.all_commits[1:] for k, v in c.items()} == {
-        p1: 2, p0: 2
-    })
+    await until(
+        lambda: {k: v for c in source.all_commits[1:] for k, v in c.items()} == {p1: 2, p0: 2}
+    )
     await stop(c, task)
     assert store.closed == [([("10", "s")], ["a", "b", "c", "d"])]
     # p0 passes the closing record only once the snapshot closed, in the last commit.
