@@ -52,10 +52,12 @@ STREAM_RUN_SECONDS = 60.0
 MAX_OVERFLOW_KEYS = 10_000
 #: How often keys known pending are looked up again, to stream them once they are sent.
 OVERFLOW_CHECK_SECONDS = 1.0
-#: How long the consumer waits for room in a sync's memory queue before that sync's rows go to
-#: the store: a short wait lets a fast destination keep up, a longer one would let one slow
-#: destination hold back every other sync of the consumer.
-ROOM_WAIT_SECONDS = 0.5
+#: The consumer waits for room in a full queue while its sender makes progress (Kafka keeps the
+#: backlog); once no batch of the sync was recorded for `STALL_SECONDS`, or after
+#: `ROOM_WAIT_SECONDS` in all, the sync's rows go to the store instead, so one slow destination
+#: does not hold back every other sync of the consumer.
+STALL_SECONDS = 2.0
+ROOM_WAIT_SECONDS = 30.0
 #: Rough bytes of one cache entry beyond its key (dict slot, hash bytes object).
 _ENTRY_BYTES = 120
 
@@ -168,6 +170,8 @@ class _SyncStream:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set when the sender takes rows from the queue.
     room: asyncio.Event = field(default_factory=asyncio.Event)
+    #: When a batch of the sync was last recorded (monotonic seconds).
+    progress_at: float = 0.0
     pump: asyncio.Task[None] | None = None
     run: SyncRun | None = None
     sending: Sending | None = None
@@ -444,13 +448,16 @@ class Streams:
             settle.append((stream, in_flight))
 
     async def _room(self, stream: _SyncStream) -> None:
-        """Waits a little for the sender to make room in a full queue (backpressure on the
-        consumer); a queue still full after that sends the sync's rows to the store."""
+        """Waits for the sender to make room in a full queue (backpressure on the consumer)
+        while it makes progress; a queue that stays full sends the sync's rows to the store."""
         if stream.queued_bytes <= self.queue_bytes or stream.overflow_all:
             return
-        deadline = self._clock.monotonic() + ROOM_WAIT_SECONDS
+        now = self._clock.monotonic()
+        deadline = now + ROOM_WAIT_SECONDS
+        stream.progress_at = max(stream.progress_at, now - STALL_SECONDS / 2)
         while stream.queued_bytes > self.queue_bytes and not self.stopping:
-            left = deadline - self._clock.monotonic()
+            now = self._clock.monotonic()
+            left = min(deadline, stream.progress_at + STALL_SECONDS) - now
             if left <= 0:
                 log.info(
                     "sync %s: over %d bytes wait in memory; its rows go to the store until the "
@@ -620,6 +627,7 @@ class Streams:
         while True:
             try:
                 left = await self._store.record_streamed(sync_id, ok, bad, self._clock.time())
+                stream.progress_at = self._clock.monotonic()
                 break
             except Exception as exc:
                 if self.stopping:

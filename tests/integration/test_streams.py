@@ -182,7 +182,7 @@ async def test_a_full_queue_sends_the_rest_to_the_store_and_everything_converges
     h = Harness(store, receiver, queue_bytes=20_000)
     try:
         await h.setup(batch_size=20)
-        receiver.delay = 0.3  # a slow endpoint: the queue fills
+        receiver.delay = 3.0  # a stalled endpoint: the queue fills and stays full
         tickets = []
         stored_total = 0
         for v in range(3):
@@ -256,3 +256,26 @@ async def test_a_delete_of_a_held_row_is_removed_through_the_store(sqlite_harnes
     assert stored == 0 and ticket is not None
     await asyncio.wait_for(ticket.done, 10)
     assert h.receiver.ops()[-1] == ("added", "2")
+
+
+async def test_a_slow_destination_that_keeps_up_holds_the_consumer_back_instead(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path / 'store.db'}")
+    await store.open()
+    h = Harness(store, receiver, queue_bytes=20_000)
+    try:
+        await h.setup(batch_size=20)
+        receiver.delay = 0.05  # slow, but every batch comes back
+        tickets = []
+        for start in range(0, 600, 100):
+            stored, ticket = await h.take("upsert", rows(100, start=start))
+            assert stored == 0  # the consumer waited for room instead
+            assert ticket is not None
+            tickets.append(ticket)
+        await asyncio.wait_for(asyncio.gather(*(t.done for t in tickets)), 30)
+        assert h.latest() == {str(i): 0 for i in range(600)}
+        assert await store.pending_counts() == {}
+    finally:
+        await h.close()
+        await store.close()
