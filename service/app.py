@@ -340,6 +340,7 @@ def build_app(
                 metrics,
                 clock,
                 notify_pending=scheduler.notify_pending,
+                retry_failed=scheduler.retry_failed,
                 queue_bytes=settings.stream_queue_bytes,
                 cache_bytes=settings.synced_cache_bytes,
             )

@@ -250,7 +250,9 @@ def segment_bounds(events: Sequence[ChangeEvent]) -> list[tuple[int, int]]:
     cuts: list[tuple[int, int]] = []
     start = 0
     for i, event in enumerate(events):
-        if (event.op == "snapshot" and event.last) or getattr(event, "truncate", False):
+        if (event.op == "snapshot" and event.last) or (
+            isinstance(event, SourceChange) and event.truncate
+        ):
             cuts.append((start, i + 1))
             start = i + 1
     if start < len(events) or not cuts:

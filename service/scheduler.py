@@ -80,6 +80,10 @@ class RetryBackoff:
     def reset(self) -> None:
         self.failures = 0
 
+    def current(self) -> float:
+        """The delay at the present failure count, without counting one more."""
+        return min(self.cap, self.base * 2 ** max(0, self.failures - 1))
+
 
 @dataclass(slots=True)
 class _SyncState:
@@ -153,6 +157,21 @@ class Scheduler:
             if state is not None:
                 state.pending = True
                 state.wake.set()
+
+    def retry_failed(self, sync_ids: Iterable[str], *, now: bool = False) -> None:
+        """Rows of these syncs failed outside a run (sent from memory): a run retries them
+        after the current backoff, or at once when `now` (their destination answers again)."""
+        at = self._clock.monotonic()
+        for sync_id in sync_ids:
+            state = self._states.get(sync_id)
+            if state is None:
+                continue
+            if now:
+                state.backoff.reset()
+                state.retry_at = at
+            elif state.retry_at is None:
+                state.retry_at = at + state.backoff.current()
+            state.wake.set()
 
     def knows(self, sync_id: str) -> bool:
         return sync_id in self._states

@@ -181,6 +181,8 @@ class _SyncStream:
     kind: str = ""
     #: Batches of the open run were cancelled (by a flush) before they were recorded.
     cut: bool = False
+    #: Rows failed since the last batch the destination took.
+    failing: bool = False
 
 
 class StreamStopped(Exception):
@@ -198,6 +200,7 @@ class Streams:
         clock: Clock,
         *,
         notify_pending: Callable[[Iterable[str]], None],
+        retry_failed: Callable[..., None] | None = None,
         queue_bytes: int = 16 << 20,
         cache_bytes: int = 64 << 20,
         record_retry: float = 0.5,
@@ -207,6 +210,9 @@ class Streams:
         self._metrics = metrics
         self._clock = clock
         self._notify_pending = notify_pending
+        #: (sync_ids, now=False): failed rows wait for a retry run, sooner once the
+        #: destination answers again.
+        self._retry_failed = retry_failed or (lambda sync_ids, now=False: notify_pending(sync_ids))
         self.queue_bytes = queue_bytes
         self.cache = SyncedCache(cache_bytes)
         self._record_retry = record_retry
@@ -274,8 +280,9 @@ class Streams:
         hold: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> tuple[list[PendingWrite], StreamTicket | None]:
         """Splits a batch's rows: those streamed from memory (their ticket) and those for the
-        store (returned; written by the caller, who must then call `stored`). Rows of the syncs
-        in `hold` (a snapshot in progress) go to the store once the sync's memory is empty."""
+        store (returned, for the caller to write). Rows of the syncs in `hold` (a snapshot in
+        progress) go to the store once the sync's memory is empty. Nothing changes when a
+        store read fails: the caller may call again."""
         if not self._streams or self.stopping:
             return writes, None
         groups: dict[str, list[PendingWrite]] = {}
@@ -345,12 +352,9 @@ class Streams:
         the store said of the keys the cache lacked (a key it lacks is held nowhere)."""
         sync_id = stream.sync.id
         known = self.cache.get(sync_id)
-        fresh: list[tuple[str, bytes | None]] = []
-        for key, (held, pending) in found.items():
-            if pending:
-                stream.overflow.add(key)
-            else:
-                fresh.append((key, held))
+        fresh = [(key, held) for key, (held, pending) in found.items() if not pending]
+        if len(fresh) < len(found):
+            self._mark_pending(stream, [key for key, (_, pending) in found.items() if pending])
         queue, flying = stream.queue, stream.flying
         unchanged = kept = 0
         store_rows: list[PendingWrite] = []
@@ -436,13 +440,7 @@ class Streams:
                 older.ticket.release()
             keys.add(w.key)
         to_store.extend(rows)
-        if not stream.overflow_all:
-            stream.overflow |= keys
-            if len(stream.overflow) > MAX_OVERFLOW_KEYS:
-                stream.overflow_all = True
-                stream.overflow.clear()
-        self.cache.forget(stream.sync.id, keys)
-        self._start_checker()
+        self._mark_pending(stream, keys)
         in_flight = keys & stream.flying.keys()
         if in_flight:
             settle.append((stream, in_flight))
@@ -640,13 +638,15 @@ class Streams:
             self._runner.count(stream.run, stream.kind, outcomes, now)
         pending = set(left)
         if pending:
-            stream.overflow |= pending
-            if len(stream.overflow) > MAX_OVERFLOW_KEYS:
-                stream.overflow_all = True
-                stream.overflow.clear()
-            self.cache.forget(sync_id, pending)
+            self._mark_pending(stream, pending)
+        if bad:
+            stream.failing = True
+            self._retry_failed([sync_id])
+        elif ok and stream.failing:
+            stream.failing = False
+            self._retry_failed([sync_id], now=True)  # the destination takes rows again
+        if len(pending) > len(bad):  # another writer made some pending: a run sends them
             self._notify_pending([sync_id])
-            self._start_checker()
         synced = [(w.key, w.row_hash) for w in ok if w.key not in pending]
         self.cache.put(sync_id, synced)
         for w in ok:
@@ -708,14 +708,24 @@ class Streams:
         stream.flying.clear()
         stream.queue.clear()
         stream.queued_bytes = 0
-        stream.overflow |= latest.keys()
-        if len(stream.overflow) > MAX_OVERFLOW_KEYS:
-            stream.overflow_all = True
-            stream.overflow.clear()
-        self.cache.forget(stream.sync.id, latest.keys())
+        self._mark_pending(stream, latest.keys())
         for e in entries:
             e.ticket.release()
-        self._notify_pending([stream.sync.id])
+        if reason is None:
+            self._notify_pending([stream.sync.id])
+        else:
+            stream.failing = True
+            self._retry_failed([stream.sync.id])
+
+    def _mark_pending(self, stream: _SyncStream, keys: Iterable[str]) -> None:
+        """These keys have a pending version in the store now: their rows go there too until
+        it is sent, and what the cache says of them is no longer sure."""
+        if not stream.overflow_all:
+            stream.overflow.update(keys)
+            if len(stream.overflow) > MAX_OVERFLOW_KEYS:
+                stream.overflow_all = True
+                stream.overflow.clear()
+        self.cache.forget(stream.sync.id, keys)
         self._start_checker()
 
     # rebalance and shutdown ------------------------------------------------------------
