@@ -129,7 +129,7 @@ def evaluate(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def us_per_row(entry: dict[str, Any]) -> float | None:
     """A scenario's CPU per row in microseconds, from its rows per CPU second."""
     per_cpu = entry.get("rows_per_cpu_s")
-    return round(1e6 / per_cpu, 1) if per_cpu else None
+    return round(1e6 / per_cpu, 2) if per_cpu else None
 
 
 def _scale_out(rate_ratio: float | None, cpu_ratio: float | None) -> float | None:
@@ -241,7 +241,7 @@ def _cpu_line(results: dict[str, Any], entry: dict[str, Any], n: int) -> str:
     load more than CPU time does)."""
     target, verdict = _verdict(results, f"S1cpu@{n}")
     value = us_per_row(entry)
-    figure = "n/a" if value is None else f"{value:.1f} us/row"
+    figure = "n/a" if value is None else f"{value:.2f} us/row"
     basis = ""
     if value is not None and "cpu_seconds" in entry:
         basis = f"{entry['cpu_seconds']:.2f} CPU s, {_n(entry['rows_per_cpu_s'])} rows/CPU s"
