@@ -143,7 +143,10 @@ def _scale_out(rate_ratio: float | None, cpu_ratio: float | None) -> float | Non
 
 
 def _verdict(results: dict[str, Any], key: str) -> tuple[str, str]:
-    target = results["targets"][key]
+    # A shape without targets, or a run saved before a target existed, shows none.
+    target = results["targets"].get(key)
+    if target is None:
+        return "", ""
     met = target["met"]
     return target["target"], "n/a" if met is None else ("met" if met else "**missed**")
 

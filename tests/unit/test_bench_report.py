@@ -172,3 +172,12 @@ def test_a_results_file_that_is_not_json_is_refused(
     assert report.main([str(broken)]) == 1
     assert f"cannot read results from {broken}" in capsys.readouterr().err
     assert report.main([]) == 2
+
+
+def test_a_saved_run_shows_no_verdict_for_targets_it_did_not_know(run: dict[str, Any]) -> None:
+    # markdown() alone takes the run's own targets, saved before S1's CPU per row had one.
+    md = report.markdown(run)
+    cpu = cells(md, "S1 CPU per row", "1-row")
+    assert cpu[3] == "83.23 us/row"
+    assert cpu[5:] == ["", ""]
+    assert cells(md, "L1 freshness at 50%", "1-row")[5:] == ["L1 p99 <= 250 ms at 50% load", "met"]
