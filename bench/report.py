@@ -1,11 +1,13 @@
 """What a run found, for machines (`results/<UTC timestamp>.json`) and for people
 (`results/latest.md`, printed too): every figure with its ratio to the run's own baseline and,
-where there is one, its target."""
+where there is one, its target. `python -m bench.report results/<stamp>.json` renders a saved
+run's table again, held against today's targets."""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -93,12 +95,17 @@ def evaluate(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     def rate(shape: str, name: str) -> float | None:
         return shapes.get(shape, {}).get(name, {}).get("rows_per_s")
 
+    def cpu_per_row(shape: str, name: str) -> float | None:
+        return us_per_row(shapes.get(shape, {}).get(name, {}))
+
     l1 = results.get("L1", {}).get("levels", [])
     p99_at_half = next((lv["latency_ms"]["p99"] for lv in l1 if lv["load"] == 0.5), None)
     m1 = results.get("M1", {})
     values = {
         "S1/S0@1": ratio("1r", "S1/S0"),
         "S1/S0@100": ratio("100r", "S1/S0"),
+        "S1cpu@1": cpu_per_row("1r", "S1"),
+        "S1cpu@100": cpu_per_row("100r", "S1"),
         "S2/S0@100": ratio("100r", "S2/S0"),
         "S3/S1@1": ratio("1r", "S3/S1"),
         "S3/S1@100": ratio("100r", "S3/S1"),
@@ -109,6 +116,7 @@ def evaluate(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "S5/S4@1": _scale_out(ratio("1r", "S5/S4"), ratio("1r", "S5/S4 cpu per row")),
         "S5/S4@100": _scale_out(ratio("100r", "S5/S4"), ratio("100r", "S5/S4 cpu per row")),
         "L1p99@50%": p99_at_half,
+        "M1backlog": m1.get("backlog_rows_at_recovery"),
         "M1max": m1.get("rss_mib_max_during_stall"),
         "M1growth": m1.get("rss_growth_during_stall"),
     }
@@ -116,6 +124,12 @@ def evaluate(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         key: {"target": target.description, "value": values[key], "met": target.met(values[key])}
         for key, target in TARGETS.items()
     }
+
+
+def us_per_row(entry: dict[str, Any]) -> float | None:
+    """A scenario's CPU per row in microseconds, from its rows per CPU second."""
+    per_cpu = entry.get("rows_per_cpu_s")
+    return round(1e6 / per_cpu, 2) if per_cpu else None
 
 
 def _scale_out(rate_ratio: float | None, cpu_ratio: float | None) -> float | None:
@@ -129,7 +143,10 @@ def _scale_out(rate_ratio: float | None, cpu_ratio: float | None) -> float | Non
 
 
 def _verdict(results: dict[str, Any], key: str) -> tuple[str, str]:
-    target = results["targets"][key]
+    # A shape without targets, or a run saved before a target existed, shows none.
+    target = results["targets"].get(key)
+    if target is None:
+        return "", ""
     met = target["met"]
     return target["target"], "n/a" if met is None else ("met" if met else "**missed**")
 
@@ -169,6 +186,8 @@ def markdown(results: dict[str, Any]) -> str:
                 why = _first_line(entry.get("not_available") or entry.get("error", ""))
                 status = "not available" if "not_available" in entry else "failed"
                 lines.append(f"| {name} {title} | {n}-row | | {status} | | {target} | {why} |")
+                if name == "S1":
+                    lines.append(_cpu_line(results, entry, n))
                 continue
             over_s0 = 1.0 if name == "S0" else shape["ratios"].get(f"{name}/S0")
             ratio = "n/a" if over_s0 is None else f"{over_s0:.2f} x S0"
@@ -185,6 +204,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {name} {title} | {n}-row | {entry['rows']:,} | {_n(entry['rows_per_s'])} rows/s"
                 f" | {ratio} | {target} | {verdict} |"
             )
+            if name == "S1":
+                lines.append(_cpu_line(results, entry, n))
     for level in results.get("L1", {}).get("levels", []):
         lat = level["latency_ms"]
         target, verdict = _verdict(results, "L1p99@50%") if level["load"] == 0.5 else ("", "")
@@ -208,13 +229,27 @@ def markdown(results: dict[str, Any]) -> str:
         )
         s0 = results["shapes"].get("1r", {}).get("S0", {}).get("rows_per_s")
         ratio = f"{m1['catch_up_rows_per_s'] / s0:.2f} x S0" if s0 else ""
+        target_rows, verdict_rows = _verdict(results, "M1backlog")
         lines.append(
             f"| M1 catch-up after the stall | 1-row | {m1['backlog_rows_at_recovery']:,.0f} | "
-            f"{_n(m1['catch_up_rows_per_s'])} rows/s | {ratio} | | |"
+            f"{_n(m1['catch_up_rows_per_s'])} rows/s | {ratio} | {target_rows} | {verdict_rows} |"
         )
     elif m1:
         lines.append(f"| M1 | | | failed | | | {_first_line(str(m1.get('error', '')))} |")
     return "\n".join(lines) + "\n"
+
+
+def _cpu_line(results: dict[str, Any], entry: dict[str, Any], n: int) -> str:
+    """S1's CPU per row, a figure with a target of its own (ratios vary with the machine's
+    load more than CPU time does)."""
+    target, verdict = _verdict(results, f"S1cpu@{n}")
+    value = us_per_row(entry)
+    figure = "n/a" if value is None else f"{value:.2f} us/row"
+    basis = ""
+    if value is not None and "cpu_seconds" in entry:
+        basis = f"{entry['cpu_seconds']:.2f} CPU s, {_n(entry['rows_per_cpu_s'])} rows/CPU s"
+    rows = f"{entry['rows']:,}" if "rows" in entry else ""
+    return f"| S1 CPU per row | {n}-row | {rows} | {figure} | {basis} | {target} | {verdict} |"
 
 
 def _scenario_target(results: dict[str, Any], name: str, n: int) -> tuple[str, str]:
@@ -238,3 +273,30 @@ def write(results: dict[str, Any], stamp: str) -> tuple[Path, Path]:
     md_path = RESULTS / "latest.md"
     md_path.write_text(markdown(results))
     return json_path, md_path
+
+
+def render(results: dict[str, Any]) -> str:
+    """The table of a run's results, its ratios and verdicts worked out again against the
+    targets in settings (a saved run's own verdicts are those of the targets it ran under)."""
+    add_ratios(results)
+    results["targets"] = evaluate(results)
+    return markdown(results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.report results/<stamp>.json", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    try:
+        results = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as error:
+        print(f"cannot read results from {path}: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
