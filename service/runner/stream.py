@@ -172,6 +172,8 @@ class _SyncStream:
     room: asyncio.Event = field(default_factory=asyncio.Event)
     #: When a batch of the sync was last recorded (monotonic seconds).
     progress_at: float = 0.0
+    #: Set whenever rows in flight are recorded or stored.
+    landed: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
     run: SyncRun | None = None
     sending: Sending | None = None
@@ -262,6 +264,7 @@ class Streams:
                     entry.ticket.release()
                 stream.flying.clear()
                 stream.queue.clear()
+                stream.landed.set()
         except StreamStopped:
             return
         run = stream.run
@@ -335,8 +338,7 @@ class Streams:
         if unchanged:
             self._metrics.rows_unchanged.inc(unchanged)
         for stream, keys in settle:
-            if stream.sending is not None:
-                await stream.sending.settle(keys)
+            await self._landed(stream, keys)
         return to_store, ticket
 
     def _stream_rows(
@@ -470,6 +472,13 @@ class Streams:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stream.room.wait(), left)
 
+    async def _landed(self, stream: _SyncStream, keys: set[str]) -> None:
+        """Waits until none of these keys is in flight: each recorded, or stored if its batch
+        was cancelled. Only then may a newer version of them be written pending."""
+        while not keys.isdisjoint(stream.flying) and not self.stopping:
+            stream.landed.clear()
+            await stream.landed.wait()
+
     async def _quiet(self, stream: _SyncStream) -> None:
         """Waits until nothing of the sync is in memory (its snapshot's keys are then all in
         the store, where the snapshot closes)."""
@@ -558,6 +567,7 @@ class Streams:
             self._metrics.rows_unchanged.inc(len(plan.dropped))
             for key, _seq in plan.dropped:
                 stream.flying.pop(key).ticket.release()
+            stream.landed.set()
         if plan.rejected:
             await self._record(stream, [], plan.rejected)
         for start in range(0, len(plan.changes), size):
@@ -657,6 +667,7 @@ class Streams:
             entry = flying.pop(key, None)
             if entry is not None:
                 entry.ticket.release()
+        stream.landed.set()
 
     async def _end_run(self, stream: _SyncStream) -> None:
         run, sending = stream.run, stream.sending
@@ -676,26 +687,32 @@ class Streams:
         stream.run = stream.sending = None
         if sending is not None:
             await sending.cancel()
+        # Until a run gets its rows through, the sync's rows wait in the store (as a failed
+        # run blocks a continuous sync's runs until its retry).
+        stream.overflow_all = True
         await self._spill(stream, reason=str(error) if error else "streaming failed")
         if run is not None:
             run.error = str(error) if error else "streaming failed"
             await self._runner.finish(stream.sync, run, RunStatus.FAILED)
 
     async def _spill(self, stream: _SyncStream, reason: str | None = None) -> None:
-        """Everything of the sync in memory (queued, and flights that were cancelled) becomes
-        pending in the store; their tickets are then done."""
+        """Everything of the sync in memory becomes pending in the store: flights that were
+        cancelled (failed with `reason`, when given) and the queue (a newer version of a key
+        replaces its flight); their tickets are then done."""
         entries = [*stream.flying.values(), *stream.queue.values()]
         if not entries:
             return
-        latest = {e.write.key: e for e in entries}
-        writes = [e.write for e in latest.values()]
+        queued = {e.key: e for e in stream.queue.values()}
+        flown = [e for e in stream.flying.values() if e.key not in queued]
+        failed = [(e.write, reason[:500]) for e in flown] if reason is not None else []
+        plain = [e.write for e in (*(flown if reason is None else ()), *queued.values())]
         while True:
             try:
-                if reason is None:
-                    await self._store.write_pending(writes)
-                else:
+                if plain:
+                    await self._store.write_pending(plain)
+                if failed:
                     await self._store.record_streamed(
-                        stream.sync.id, [], [(w, reason[:500]) for w in writes], self._clock.time()
+                        stream.sync.id, [], failed, self._clock.time()
                     )
                 break
             except Exception as exc:
@@ -706,14 +723,15 @@ class Streams:
                 log.warning("sync %s: spilling rows failed (%s); retrying", stream.sync.id, exc)
                 await self._clock.sleep(self._record_retry)
         stream.flying.clear()
+        stream.landed.set()
         stream.queue.clear()
         stream.queued_bytes = 0
-        self._mark_pending(stream, latest.keys())
+        self._mark_pending(stream, [e.key for e in entries])
         for e in entries:
             e.ticket.release()
-        if reason is None:
+        if plain:
             self._notify_pending([stream.sync.id])
-        else:
+        if failed:
             stream.failing = True
             self._retry_failed([stream.sync.id])
 
