@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import secrets
+import os
 import shutil
 import sys
 import tempfile
@@ -132,7 +133,8 @@ async def bench(
     finally:
         if bench is not None:
             await delete_topics(bench.topics)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["duration_s"] = round(time.time() - started, 1)
     report.add_ratios(results)
