@@ -135,3 +135,26 @@ async def test_a_continuous_sync_whose_run_failed_retries_after_a_backoff() -> N
         assert len(executor.runs) == 3
     finally:
         await scheduler.stop(0)
+
+
+async def test_rows_failed_outside_a_run_wait_for_the_backoff_or_a_destination_that_answers() -> None:
+    clock = FakeClock()
+    executor = RecordingExecutor(clock)
+    scheduler = Scheduler(executor, clock, retry_base=10.0)
+    syncs = [sync("1", {"type": "continuous"})]
+    scheduler.set_syncs(syncs)
+    await settle()
+    scheduler.retry_failed(["1"])
+    scheduler.retry_failed(["1"])  # more failures do not pull the retry nearer nor push it off
+    await advance(scheduler, clock, syncs, 5)
+    assert executor.runs == []
+    await advance(scheduler, clock, syncs, 5)
+    assert [r[1] for r in executor.runs] == ["retry"]
+    # The destination takes rows again: failed rows go at once.
+    scheduler.retry_failed(["1"])
+    await advance(scheduler, clock, syncs, 1)
+    assert len(executor.runs) == 1
+    scheduler.retry_failed(["1"], now=True)
+    await settle()
+    assert [r[1] for r in executor.runs] == ["retry", "retry"]
+    await scheduler.stop(0)
