@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import secrets
 import os
+import secrets
 import shutil
 import sys
 import tempfile

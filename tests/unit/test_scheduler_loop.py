@@ -137,7 +137,7 @@ async def test_a_continuous_sync_whose_run_failed_retries_after_a_backoff() -> N
         await scheduler.stop(0)
 
 
-async def test_rows_failed_outside_a_run_wait_for_the_backoff_or_a_destination_that_answers() -> None:
+async def test_rows_failed_outside_a_run_wait_for_the_backoff_or_an_answering_destination() -> None:
     clock = FakeClock()
     executor = RecordingExecutor(clock)
     scheduler = Scheduler(executor, clock, retry_base=10.0)
