@@ -63,21 +63,28 @@ class Harness:
         )
         self.sync: Sync
 
-    async def setup(self, mode: str = "mirror", **destination: Any) -> None:
+    async def setup(
+        self,
+        mode: str = "mirror",
+        *,
+        mappings: list[dict[str, Any]] = MAPPINGS,
+        schedule: dict[str, Any] | None = None,
+        **destination: Any,
+    ) -> None:
         model = Model(id="1", name="users", slug="users", primary_key="id")
         config = {"url": self.receiver.url, **destination}
         await self.store.upsert(model)
         await self.store.upsert(
             Destination(id="1", name="crm", slug="crm", type="webhook", configuration=config)
         )
-        configuration = {"mode": mode, "mappings": MAPPINGS}
+        configuration = {"mode": mode, "mappings": mappings}
         parsed = SyncConfiguration.model_validate(configuration)
         self.sync = Sync(
             id="7",
             slug="users-to-crm",
             model_id="1",
             destination_id="1",
-            schedule={"type": "manual"},
+            schedule=schedule or {"type": "manual"},
             configuration=configuration,
             primary_key="id",
             referenced_columns=referenced_columns("id", parsed),

@@ -4,48 +4,29 @@ once, as their outcome, into a real store (SQLite, and PostgreSQL where marked).
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.core.events import ChangeEvent
-from service.core.interfaces import RunRequest, SystemClock
-from service.core.metrics import Metrics
-from service.core.models import Destination, Model, RunStatus, Sync, SyncConfiguration
-from service.core.models import referenced_columns as columns_of
+from service.core.interfaces import SystemClock
+from service.core.models import RunStatus
 from service.core.rows import PendingWrite
-from service.destinations.registry import DestinationContext, open_destination
-from service.ingest import Ingest
 from service.router import build_routes
-from service.runner.retry import RetryPolicy
-from service.runner.runner import SyncRunner
 from service.runner.stream import Streams, StreamTicket
 from service.store.base import Store
 from service.store.sqlite import SqliteStore
-from tests.integration.test_runner_webhook import RecordingReporter
-from tests.support import LOCAL_ONLY, Receiver, wait_for
+from tests.integration.test_runner_webhook import Harness as RunnerHarness
+from tests.support import Receiver, wait_for
 
 
-class Harness:
+class Harness(RunnerHarness):
+    """The runner harness plus the streams in front of it."""
+
     def __init__(self, store: Store, receiver: Receiver, **streams: Any) -> None:
-        self.store = store
-        self.receiver = receiver
-        self.metrics = Metrics()
-        self.reporter = RecordingReporter()
-        self.ingest = Ingest(store, self.metrics)
-        self.runner = SyncRunner(
-            store,
-            functools.partial(
-                open_destination, context=DestinationContext("127.0.0.1:9", LOCAL_ONLY)
-            ),
-            self.reporter,
-            self.metrics,
-            SystemClock(),
-            RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.05),
-        )
+        super().__init__(store, receiver)  # type: ignore[arg-type]
         self.notified: list[str] = []
         self.streams = Streams(
             store,
@@ -55,30 +36,15 @@ class Harness:
             notify_pending=self.notified.extend,
             **streams,
         )
-        self.sync: Sync
 
-    async def setup(self, mode: str = "upsert", batch_size: int = 50) -> None:
-        await self.store.upsert(Model(id="1", name="users", slug="users", primary_key="id"))
-        config = {"url": self.receiver.url, "batchSize": batch_size}
-        await self.store.upsert(
-            Destination(id="1", name="crm", slug="crm", type="webhook", configuration=config)
-        )
-        configuration = {
-            "mode": mode,
-            "mappings": [{"from": "id", "to": "id"}, {"from": "v", "to": "v"}],
-        }
-        parsed = SyncConfiguration.model_validate(configuration)
-        self.sync = Sync(
-            id="7",
-            slug="users-to-crm",
-            model_id="1",
-            destination_id="1",
+    async def setup(self, mode: str = "upsert", batch_size: int = 50) -> None:  # type: ignore[override]
+        """A continuous sync of two columns, `id` and `v`, in the streams."""
+        await super().setup(
+            mode,
+            mappings=[{"from": "id", "to": "id"}, {"from": "v", "to": "v"}],
             schedule={"type": "continuous"},
-            configuration=configuration,
-            primary_key="id",
-            referenced_columns=columns_of("id", parsed),
+            batchSize=batch_size,
         )
-        await self.store.upsert(self.sync)
         self.streams.set_syncs([self.sync])
 
     def writes(self, op: str, rows: list[dict[str, Any]]) -> list[PendingWrite]:
@@ -93,9 +59,6 @@ class Harness:
             await self.store.write_pending(to_store)
         return len(to_store), ticket
 
-    async def run(self) -> Any:
-        return await self.runner.run(self.sync, RunRequest("test"))
-
     async def close(self) -> None:
         await self.streams.close()
         await self.runner.close()
@@ -109,18 +72,34 @@ def rows(n: int, v: int = 0, start: int = 0) -> list[dict[str, Any]]:
     return [{"id": i, "v": v} for i in range(start, start + n)]
 
 
+HarnessFactory = Callable[..., Awaitable[Harness]]
+
+
 @pytest.fixture
-async def sqlite_harness(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Harness]:
+async def sqlite_harnesses(tmp_path: Path, receiver: Receiver) -> AsyncIterator[HarnessFactory]:
+    """Harnesses over one SQLite store, with the Streams options given."""
     store = SqliteStore(f"sqlite:///{tmp_path / 'store.db'}")
     await store.open()
-    h = Harness(store, receiver)
-    yield h
-    await h.close()
+    made: list[Harness] = []
+
+    async def make(**streams: Any) -> Harness:
+        made.append(Harness(store, receiver, **streams))
+        return made[-1]
+
+    yield make
+    for h in made:
+        await h.close()
     await store.close()
 
 
 @pytest.fixture
+async def sqlite_harness(sqlite_harnesses: HarnessFactory) -> Harness:
+    return await sqlite_harnesses()
+
+
+@pytest.fixture
 async def harness(open_store: Any, receiver: Receiver) -> AsyncIterator[Harness]:
+    """On SQLite and on PostgreSQL."""
     h = Harness(await open_store(), receiver)
     yield h
     await h.close()
@@ -175,32 +154,26 @@ async def test_a_refused_row_stays_pending_with_its_reason_and_a_run_sends_it(
 
 
 async def test_a_full_queue_sends_the_rest_to_the_store_and_everything_converges(
-    tmp_path: Path, receiver: Receiver
+    sqlite_harnesses: HarnessFactory,
 ) -> None:
-    store = SqliteStore(f"sqlite:///{tmp_path / 'store.db'}")
-    await store.open()
-    h = Harness(store, receiver, queue_bytes=20_000)
-    try:
-        await h.setup(batch_size=20)
-        receiver.delay = 3.0  # a stalled endpoint: the queue fills and stays full
-        tickets = []
-        stored_total = 0
-        for v in range(3):
-            for start in range(0, 300, 100):
-                stored, ticket = await h.take("upsert", rows(100, v=v, start=start))
-                stored_total += stored
-                assert ticket is not None
-                tickets.append(ticket)
-        assert stored_total > 0  # the queue's budget sent rows to the store
-        receiver.delay = 0.0
-        await asyncio.wait_for(asyncio.gather(*(t.done for t in tickets)), 30)
-        while await store.pending_counts():
-            await h.run()
-        # Key by key, the destination ends with the model's last version.
-        assert h.latest() == {str(i): 2 for i in range(300)}
-    finally:
-        await h.close()
-        await store.close()
+    h = await sqlite_harnesses(queue_bytes=20_000)
+    await h.setup(batch_size=20)
+    h.receiver.delay = 3.0  # a stalled endpoint: the queue fills and stays full
+    tickets = []
+    stored_total = 0
+    for v in range(3):
+        for start in range(0, 300, 100):
+            stored, ticket = await h.take("upsert", rows(100, v=v, start=start))
+            stored_total += stored
+            assert ticket is not None
+            tickets.append(ticket)
+    assert stored_total > 0  # the queue's budget sent rows to the store
+    h.receiver.delay = 0.0
+    await asyncio.wait_for(asyncio.gather(*(t.done for t in tickets)), 30)
+    while await h.store.pending_counts():
+        await h.run()
+    # Key by key, the destination ends with the model's last version.
+    assert h.latest() == {str(i): 2 for i in range(300)}
 
 
 async def test_versions_of_a_key_reach_the_destination_in_order(sqlite_harness: Harness) -> None:
@@ -259,23 +232,17 @@ async def test_a_delete_of_a_held_row_is_removed_through_the_store(sqlite_harnes
 
 
 async def test_a_slow_destination_that_keeps_up_holds_the_consumer_back_instead(
-    tmp_path: Path, receiver: Receiver
+    sqlite_harnesses: HarnessFactory,
 ) -> None:
-    store = SqliteStore(f"sqlite:///{tmp_path / 'store.db'}")
-    await store.open()
-    h = Harness(store, receiver, queue_bytes=20_000)
-    try:
-        await h.setup(batch_size=20)
-        receiver.delay = 0.05  # slow, but every batch comes back
-        tickets = []
-        for start in range(0, 600, 100):
-            stored, ticket = await h.take("upsert", rows(100, start=start))
-            assert stored == 0  # the consumer waited for room instead
-            assert ticket is not None
-            tickets.append(ticket)
-        await asyncio.wait_for(asyncio.gather(*(t.done for t in tickets)), 30)
-        assert h.latest() == {str(i): 0 for i in range(600)}
-        assert await store.pending_counts() == {}
-    finally:
-        await h.close()
-        await store.close()
+    h = await sqlite_harnesses(queue_bytes=20_000)
+    await h.setup(batch_size=20)
+    h.receiver.delay = 0.05  # slow, but every batch comes back
+    tickets = []
+    for start in range(0, 600, 100):
+        stored, ticket = await h.take("upsert", rows(100, start=start))
+        assert stored == 0  # the consumer waited for room instead
+        assert ticket is not None
+        tickets.append(ticket)
+    await asyncio.wait_for(asyncio.gather(*(t.done for t in tickets)), 30)
+    assert h.latest() == {str(i): 0 for i in range(600)}
+    assert await h.store.pending_counts() == {}
