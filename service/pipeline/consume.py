@@ -72,7 +72,7 @@ class Streamer(Protocol):
     """Takes the rows of continuous syncs to send from memory (service.runner.stream)."""
 
     async def take(
-        self, writes: list[PendingWrite], hold: set[str]
+        self, writes: list[PendingWrite], hold: set[str], closing: set[str]
     ) -> tuple[list[PendingWrite], Ticket | None]: ...
 
     async def flush(self, seconds: float) -> None: ...
@@ -363,7 +363,7 @@ class ConsumeLoop:
             parts = self.ingest.prepare([close.event], {}, event_routes=[close.routes])
             try:
                 result = await self._retry(
-                    "closing a snapshot", lambda p=parts: self.ingest.store(p), bounded=False
+                    "closing a snapshot", lambda p=parts: self._close(p), bounded=False
                 )
             except _Stopping:
                 return False
@@ -374,6 +374,14 @@ class ConsumeLoop:
             if not any(c.hold == close.hold for c in self._closing):
                 self.committer.add({close.hold: self._processed[close.hold]})
         return True
+
+    async def _close(self, parts: list[PreparedPart]) -> IngestResult:
+        """Stores a put-off closing record; the streams first let go of what they hold of
+        its syncs (the removals it plans are for keys they may have in memory or cached)."""
+        if self.streams is not None:
+            for part in parts:
+                await self._stream(part)
+        return await self.ingest.store(parts)
 
     async def _send_dead(self, letters: Sequence[DeadLetter]) -> bool:
         if not letters:
@@ -418,10 +426,10 @@ class ConsumeLoop:
         store. Rows of a sync whose snapshot this part touches stay for the store."""
         assert self.streams is not None
         snapshot = part.snapshot
-        hold = {sync_id for sync_id, _, _ in snapshot.keys}
-        hold.update(sync_id for sync_id, _ in snapshot.closed)
-        hold.update(snapshot.truncated)
-        part.writes, ticket = await self.streams.take(part.writes, hold)
+        closing = {sync_id for sync_id, _ in snapshot.closed}
+        closing.update(snapshot.truncated)
+        hold = {sync_id for sync_id, _, _ in snapshot.keys} | closing
+        part.writes, ticket = await self.streams.take(part.writes, hold, closing)
         part.found.sync_ids = {w.sync_id for w in part.writes} | hold
         part.found.sync_ids.update(r.sync_id for r in snapshot.rejected)
         return ticket

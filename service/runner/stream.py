@@ -281,13 +281,24 @@ class Streams:
         self,
         writes: list[PendingWrite],
         hold: set[str] = frozenset(),  # type: ignore[assignment]
+        closing: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> tuple[list[PendingWrite], StreamTicket | None]:
         """Splits a batch's rows: those streamed from memory (their ticket) and those for the
         store (returned, for the caller to write). Rows of the syncs in `hold` (a snapshot in
-        progress) go to the store once the sync's memory is empty. Nothing changes when a
-        store read fails: the caller may call again."""
+        progress) go to the store once the sync's memory is empty; the syncs in `closing` (a
+        snapshot that closes, a table truncated) will have removals pending for keys not
+        named here, so what the cache says of them is dropped and their rows take the store
+        path until those are sent. Nothing changes when a store read fails: the caller may
+        call again."""
         if not self._streams or self.stopping:
             return writes, None
+        for sync_id in closing:
+            stream = self._streams.get(sync_id)
+            if stream is not None:
+                await self._quiet(stream)
+                stream.overflow_all = True
+                self.cache.forget(sync_id)
+                self._start_checker()
         groups: dict[str, list[PendingWrite]] = {}
         to_store: list[PendingWrite] = []
         for w in writes:
@@ -304,6 +315,7 @@ class Streams:
             await self._room(self._streams[sync_id])
         # Reads first, so a failing read changes nothing and the caller may try again.
         found: dict[str, dict[str, tuple[bytes | None, bool]]] = {}
+        asked: dict[str, set[str]] = {}
         for sync_id, rows in groups.items():
             stream = self._streams[sync_id]
             if stream.overflow_all or sync_id in hold:
@@ -318,6 +330,7 @@ class Streams:
                 and w.key not in stream.overflow
             ]
             if missing:
+                asked[sync_id] = set(missing)
                 found[sync_id] = await self._store.held(sync_id, missing)
         ticket = StreamTicket()
         settle: list[tuple[_SyncStream, set[str]]] = []
@@ -328,7 +341,13 @@ class Streams:
                 self._to_store(stream, rows, to_store, settle)
                 continue
             n, kept = self._stream_rows(
-                stream, rows, found.get(sync_id, {}), ticket, to_store, settle
+                stream,
+                rows,
+                found.get(sync_id, {}),
+                asked.get(sync_id, set()),
+                ticket,
+                to_store,
+                settle,
             )
             unchanged += n
             if kept:
@@ -346,12 +365,13 @@ class Streams:
         stream: _SyncStream,
         rows: list[PendingWrite],
         found: dict[str, tuple[bytes | None, bool]],
+        asked: set[str],
         ticket: StreamTicket,
         to_store: list[PendingWrite],
         settle: list[tuple[_SyncStream, set[str]]],
     ) -> tuple[int, int]:
         """Queues the rows of one sync; returns (dropped as unchanged, queued). `found`: what
-        the store said of the keys the cache lacked (a key it lacks is held nowhere)."""
+        the store said of the keys `asked` (a key it lacks is held nowhere)."""
         sync_id = stream.sync.id
         known = self.cache.get(sync_id)
         fresh = [(key, held) for key, (held, pending) in found.items() if not pending]
@@ -374,9 +394,14 @@ class Streams:
                 held = known[key]
             elif key in found:
                 held = found[key][0]
-            else:
+            elif key in asked:
                 held = None
                 fresh.append((key, None))
+            else:
+                # Not looked up (it was pending while the store was read, and is no more):
+                # what the destination holds is not known here, the store path knows.
+                store_rows.append(w)
+                continue
             idle = key not in flying
             if w.op == "delete":
                 if held is None and idle:
