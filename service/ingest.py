@@ -285,6 +285,16 @@ def _project_rows(
     return _project_one_by_one(rows, route, op, emitted, latest, dumps)
 
 
+def _deleted(
+    latest: dict[tuple[str, str], PendingWrite], sync_id: str, key: str, emitted: float | None
+) -> PendingWrite:
+    """A delete; it keeps the source columns of an upsert of the key earlier in the batch, the
+    version a removal sends when the destination may hold it."""
+    before = latest.get((sync_id, key))
+    source = before.source if before is not None else None
+    return PendingWrite(sync_id, key, "delete", None, None, emitted, source)
+
+
 def _project_fast(
     rows: list[dict[str, object]],
     route: SyncRoute,
@@ -307,7 +317,7 @@ def _project_fast(
             refused.add(row, reason, text)
             continue
         if op == "delete":
-            latest[(sync_id, key)] = PendingWrite(sync_id, key, "delete", None, None, emitted)
+            latest[(sync_id, key)] = _deleted(latest, sync_id, key, emitted)
             continue
         # A row that has exactly the referenced columns, in their order, is its own projection.
         projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
@@ -343,7 +353,7 @@ def _project_one_by_one(
             refused.add(row, "non_finite", "the primary key is not a finite number")
             continue
         if op == "delete":
-            latest[(sync_id, key)] = PendingWrite(sync_id, key, "delete", None, None, emitted)
+            latest[(sync_id, key)] = _deleted(latest, sync_id, key, emitted)
             continue
         projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
         if not _finite(projected):

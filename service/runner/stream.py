@@ -58,6 +58,8 @@ OVERFLOW_CHECK_SECONDS = 1.0
 #: does not hold back every other sync of the consumer.
 STALL_SECONDS = 2.0
 ROOM_WAIT_SECONDS = 30.0
+#: What a queued removal takes the destination to hold: not known (a version may have been sent).
+_MAYBE_HELD = b"?"
 #: Rough bytes of one cache entry beyond its key (dict slot, hash bytes object).
 _ENTRY_BYTES = 120
 
@@ -404,14 +406,39 @@ class Streams:
                 continue
             idle = key not in flying
             if w.op == "delete":
-                if held is None and idle:
-                    if older is not None:  # never sent: nothing to remove
-                        stream.queued_bytes -= older.size
-                        older.ticket.release()
-                        del queue[key]
-                    unchanged += 1
-                else:
+                if held is not None or not idle:
                     store_rows.append(w)  # a removal needs the source columns the store keeps
+                    continue
+                source = older.data if older is not None else w.source
+                if older is not None:
+                    stream.queued_bytes -= older.size
+                    older.ticket.release()
+                    del queue[key]
+                if source is None:  # no version of it was ever read: nothing to remove
+                    unchanged += 1
+                    continue
+                # A version was read but not recorded as sent: a process that stopped before
+                # recording may have sent it, so the removal goes (idempotent if it did not).
+                size = len(key) + 200
+                queue[key] = _Queued(
+                    key,
+                    0,
+                    "delete",
+                    None,
+                    None,
+                    w.emitted_at,
+                    0,
+                    None,
+                    None,
+                    _MAYBE_HELD,
+                    source,
+                    w,
+                    ticket,
+                    size,
+                )
+                stream.queued_bytes += size
+                ticket.add()
+                kept += 1
                 continue
             if idle and held == w.row_hash:
                 if older is not None:  # the destination holds this version already
@@ -648,9 +675,14 @@ class Streams:
     ) -> None:
         sync_id = stream.sync.id
         flying = stream.flying
-        ok = [flying[r.key].write for r in delivered]
+        # A removal of a key the store never held leaves nothing to write.
+        ok = [flying[r.key].write for r in delivered if r.op != "removed"]
+        gone = [r.key for r in delivered if r.op == "removed"]
         bad: list[tuple[PendingWrite, str]] = []
         for f in failed:
+            if f.op == "removed":
+                log.warning("sync %s: removal of key %s not delivered: %s", sync_id, f.key, f.error)
+                continue
             # A newer version waiting behind it is the one to keep pending.
             newer = stream.queue.pop(f.key, None)
             if newer is not None:
@@ -682,12 +714,15 @@ class Streams:
             self._retry_failed([sync_id], now=True)  # the destination takes rows again
         if len(pending) > len(bad):  # another writer made some pending: a run sends them
             self._notify_pending([sync_id])
-        synced = [(w.key, w.row_hash) for w in ok if w.key not in pending]
+        synced: list[tuple[str, bytes | None]] = [
+            (w.key, w.row_hash) for w in ok if w.key not in pending
+        ]
+        synced.extend((key, None) for key in gone)
         self.cache.put(sync_id, synced)
-        for w in ok:
-            newer = stream.queue.get(w.key)
+        for key, held in synced:
+            newer = stream.queue.get(key)
             if newer is not None:
-                newer.synced_hash = w.row_hash
+                newer.synced_hash = held
         for key in [*(r.key for r in delivered), *(f.key for f in failed)]:
             entry = flying.pop(key, None)
             if entry is not None:
@@ -729,8 +764,11 @@ class Streams:
             return
         queued = {e.key: e for e in stream.queue.values()}
         flown = [e for e in stream.flying.values() if e.key not in queued]
-        failed = [(e.write, reason[:500]) for e in flown] if reason is not None else []
-        plain = [e.write for e in (*(flown if reason is None else ()), *queued.values())]
+        # Only upserts fail with a reason: a removal (of a key the store never held) is plain.
+        fails = [] if reason is None else [e for e in flown if e.op == "upsert"]
+        failed = [(e.write, reason[:500]) for e in fails]
+        failing = {id(e) for e in fails}
+        plain = [e.write for e in (*(e for e in flown if id(e) not in failing), *queued.values())]
         while True:
             try:
                 if plain:
