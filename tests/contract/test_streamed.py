@@ -11,13 +11,13 @@ import pytest
 from service.core.rows import (
     PendingRow,
     PendingWrite,
-    RowChange,
     RowFailure,
     RowOutcomes,
     SnapshotProgress,
 )
 from service.store.base import Store
 from tests.contract.conftest import StoreFactory
+from tests.contract.test_store import delivered as sent
 
 EVERYTHING = 10**12
 
@@ -31,17 +31,6 @@ def version(
 
 def hash_of(key: str, v: int = 1) -> bytes:
     return version(key, v).row_hash or b""
-
-
-def sent(row: PendingRow, op: str = "added") -> RowChange:
-    """The change a runner would have sent for a row of its page."""
-    return RowChange(
-        op=op,  # type: ignore[arg-type]
-        key=row.key,
-        data=row.data or {},
-        seq=row.seq,
-        row_hash=None if op == "removed" else row.row_hash,
-    )
 
 
 async def page(store: Store, sync_id: str = "1") -> dict[str, PendingRow]:
