@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     #: Off: every row is written pending first and sent by the sync's lease holder.
     streaming: bool = True
     #: Bytes of rows a continuous sync may hold in memory before new ones go to the store.
-    stream_queue_bytes: int = Field(default=16 << 20, ge=64 << 10, le=4 << 30)
+    stream_queue_bytes: int = Field(default=8 << 20, ge=64 << 10, le=4 << 30)
     #: Bytes of the cache of what destinations hold (synced hashes by key), shared by syncs.
     synced_cache_bytes: int = Field(default=64 << 20, ge=0, le=16 << 30)
 

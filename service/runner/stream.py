@@ -205,7 +205,7 @@ class Streams:
         *,
         notify_pending: Callable[[Iterable[str]], None],
         retry_failed: Callable[..., None] | None = None,
-        queue_bytes: int = 16 << 20,
+        queue_bytes: int = 8 << 20,
         cache_bytes: int = 64 << 20,
         record_retry: float = 0.5,
     ) -> None:
@@ -397,8 +397,7 @@ class Streams:
             elif key in found:
                 held = found[key][0]
             elif key in asked:
-                held = None
-                fresh.append((key, None))
+                held = None  # the store does not know it (not cached: its flight will say)
             else:
                 # Not looked up (it was pending while the store was read, and is no more):
                 # what the destination holds is not known here, the store path knows.
