@@ -82,7 +82,13 @@ class Committer:
     ) -> None:
         if self.broken:
             return
-        self._queue.append((dict(offsets), list(waits)))
+        waiting = [w for w in waits if not w.done() or w.cancelled() or w.exception() is not None]
+        if not waiting and self._queue:
+            # Nothing of this batch is in memory: its offsets go with the batch before it, so a
+            # long wait at the head (a stalled destination) holds one entry, not one a batch.
+            self._queue[-1][0].update(offsets)
+            return
+        self._queue.append((dict(offsets), waiting))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="commit")
 

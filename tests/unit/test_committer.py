@@ -72,3 +72,16 @@ async def test_a_refused_commit_is_not_recorded_and_an_offset_never_goes_back() 
     assert broker.commits == [{TP: 12}]
     with pytest.raises(OffsetRegression):
         committer.ledger.forward({TP: 11})
+
+
+async def test_batches_behind_a_waiting_one_are_held_as_one_entry() -> None:
+    broker = Broker()
+    committer = Committer(broker.commit, OffsetLedger())
+    head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    committer.add({TP: 1}, [head])
+    for offset in range(2, 1002):
+        committer.add({TP: offset})
+    assert len(committer._queue) == 1
+    head.set_result(None)
+    await committer.idle()
+    assert broker.commits == [{TP: 1001}]
