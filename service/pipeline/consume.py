@@ -192,8 +192,8 @@ class ConsumeLoop:
 
     @staticmethod
     async def _finished(task: asyncio.Task[IngestResult | None]) -> bool:
-        """True when the task stored and committed its batch; False when it was abandoned
-        (stopping, or a rebalance that could not wait)."""
+        """True when the task stored its batch and queued its offsets for commit; False when
+        it was abandoned (stopping, or a rebalance that could not wait)."""
         await asyncio.wait({task})
         return not task.cancelled() and task.result() is not None
 
