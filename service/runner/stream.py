@@ -188,6 +188,36 @@ class _SyncStream:
     #: Rows failed since the last batch the destination took.
     failing: bool = False
 
+    def enqueue(
+        self,
+        w: PendingWrite,
+        ticket: StreamTicket,
+        *,
+        held: bytes | None,
+        removed: dict[str, Any] | None = None,
+    ) -> None:
+        """Queues a version of a row (after `supersede`): an upsert, or with `removed` the
+        removal of a key whose source columns those are."""
+        op = "upsert" if removed is None else "delete"
+        data = w.source if removed is None else None
+        row_hash = w.row_hash if removed is None else None
+        size = _footprint(w)
+        self.queue[w.key] = _Queued(
+            w.key, 0, op, data, row_hash, w.emitted_at, 0, None, None, held, removed,
+            w, ticket, size,
+        )  # fmt: skip
+        self.queued_bytes += size
+        ticket.add()
+
+    def supersede(self, key: str) -> _Queued | None:
+        """Drops the queued version of `key`, if any (a newer version replaces it, or none
+        needs sending): its ticket has nothing left to wait for."""
+        older = self.queue.pop(key, None)
+        if older is not None:
+            self.queued_bytes -= older.size
+            older.ticket.release()
+        return older
+
 
 class StreamStopped(Exception):
     """The service stopped before these rows were sent or spilled; they are read again."""
@@ -409,66 +439,21 @@ class Streams:
                     store_rows.append(w)  # a removal needs the source columns the store keeps
                     continue
                 source = older.data if older is not None else w.source
-                if older is not None:
-                    stream.queued_bytes -= older.size
-                    older.ticket.release()
-                    del queue[key]
+                stream.supersede(key)
                 if source is None:  # no version of it was ever read: nothing to remove
                     unchanged += 1
                     continue
                 # A version was read but not recorded as sent: a process that stopped before
                 # recording may have sent it, so the removal goes (idempotent if it did not).
-                size = _footprint(w)
-                queue[key] = _Queued(
-                    key,
-                    0,
-                    "delete",
-                    None,
-                    None,
-                    w.emitted_at,
-                    0,
-                    None,
-                    None,
-                    _MAYBE_HELD,
-                    source,
-                    w,
-                    ticket,
-                    size,
-                )
-                stream.queued_bytes += size
-                ticket.add()
+                stream.enqueue(w, ticket, held=_MAYBE_HELD, removed=source)
                 kept += 1
                 continue
+            # A queued older version is replaced, or needs no send when this one is held.
+            stream.supersede(key)
             if idle and held == w.row_hash:
-                if older is not None:  # the destination holds this version already
-                    stream.queued_bytes -= older.size
-                    older.ticket.release()
-                    del queue[key]
                 unchanged += 1
                 continue
-            if older is not None:
-                stream.queued_bytes -= older.size
-                older.ticket.release()
-                del queue[key]
-            size = _footprint(w)
-            queue[key] = _Queued(
-                key,
-                0,
-                "upsert",
-                w.source,
-                w.row_hash,
-                w.emitted_at,
-                0,
-                None,
-                None,
-                held,
-                None,
-                w,
-                ticket,
-                size,
-            )
-            stream.queued_bytes += size
-            ticket.add()
+            stream.enqueue(w, ticket, held=held)
             kept += 1
         if fresh:
             self.cache.put(sync_id, fresh)
@@ -487,10 +472,7 @@ class Streams:
         superseded, and those in flight are waited for before the write (`settle`)."""
         keys = set()
         for w in rows:
-            older = stream.queue.pop(w.key, None)
-            if older is not None:
-                stream.queued_bytes -= older.size
-                older.ticket.release()
+            stream.supersede(w.key)
             keys.add(w.key)
         to_store.extend(rows)
         self._mark_pending(stream, keys)
@@ -683,10 +665,7 @@ class Streams:
                 log.warning("sync %s: removal of key %s not delivered: %s", sync_id, f.key, f.error)
                 continue
             # A newer version waiting behind it is the one to keep pending.
-            newer = stream.queue.pop(f.key, None)
-            if newer is not None:
-                stream.queued_bytes -= newer.size
-                newer.ticket.release()
+            newer = stream.supersede(f.key)
             bad.append((flying[f.key].write if newer is None else newer.write, f.error))
         while True:
             try:
