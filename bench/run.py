@@ -31,6 +31,7 @@ from bench.latency import run_latency
 from bench.memory import run_memory
 from bench.profiler import Profiler
 from bench.receiver import ReceiverProcess
+from bench.service import tuning
 from bench.settings import FULL, PG_URL, QUICK, Profile
 from bench.throughput import run_shape
 from bench.tree import ServiceTree
@@ -97,6 +98,7 @@ async def bench(
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": profile.as_dict(),
         "scenarios": sorted(only),
+        "service_env": tuning(),
         "machine": report.machine(),
         "versions": report.versions(await postgres_version(), tree.describe()),
         "method": (

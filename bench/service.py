@@ -88,6 +88,17 @@ def resources(destination_type: str, configuration: dict[str, Any], linger_ms: i
     }
 
 
+def tuning() -> dict[str, str]:
+    """SYNC_* settings to try on every service of a run, from `BENCH_SERVICE_ENV`
+    ("NAME=value NAME=value"): the rest of the environment's SYNC_* are left out."""
+    pairs = os.environ.get("BENCH_SERVICE_ENV", "").split()
+    found = dict(p.split("=", 1) for p in pairs if "=" in p)
+    bad = [name for name in found if not name.startswith("SYNC_")]
+    if bad:
+        raise SystemExit(f"BENCH_SERVICE_ENV sets {', '.join(bad)}: only SYNC_* settings")
+    return found
+
+
 class ServiceProcess:
     """`sync-service serve` with SYNC_* settings; its log goes to `<workdir>/<name>.log`."""
 
@@ -126,6 +137,7 @@ class ServiceProcess:
             "SYNC_LOG_LEVEL": "WARNING",
             "SYNC_EGRESS_ALLOW": "127.0.0.1/32",  # receivers and PostgreSQL on loopback
             **(extra_env or {}),
+            **tuning(),
         }
         self.topics = [f"{topic}-status", f"{topic}-dlq"]
         self.proc: asyncio.subprocess.Process | None = None

@@ -498,18 +498,23 @@ async def plan_in_thread(
     return plan
 
 
+#: Batches sent and waiting for their outcome to be recorded, beyond those being sent, however
+#: low the destination's concurrency: while the store records one group, the next batches
+#: go out and are then recorded together, in one transaction.
+RECORD_AHEAD = 4
+
 #: A batch sent: its rows and what the destination answered.
 Sent = tuple[list[RowChange], BatchResult]
 
 
 class Sending:
     """The batches of one run in flight at once: up to the destination's adaptive concurrency
-    limit in requests, and as many again being recorded. Batches that come back while the
-    store records others are recorded together, in one transaction. A page holding a key that
-    a batch in flight holds is planned only after that batch is recorded (`settle`): versions
-    of a row reach the destination and the store in order, and each is compared with what
-    the destination holds. A fatal error stops new batches; the ones in flight finish and
-    record their rows."""
+    limit in requests, and as many again (at least `RECORD_AHEAD`) sent and being recorded.
+    Batches that come back while the store records others are recorded together, in one
+    transaction. A page holding a key that a batch in flight holds is planned only after that
+    batch is recorded (`settle`): versions of a row reach the destination and the store in
+    order, and each is compared with what the destination holds. A fatal error stops new
+    batches; the ones in flight finish and record their rows."""
 
     def __init__(
         self,
@@ -554,7 +559,7 @@ class Sending:
     async def dispatch(self, rows: list[RowChange]) -> None:
         limiter = self._delivery.limiter
         self._collect()
-        while len(self._tasks) >= 2 * limiter.limit:
+        while len(self._tasks) >= limiter.limit + max(limiter.limit, RECORD_AHEAD):
             await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
             self._collect()
         await limiter.acquire()

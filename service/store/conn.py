@@ -3,11 +3,15 @@ aiosqlite and asyncpg. SQL may use `?` placeholders; PostgreSQL's become `$1, $2
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+import sqlite3
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -41,25 +45,99 @@ class Conn(Protocol):
 
 
 class SqliteConn:
-    def __init__(self, db: Any, seq: int = 0) -> None:
+    """Each call is one trip to the connection's thread: the cursor is opened, run, read and
+    closed there. Every trip hands the GIL over twice and waits for the event loop's next
+    turn, which under load costs far more than the statement; so a transaction's BEGIN
+    travels with its first statement (`begin`) and its COMMIT with the last (`finish`)."""
+
+    def __init__(self, db: Any, seq: int = 0, *, begin: str | None = None) -> None:
         self._db = db
         self.seq = seq
+        #: Sent ahead of the first statement (a transaction that writes nothing never opens).
+        self._begin = begin
+
+    async def _call(self, sql: str, args: Sequence[Any], many: bool = False) -> Any:
+        begin, self._begin = self._begin, None
+        return await settled(self._db._execute(_run, self._db._conn, begin, sql, args, many))
 
     async def execute(self, sql: str, *args: Any) -> int:
-        async with self._db.execute(sql, args) as cur:
-            return max(cur.rowcount, 0)
+        count, _ = await self._call(sql, args)
+        return int(count)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self._db.executemany(sql, rows)
+        await self._call(sql, list(rows), many=True)
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        async with self._db.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        _, rows = await self._call(sql, args)
+        return list(rows)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        async with self._db.execute(sql, args) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
+        _, rows = await self._call(sql, args)
+        return rows[0][0] if rows else None
+
+    async def fetch_each(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """The rows of each statement, run in order in one trip."""
+        begin, self._begin = self._begin, None
+        return await settled(self._db._execute(_run_each, self._db._conn, begin, statements))
+
+    async def finish(self, last: tuple[str, Sequence[Any]] | None = None) -> None:
+        """`last` (a statement and its arguments) then COMMIT, in one trip; nothing when no
+        statement opened the transaction."""
+        if self._begin is not None:
+            return
+        await settled(self._db._execute(_commit, self._db._conn, last))
+
+
+def _run(
+    conn: sqlite3.Connection, begin: str | None, sql: str, args: Any, many: bool
+) -> tuple[int, list[Any]]:
+    """On the connection's thread."""
+    if begin is not None:
+        conn.execute(begin)
+    cur = conn.executemany(sql, args) if many else conn.execute(sql, args)
+    try:
+        return max(cur.rowcount, 0), cur.fetchall()
+    finally:
+        cur.close()
+
+
+def _run_each(
+    conn: sqlite3.Connection, begin: str | None, statements: Sequence[tuple[str, Sequence[Any]]]
+) -> list[list[Any]]:
+    """On the connection's thread."""
+    if begin is not None:
+        conn.execute(begin)
+    found = []
+    for sql, args in statements:
+        cur = conn.execute(sql, args)
+        try:
+            found.append(cur.fetchall())
+        finally:
+            cur.close()
+    return found
+
+
+def _commit(conn: sqlite3.Connection, last: tuple[str, Sequence[Any]] | None) -> None:
+    """On the connection's thread."""
+    if last is not None:
+        conn.execute(*last).close()
+    conn.execute("COMMIT").close()
+
+
+async def settled(statement: Awaitable[T]) -> T:
+    """Await a statement to its end even when the caller is cancelled meanwhile (the
+    statement runs on in SQLite's thread regardless), then pass the cancellation on: the
+    transaction's state is then known when it is committed or rolled back."""
+    task = asyncio.ensure_future(statement)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
 
 
 class PostgresConn:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from service.store import schema
 from service.store.base import StoreUnavailable
-from service.store.conn import Conn, PostgresConn, SqliteConn
+from service.store.conn import Conn, PostgresConn, SqliteConn, settled
 from service.store.pgconnect import create_pool, mask_url
 from service.store.sql.ingest import PostgresIngest, SqliteIngest
 from service.store.sql.outcomes import PostgresOutcomes, SqliteOutcomes
@@ -149,25 +149,11 @@ def _unlock_file(key: str) -> None:
         os.close(fd)  # drops the lock
 
 
-async def _settled(statement: Any) -> Any:
-    """Await a statement to its end even when the caller is cancelled meanwhile (the
-    statement runs on in SQLite's thread regardless), then pass the cancellation on: the
-    transaction's state is then known when it is committed or rolled back."""
-    task = asyncio.ensure_future(statement)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return task.result()
-
-
 class SqliteDialect(Dialect):
     """One process: aiosqlite, WAL, one writer at a time, a `<db>.lock` file held for the
-    process's life. Pending-row seqs and run ids come from counters in `meta`."""
+    process's life. Pending-row seqs and run ids come from counters in `meta`. Reads go
+    through a second connection (WAL readers never wait for the writer), so the consumer's
+    reads per batch do not queue behind the outcome writes of batches sent."""
 
     types = schema.SQLITE
     ingest = SqliteIngest
@@ -185,9 +171,12 @@ class SqliteDialect(Dialect):
         super().__init__(timeout=timeout, schema_upto=schema_upto)
         self.path = sqlite_path(url)
         self._db: Any = None
+        #: The connection reads go through (the writer's own for an in-memory database).
+        self._reader: Any = None
         self._locked: str | None = None
         # aiosqlite shares one connection; transactions must not interleave on it.
         self._lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
         self._seq = 0
 
     async def open(self, migrate: bool = True) -> None:
@@ -233,6 +222,10 @@ class SqliteDialect(Dialect):
         async with self._db.execute("SELECT value FROM meta WHERE name = 'seq'") as cur:
             meta = await cur.fetchone()
         self._seq = meta[0] if meta else 0
+        if self.path != ":memory:":
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            await self._reader.execute("PRAGMA query_only=1")
 
     async def _wal(self) -> None:
         """Switch to WAL. SQLite answers "locked" at once, without its busy wait, while another
@@ -260,6 +253,10 @@ class SqliteDialect(Dialect):
                 await conn.execute(_RECORD_VERSION, version)
 
     async def close(self) -> None:
+        if self._reader is not None:
+            async with self._read_lock:
+                await self._reader.close()
+            self._reader = None
         if self._db is not None:
             async with self._lock:
                 await self._db.close()
@@ -278,26 +275,30 @@ class SqliteDialect(Dialect):
     async def tx(self) -> AsyncIterator[Conn]:
         async with self._lock:
             db = self._conn
-            conn = SqliteConn(db, self._seq)
+            conn = SqliteConn(db, self._seq, begin="BEGIN IMMEDIATE")
             try:
-                await _settled(db.execute("BEGIN IMMEDIATE"))
                 yield conn
+                seq = None
                 if conn.seq != self._seq:
-                    await conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", conn.seq)
+                    seq = ("UPDATE meta SET value = ? WHERE name = 'seq'", (conn.seq,))
                 try:
-                    await _settled(db.execute("COMMIT"))
+                    await conn.finish(seq)
                 finally:
                     if not db.in_transaction:  # committed, even if cancelled meanwhile
                         self._seq = conn.seq
             except BaseException:
                 if db.in_transaction:  # never leave the shared connection inside a transaction
-                    await _settled(db.execute("ROLLBACK"))
+                    await settled(db.execute("ROLLBACK"))
                 raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Conn]:
-        async with self._lock:
-            yield SqliteConn(self._conn)
+        if self._reader is None:
+            async with self._lock:
+                yield SqliteConn(self._conn)
+            return
+        async with self._read_lock:
+            yield SqliteConn(self._reader)
 
     def is_slug_conflict(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.IntegrityError)

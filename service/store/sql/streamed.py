@@ -6,11 +6,12 @@ pending, as it has no writable CTE to return them from)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
 from service.core.rows import PendingWrite
-from service.store.conn import Conn
+from service.store.conn import Conn, SqliteConn
 from service.store.sql.ingest import BLOB, Blobs
 
 #: What a delivered version sets on a known key. A key another writer made pending meanwhile
@@ -145,18 +146,21 @@ class SqliteStreamed:
         failed: Sequence[tuple[PendingWrite, str]],
         now: float,
     ) -> list[str]:
-        pending: list[str] = []
+        assert isinstance(conn, SqliteConn)
+        first = conn.seq
+        statements: list[tuple[str, Sequence[Any]]] = []
         if delivered:
-            first = conn.seq
             batch = _sqlite_batch([(r, None) for r in delivered])
-            await conn.execute(SQLITE_DELIVERED, sync_id, first, *batch)
+            statements.append((SQLITE_DELIVERED, (sync_id, first, *batch)))
             conn.seq += len(delivered)
-            found = await conn.fetchval(SQLITE_PENDING_IN, sync_id, first, conn.seq)
-            pending.extend(orjson.loads(found))
+            statements.append((SQLITE_PENDING_IN, (sync_id, first, conn.seq)))
         if failed:
-            await conn.execute(SQLITE_FAILED, sync_id, conn.seq, *_sqlite_batch(failed), now)
+            statements.append((SQLITE_FAILED, (sync_id, conn.seq, *_sqlite_batch(failed), now)))
             conn.seq += len(failed)
-            pending.extend(row.key for row, _ in failed)
+        # One trip to SQLite's thread for the whole batch (the transaction's BEGIN with it).
+        found = await conn.fetch_each(statements)
+        pending: list[str] = orjson.loads(found[1][0][0]) if delivered else []
+        pending.extend(row.key for row, _ in failed)
         return pending
 
 
