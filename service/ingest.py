@@ -310,8 +310,9 @@ def _project_fast(
     blake2b = hashlib.blake2b
     for row in rows:
         value = row.get(pk)
-        # row_key's answer for the common case (a non-empty string), without the call.
-        key = value if type(value) is str and value else row_key(value)
+        # row_key's answer for the common cases (a non-empty string, an int), without the call.
+        kind = type(value)
+        key = (value or None) if kind is str else str(value) if kind is int else row_key(value)
         if key is None or len(key) > MAX_KEY_LENGTH or "\x00" in key:
             reason, text = _key_problem(value, key)  # type: ignore[misc]
             refused.add(row, reason, text)

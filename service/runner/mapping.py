@@ -52,8 +52,10 @@ class TemplateMapper:
 
 def unchanged_over(mapper: RowMapper, columns: tuple[str, ...]) -> bool:
     """True when the mapper gives back every row projected onto `columns` as it is (each
-    column under its own name, in that order): such rows need no mapping."""
-    return getattr(mapper, "names", None) == columns
+    column under its own name; a projected row has just those keys, and `same_names` returns
+    such a row itself): such rows need no mapping."""
+    names = getattr(mapper, "names", None)
+    return names is not None and set(names) == set(columns)
 
 
 def renders_templates(mapper: RowMapper) -> bool:

@@ -60,6 +60,8 @@ STALL_SECONDS = 2.0
 ROOM_WAIT_SECONDS = 30.0
 #: What a queued removal takes the destination to hold: not known (a version may have been sent).
 _MAYBE_HELD = b"?"
+#: A key the cache has no entry for (None is an entry: the destination holds no version).
+_UNKNOWN: Any = object()
 #: Rough bytes of one cache entry beyond its key (dict slot, hash bytes object).
 _ENTRY_BYTES = 120
 
@@ -198,14 +200,22 @@ class _SyncStream:
     ) -> None:
         """Queues a version of a row (after `supersede`): an upsert, or with `removed` the
         removal of a key whose source columns those are."""
-        op = "upsert" if removed is None else "delete"
-        data = w.source if removed is None else None
-        row_hash = w.row_hash if removed is None else None
-        size = _footprint(w)
-        self.queue[w.key] = _Queued(
-            w.key, 0, op, data, row_hash, w.emitted_at, 0, None, None, held, removed,
-            w, ticket, size,
-        )  # fmt: skip
+        source = w.source
+        # Bytes the queued row holds, roughly: its JSON, the decoded row it came from (a dict
+        # and a value object per column) and the records around it. Measured at about 5.4 KiB
+        # for a row of ten columns and 289 bytes of JSON.
+        size = 3 * len(w.data or b"") + 400 * len(source or ()) + 300 + len(w.key)
+        if removed is None:
+            entry = _Queued(
+                w.key, 0, "upsert", source, w.row_hash, w.emitted_at, 0, None, None, held, None,
+                w, ticket, size,
+            )  # fmt: skip
+        else:
+            entry = _Queued(
+                w.key, 0, "delete", None, None, w.emitted_at, 0, None, None, held, removed,
+                w, ticket, size,
+            )  # fmt: skip
+        self.queue[w.key] = entry
         self.queued_bytes += size
         ticket.add()
 
@@ -412,28 +422,32 @@ class Streams:
         queue, flying = stream.queue, stream.flying
         unchanged = kept = 0
         store_rows: list[PendingWrite] = []
+        overflow = stream.overflow
         for w in rows:
             key = w.key
-            if key in stream.overflow:
+            if key in overflow:
                 store_rows.append(w)
                 continue
             older = queue.get(key)
+            flight = flying.get(key)
             if older is not None:
                 held = older.synced_hash
-            elif key in flying:
-                held = flying[key].synced_hash  # replaced by what the flight records, when it does
-            elif key in known:
-                held = known[key]
-            elif key in found:
-                held = found[key][0]
-            elif key in asked:
-                held = None  # the store does not know it (not cached: its flight will say)
+            elif flight is not None:
+                held = flight.synced_hash  # replaced by what the flight records, when it does
             else:
-                # Not looked up (it was pending while the store was read, and is no more):
-                # what the destination holds is not known here, the store path knows.
-                store_rows.append(w)
-                continue
-            idle = key not in flying
+                held = known.get(key, _UNKNOWN)
+                if held is _UNKNOWN:
+                    if key in found:
+                        held = found[key][0]
+                    elif key in asked:
+                        held = None  # the store does not know it (not cached: its flight says)
+                    else:
+                        # Not looked up (it was pending while the store was read, and is no
+                        # more): what the destination holds is not known here, the store path
+                        # knows.
+                        store_rows.append(w)
+                        continue
+            idle = flight is None
             if w.op == "delete":
                 if held is not None or not idle:
                     store_rows.append(w)  # a removal needs the source columns the store keeps
@@ -449,7 +463,8 @@ class Streams:
                 kept += 1
                 continue
             # A queued older version is replaced, or needs no send when this one is held.
-            stream.supersede(key)
+            if older is not None:
+                stream.supersede(key)
             if idle and held == w.row_hash:
                 unchanged += 1
                 continue
@@ -643,8 +658,12 @@ class Streams:
         delivered: list[RowChange] = []
         failed: list[RowFailure] = []
         for rows, result in sent:
+            rejected = result.rejected
+            if not rejected:
+                delivered.extend(rows)
+                continue
             for row in rows:
-                error = result.rejected.get(row.key)
+                error = rejected.get(row.key)
                 if error is None:
                     delivered.append(row)
                 else:
@@ -692,19 +711,24 @@ class Streams:
             self._retry_failed([sync_id], now=True)  # the destination takes rows again
         if len(pending) > len(bad):  # another writer made some pending: a run sends them
             self._notify_pending([sync_id])
-        synced: list[tuple[str, bytes | None]] = [
-            (w.key, w.row_hash) for w in ok if w.key not in pending
-        ]
+        synced: list[tuple[str, bytes | None]] = (
+            [(w.key, w.row_hash) for w in ok if w.key not in pending]
+            if pending
+            else [(w.key, w.row_hash) for w in ok]
+        )
         synced.extend((key, None) for key in gone)
         self.cache.put(sync_id, synced)
-        for key, held in synced:
-            newer = stream.queue.get(key)
-            if newer is not None:
-                newer.synced_hash = held
-        for key in [*(r.key for r in delivered), *(f.key for f in failed)]:
-            entry = flying.pop(key, None)
-            if entry is not None:
-                entry.ticket.release()
+        queue = stream.queue
+        if queue:
+            for key, held in synced:
+                newer = queue.get(key)
+                if newer is not None:
+                    newer.synced_hash = held
+        for done in (delivered, failed):
+            for r in done:
+                entry = flying.pop(r.key, None)
+                if entry is not None:
+                    entry.ticket.release()
         stream.landed.set()
 
     async def _end_run(self, stream: _SyncStream) -> None:
@@ -867,13 +891,6 @@ class Streams:
                         stream.overflow -= set(keys) - still
             except Exception as exc:
                 log.debug("pending keys not looked up: %s", exc)
-
-
-def _footprint(w: PendingWrite) -> int:
-    """Bytes a queued row holds, roughly: its JSON, the decoded row it came from (a dict and a
-    value object per column) and the records around it. Measured at about 5.4 KiB for a row of
-    ten columns and 289 bytes of JSON."""
-    return 3 * len(w.data or b"") + 400 * len(w.source or ()) + 300 + len(w.key)
 
 
 def _as_is(row: dict[str, Any]) -> dict[str, Any]:

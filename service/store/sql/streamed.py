@@ -12,7 +12,7 @@ import orjson
 
 from service.core.rows import PendingWrite
 from service.store.conn import Conn, SqliteConn
-from service.store.sql.ingest import BLOB, Blobs
+from service.store.sql.ingest import BLOB
 
 #: What a delivered version sets on a known key. A key another writer made pending meanwhile
 #: (a full resync, a snapshot's planned delete) stays pending with this version under a new
@@ -109,12 +109,17 @@ SQLITE_PENDING_IN = (
 
 def _sqlite_batch(rows: Sequence[tuple[PendingWrite, str | None]]) -> list[bytes]:
     """The JSON array and the two blobs of SQLITE_DELIVERED (errors None) or SQLITE_FAILED."""
-    data, hashes = Blobs(), Blobs()
-    batch = [
-        (r.key, *data.add(r.data), *hashes.add(r.row_hash), r.emitted_at, error)
-        for r, error in rows
-    ]
-    return [orjson.dumps(batch), data.blob(), hashes.blob()]
+    # Blobs.add, inline: every row is an upsert with data and a hash (check_streamed).
+    batch = []
+    data_at = hash_at = 1
+    for r, error in rows:
+        data_len, hash_len = len(r.data), len(r.row_hash)  # type: ignore[arg-type]
+        batch.append((r.key, data_at, data_len, hash_at, hash_len, r.emitted_at, error))
+        data_at += data_len
+        hash_at += hash_len
+    data = b"".join([r.data for r, _ in rows])  # type: ignore[misc]
+    hashes = b"".join([r.row_hash for r, _ in rows])  # type: ignore[misc]
+    return [orjson.dumps(batch), data, hashes]
 
 
 class SqliteStreamed:
