@@ -205,17 +205,12 @@ class _SyncStream:
         # and a value object per column) and the records around it. Measured at about 5.4 KiB
         # for a row of ten columns and 289 bytes of JSON.
         size = 3 * len(w.data or b"") + 400 * len(source or ()) + 300 + len(w.key)
-        if removed is None:
-            entry = _Queued(
-                w.key, 0, "upsert", source, w.row_hash, w.emitted_at, 0, None, None, held, None,
-                w, ticket, size,
-            )  # fmt: skip
-        else:
-            entry = _Queued(
-                w.key, 0, "delete", None, None, w.emitted_at, 0, None, None, held, removed,
-                w, ticket, size,
-            )  # fmt: skip
-        self.queue[w.key] = entry
+        upsert = removed is None
+        self.queue[w.key] = _Queued(
+            w.key, 0, "upsert" if upsert else "delete", source if upsert else None,
+            w.row_hash if upsert else None, w.emitted_at, 0, None, None, held, removed,
+            w, ticket, size,
+        )  # fmt: skip
         self.queued_bytes += size
         ticket.add()
 
@@ -363,14 +358,18 @@ class Streams:
             if stream.overflow_all or sync_id in hold:
                 continue
             known = self.cache.get(sync_id)
-            missing = [
-                w.key
-                for w in rows
-                if w.key not in known
-                and w.key not in stream.queue
-                and w.key not in stream.flying
-                and w.key not in stream.overflow
-            ]
+            queue, flying, overflow = stream.queue, stream.flying, stream.overflow
+            if queue or flying or overflow:
+                missing = [
+                    w.key
+                    for w in rows
+                    if w.key not in known
+                    and w.key not in queue
+                    and w.key not in flying
+                    and w.key not in overflow
+                ]
+            else:  # nothing of the sync in memory: the cache alone says what is known
+                missing = [w.key for w in rows if w.key not in known]
             if missing:
                 asked[sync_id] = set(missing)
                 found[sync_id] = await self._store.held(sync_id, missing)

@@ -48,7 +48,8 @@ class SqliteConn:
     """Each call is one trip to the connection's thread: the cursor is opened, run, read and
     closed there. Every trip hands the GIL over twice and waits for the event loop's next
     turn, which under load costs far more than the statement; so a transaction's BEGIN
-    travels with its first statement (`begin`) and its COMMIT with the last (`finish`)."""
+    travels with its first statement (`begin`), its COMMIT with the update of the seq counter
+    (`finish`), and `fetch_each` runs several statements in one trip."""
 
     def __init__(self, db: Any, seq: int = 0, *, begin: str | None = None) -> None:
         self._db = db
