@@ -8,7 +8,13 @@ import pytest
 
 from service.core.models import SyncConfiguration, TemplateMapping
 from service.core.templates import parse_template
-from service.runner.mapping import MappingError, RowMapper, compile_mappings, renders_templates
+from service.runner.mapping import (
+    MappingError,
+    RowMapper,
+    compile_mappings,
+    renders_templates,
+    unchanged_over,
+)
 
 
 def mapper(*mappings: dict[str, Any]) -> RowMapper:
@@ -25,6 +31,18 @@ def test_columns_mapped_to_their_own_names_give_those_columns_only() -> None:
     assert apply({"email": "a@x", "id": 1}) == {"email": "a@x", "id": 1}
     assert apply({"id": 1, "email": "a@x", "other": 2}) == {"id": 1, "email": "a@x"}
     assert apply({"id": 1}) == {"id": 1, "email": None}
+
+
+def test_rows_need_no_mapping_when_every_column_keeps_its_name_in_any_order() -> None:
+    same = mapper({"from": "id", "to": "id"}, {"from": "email", "to": "email"})
+    projected = {"email": "a@x", "id": 1}  # the columns read, in another order
+    assert unchanged_over(same, ("email", "id"))
+    assert same(projected) is projected  # what skipping the mapper stands for
+    assert not unchanged_over(same, ("email", "id", "other"))  # a column read but not sent
+    renamed = mapper({"from": "id", "to": "id"}, {"from": "email", "to": "mail"})
+    assert not unchanged_over(renamed, ("email", "id"))
+    static = mapper({"from": "id", "to": "id"}, {"type": "static", "to": "kind", "value": "u"})
+    assert not unchanged_over(static, ("id",))
 
 
 def test_standard_mapping_keeps_the_value_type() -> None:
