@@ -58,6 +58,8 @@ OVERFLOW_CHECK_SECONDS = 1.0
 #: does not hold back every other sync of the consumer.
 STALL_SECONDS = 2.0
 ROOM_WAIT_SECONDS = 30.0
+#: While a snapshot waits for a sync's memory to empty, how often it looks again without news.
+QUIET_CHECK_SECONDS = 1.0
 #: What a queued removal takes the destination to hold: not known (a version may have been sent).
 _MAYBE_HELD = b"?"
 #: A key the cache has no entry for (None is an entry: the destination holds no version).
@@ -532,7 +534,17 @@ class Streams:
         while (stream.queue or stream.flying) and not self.stopping:
             stream.wake.set()
             self._start(stream)
-            await self._clock.sleep(0.01)
+            # Memory empties as the sender takes queued rows (`room`) and flights land.
+            stream.landed.clear()
+            stream.room.clear()
+            waits = [asyncio.ensure_future(e.wait()) for e in (stream.landed, stream.room)]
+            try:
+                await asyncio.wait(
+                    waits, timeout=QUIET_CHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
 
     # the sender ------------------------------------------------------------------------
 
