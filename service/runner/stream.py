@@ -360,18 +360,14 @@ class Streams:
             if stream.overflow_all or sync_id in hold:
                 continue
             known = self.cache.get(sync_id)
-            queue, flying, overflow = stream.queue, stream.flying, stream.overflow
-            if queue or flying or overflow:
-                missing = [
-                    w.key
-                    for w in rows
-                    if w.key not in known
-                    and w.key not in queue
-                    and w.key not in flying
-                    and w.key not in overflow
-                ]
-            else:  # nothing of the sync in memory: the cache alone says what is known
-                missing = [w.key for w in rows if w.key not in known]
+            missing = [
+                w.key
+                for w in rows
+                if w.key not in known
+                and w.key not in stream.queue
+                and w.key not in stream.flying
+                and w.key not in stream.overflow
+            ]
             if missing:
                 asked[sync_id] = set(missing)
                 found[sync_id] = await self._store.held(sync_id, missing)
@@ -722,11 +718,9 @@ class Streams:
             self._retry_failed([sync_id], now=True)  # the destination takes rows again
         if len(pending) > len(bad):  # another writer made some pending: a run sends them
             self._notify_pending([sync_id])
-        synced: list[tuple[str, bytes | None]] = (
-            [(w.key, w.row_hash) for w in ok if w.key not in pending]
-            if pending
-            else [(w.key, w.row_hash) for w in ok]
-        )
+        synced: list[tuple[str, bytes | None]] = [
+            (w.key, w.row_hash) for w in ok if w.key not in pending
+        ]
         synced.extend((key, None) for key in gone)
         self.cache.put(sync_id, synced)
         queue = stream.queue

@@ -8,7 +8,7 @@ import functools
 import itertools
 import re
 import sqlite3
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -57,9 +57,13 @@ class SqliteConn:
         #: Sent ahead of the first statement (a transaction that writes nothing never opens).
         self._begin = begin
 
-    async def _call(self, sql: str, args: Sequence[Any], many: bool = False) -> Any:
+    async def _trip(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(connection, begin, *args)` on the connection's thread, run to its end."""
         begin, self._begin = self._begin, None
-        return await settled(self._db._execute(_run, self._db._conn, begin, sql, args, many))
+        return await settled(self._db._execute(fn, self._db._conn, begin, *args))
+
+    async def _call(self, sql: str, args: Sequence[Any], many: bool = False) -> Any:
+        return await self._trip(_run, sql, args, many)
 
     async def execute(self, sql: str, *args: Any) -> int:
         count, _ = await self._call(sql, args)
@@ -78,8 +82,7 @@ class SqliteConn:
 
     async def fetch_each(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         """The rows of each statement, run in order in one trip."""
-        begin, self._begin = self._begin, None
-        return await settled(self._db._execute(_run_each, self._db._conn, begin, statements))
+        return await self._trip(_run_each, statements)
 
     async def finish(self, last: tuple[str, Sequence[Any]] | None = None) -> None:
         """`last` (a statement and its arguments) then COMMIT, in one trip; nothing when no
