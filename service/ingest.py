@@ -42,6 +42,9 @@ REJECT_REASONS = (
     "unavailable",
 )
 
+#: orjson.dumps. A row's JSON is copied into a buffer of its own size before it is kept
+#: (`.decode().encode()`, the cheapest copy): orjson 3.12 and later return each result in a
+#: buffer of at least 4 KiB, so 100,000 rows of 200 bytes held 390 MiB instead of 23.
 _Dumps = Callable[[object], bytes]
 
 
@@ -322,7 +325,7 @@ def _project_fast(
             continue
         # A row that has exactly the referenced columns, in their order, is its own projection.
         projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
-        data = dumps(projected)
+        data = dumps(projected).decode().encode()
         latest[(sync_id, key)] = PendingWrite(
             sync_id, key, "upsert", data, blake2b(data, digest_size=16).digest(), emitted, projected
         )
@@ -361,7 +364,7 @@ def _project_one_by_one(
             refused.add(row, "non_finite", "a value is NaN or infinite, which JSON can't carry")
             continue
         try:
-            data = dumps(projected)
+            data = dumps(projected).decode().encode()
         except (TypeError, ValueError, RecursionError) as exc:
             refused.add(row, "unencodable", f"a value can't be encoded as JSON: {exc}"[:300])
             continue
