@@ -24,6 +24,8 @@ log = logging.getLogger("bench")
 MIB = 1 << 20
 DELIVERED = "sync_rows_delivered_total"
 LABELS = {"destination_type": "webhook", "outcome": "delivered"}
+#: The share of the stall after which RSS is taken as settled, for growth with the backlog.
+SETTLED_SHARE = 0.1
 
 
 class RssSampler:
@@ -51,6 +53,9 @@ class RssSampler:
 
     def max_between(self, start: float, end: float) -> float:
         return max((mib for t, mib in self.samples if start <= t <= end), default=0.0)
+
+    def first_after(self, start: float) -> float:
+        return next((mib for t, mib in self.samples if t >= start), 0.0)
 
 
 async def run_memory(bench: Bench, s1_rate: float) -> dict[str, Any]:
@@ -105,6 +110,11 @@ async def run_memory(bench: Bench, s1_rate: float) -> dict[str, Any]:
             catch_up_timeout = 120 + backlog / profile.floor_rows_per_second
             end, done = await wait_metric(service, DELIVERED, LABELS, paced.sent, catch_up_timeout)
             max_stall = rss.max_between(stall_start, stall_end)
+            # Whether memory grows with the rows waiting, apart from the step into the stall's
+            # working set (the run over stored rows, fetches written to the store).
+            settled = stall_start + SETTLED_SHARE * (stall_end - stall_start)
+            rss_settled = rss.first_after(settled)
+            max_late = rss.max_between(settled, stall_end)
             max_catch_up = rss.max_between(recovered, done)
             samples = [(round(t - ready, 1), round(mib, 1)) for t, mib in rss.samples]
     ingested = "sync_rows_ingested_total"
@@ -123,6 +133,8 @@ async def run_memory(bench: Bench, s1_rate: float) -> dict[str, Any]:
         "rss_mib_at_stall_start": round(rss_stall_start, 1),
         "rss_mib_max_during_stall": round(max_stall, 1),
         "rss_growth_during_stall": round(max_stall / rss_stall_start, 3),
+        "rss_mib_settled_in_stall": round(rss_settled, 1),
+        "rss_growth_after_settled": round(max_late / rss_settled, 3) if rss_settled else None,
         "rss_mib_max_during_catch_up": round(max_catch_up, 1),
         "seconds_to_first_delivery_after_recovery": round(first_after - recovered, 3),
         "catch_up_seconds": round(done - recovered, 3),

@@ -224,7 +224,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| M1 RSS in a {m1['stall_seconds']:.0f} s stall | 1-row | {m1['rows_produced']:,} | "
             f"{m1['rss_mib_at_stall_start']:.0f} -> max {m1['rss_mib_max_during_stall']:.0f} MiB"
-            f" | {m1['rss_growth_during_stall']:.2f} x start | {target_max}; {target_flat} | "
+            f" | {m1['rss_growth_during_stall']:.2f} x start{_settled(m1)} | {target_max}; "
+            f"{target_flat} | "
             f"{verdict_max}; {verdict_flat} |"
         )
         s0 = results["shapes"].get("1r", {}).get("S0", {}).get("rows_per_s")
@@ -237,6 +238,14 @@ def markdown(results: dict[str, Any]) -> str:
     elif m1:
         lines.append(f"| M1 | | | failed | | | {_first_line(str(m1.get('error', '')))} |")
     return "\n".join(lines) + "\n"
+
+
+def _settled(m1: dict[str, Any]) -> str:
+    """M1's growth after the first tenth of the stall, when the run has it."""
+    growth = m1.get("rss_growth_after_settled")
+    if growth is None:
+        return ""
+    return f"; {growth:.2f} x after its first tenth ({m1['rss_mib_settled_in_stall']:.0f} MiB)"
 
 
 def _cpu_line(results: dict[str, Any], entry: dict[str, Any], n: int) -> str:

@@ -181,3 +181,14 @@ def test_a_saved_run_shows_no_verdict_for_targets_it_did_not_know(run: dict[str,
     assert cpu[3] == "83.23 us/row"
     assert cpu[5:] == ["", ""]
     assert cells(md, "L1 freshness at 50%", "1-row")[5:] == ["L1 p99 <= 250 ms at 50% load", "met"]
+
+
+def test_m1_shows_growth_after_the_stall_settled_when_measured(run: dict[str, Any]) -> None:
+    before = cells(report.render(run), "M1 RSS in a 180 s stall", "1-row")[4]
+    run["M1"]["rss_mib_settled_in_stall"] = 120.4
+    run["M1"]["rss_growth_after_settled"] = 1.004
+
+    after = cells(report.render(run), "M1 RSS in a 180 s stall", "1-row")[4]
+
+    assert "first tenth" not in before
+    assert after == f"{before}; 1.00 x after its first tenth (120 MiB)"
