@@ -206,13 +206,14 @@ def markdown(results: dict[str, Any]) -> str:
             )
             if name == "S1":
                 lines.append(_cpu_line(results, entry, n))
+    s1_name = "S1" if not results.get("s1_rate_given") else "the given S1 rate"
     for level in results.get("L1", {}).get("levels", []):
         lat = level["latency_ms"]
         target, verdict = _verdict(results, "L1p99@50%") if level["load"] == 0.5 else ("", "")
         lines.append(
             f"| L1 freshness at {level['load']:.0%} | 1-row | {level['rows']:,} | "
             f"p50 {_n(lat['p50'])} / p99 {_n(lat['p99'])} / max {_n(lat['max'])} ms | "
-            f"{level['load']:.2f} x S1 ({_n(level['produced_rows_per_s'])} rows/s) | "
+            f"{level['load']:.2f} x {s1_name} ({_n(level['produced_rows_per_s'])} rows/s) | "
             f"{target} | {verdict} |"
         )
     if "error" in results.get("L1", {}):

@@ -65,6 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="M1: rows left waiting by the stall (full: 1,000,000; 0: 20%% of S1's rate)",
     )
     parser.add_argument(
+        "--s1-rate",
+        type=float,
+        metavar="ROWS_PER_S",
+        help="L1 and M1: load as fractions of this rate instead of this run's S1 (1-row events), "
+        "so runs of different code offer the same load",
+    )
+    parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy the service of S1-S4 into DIR"
     )
     parser.add_argument(
@@ -87,7 +94,11 @@ async def postgres_version() -> str | None:
 
 
 async def bench(
-    profile: Profile, only: set[str], profile_dir: Path | None, commit: str | None
+    profile: Profile,
+    only: set[str],
+    profile_dir: Path | None,
+    commit: str | None,
+    s1_rate: float | None = None,
 ) -> dict[str, Any]:
     started = time.time()
     run_id = secrets.token_hex(3)
@@ -98,6 +109,7 @@ async def bench(
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": profile.as_dict(),
         "scenarios": sorted(only),
+        "s1_rate_given": s1_rate,
         "service_env": tuning(),
         "machine": report.machine(),
         "versions": report.versions(await postgres_version(), tree.describe()),
@@ -120,7 +132,7 @@ async def bench(
                 results["shapes"][f"{rows_per_event}r"] = await run_shape(
                     bench, rows_per_event, only
                 )
-            s1 = results["shapes"].get("1r", {}).get("S1", {}).get("rows_per_s")
+            s1 = s1_rate or results["shapes"].get("1r", {}).get("S1", {}).get("rows_per_s")
             for name, scenario in (("L1", run_latency), ("M1", run_memory)):
                 if name not in only:
                     continue
@@ -164,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: unknown scenarios {sorted(unknown)} (known: {known})")
         return 2
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    results = asyncio.run(bench(profile, only, args.profile, args.commit))
+    if args.s1_rate is not None and args.s1_rate <= 0:
+        print("bench: --s1-rate must be a positive rate in rows/s")
+        return 2
+    results = asyncio.run(bench(profile, only, args.profile, args.commit, args.s1_rate))
     json_path, md_path = report.write(results, stamp)
     print()
     print(md_path.read_text())

@@ -192,3 +192,13 @@ def test_m1_shows_growth_after_the_stall_settled_when_measured(run: dict[str, An
 
     assert "first tenth" not in before
     assert after == f"{before}; 1.00 x after its first tenth (120 MiB)"
+
+
+def test_l1_at_a_given_s1_rate_says_so(run: dict[str, Any]) -> None:
+    measured = cells(report.render(run), "L1 freshness at 50%", "1-row")[4]
+    run["s1_rate_given"] = 30_000.0
+
+    given = cells(report.render(run), "L1 freshness at 50%", "1-row")[4]
+
+    assert measured.startswith("0.50 x S1 (")
+    assert given == measured.replace("x S1 (", "x the given S1 rate (")
