@@ -21,6 +21,11 @@ from service.core.rows import (
 CatalogItem = Model | Destination | Sync | Source
 T = TypeVar("T", Model, Destination, Sync, Source)
 
+#: The data a run's page of pending rows holds at most (`Store.pending_page`): with the rows of
+#: the page read ahead, a run over wide rows keeps a few times this in memory, not thousands of
+#: rows' worth.
+MAX_PAGE_BYTES = 4 << 20
+
 #: Table of each catalog kind.
 TABLES: dict[type[CatalogItem], str] = {
     Source: "sources",
@@ -274,10 +279,17 @@ class Store(ABC):
 
     @abstractmethod
     async def pending_page(
-        self, sync_id: str, after_seq: int, upto_seq: int, limit: int
+        self,
+        sync_id: str,
+        after_seq: int,
+        upto_seq: int,
+        limit: int,
+        max_bytes: int = MAX_PAGE_BYTES,
     ) -> list[PendingRow]:
         """Pending rows with after_seq < seq <= upto_seq, in seq order, each with what the
-        destination holds for its key (`synced_hash`; for deletes the source last sent)."""
+        destination holds for its key (`synced_hash`; for deletes the source last sent): at
+        most `limit`, and none after the row that brings their data to `max_bytes` (the
+        first row always comes, however large)."""
 
     @abstractmethod
     async def synced_rows(self, sync_id: str, keys: Sequence[str]) -> dict[str, SyncedRow]:

@@ -18,6 +18,7 @@ from service.core.rows import (
     SyncedRow,
 )
 from service.store.base import (
+    MAX_PAGE_BYTES,
     TABLES,
     CatalogItem,
     Conflict,
@@ -361,9 +362,14 @@ class SqlStore(Store):
         return int(rows[0][0])
 
     async def pending_page(
-        self, sync_id: str, after_seq: int, upto_seq: int, limit: int
+        self,
+        sync_id: str,
+        after_seq: int,
+        upto_seq: int,
+        limit: int,
+        max_bytes: int = MAX_PAGE_BYTES,
     ) -> list[PendingRow]:
-        params = (sync_id, after_seq, upto_seq, limit)
+        params = pages.page_params(sync_id, after_seq, upto_seq, limit, max_bytes)
         async with self._d.read() as conn:
             return await self._d.pages.pending(conn, pages.PAGE_FIELDS, pages.PENDING_PAGE, params)
 

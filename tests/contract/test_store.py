@@ -21,6 +21,7 @@ from service.core.models import (
     SyncStatus,
 )
 from service.core.rows import (
+    PendingRow,
     PendingWrite,
     RejectedRow,
     RowChange,
@@ -468,6 +469,40 @@ async def test_pending_page_bounds_and_order(store: Store) -> None:
     assert await store.pending_page("1", seqs[-1], 10**9, 10) == []
     assert await store.pending_page("1", seqs[5], seqs[5], 10) == []
     assert await store.pending_page("2", 0, 10**9, 10) == []
+
+
+async def test_pending_page_stops_after_the_row_that_fills_its_bytes(store: Store) -> None:
+    """Wide rows make short pages, and a row over the bound alone still makes one."""
+    wide = {f"w{i}": pending(f"w{i}", {"id": f"w{i}", "pad": "x" * 990}) for i in range(6)}
+    size = len(wide["w0"].data or b"")
+    await store.write_pending(list(wide.values()))
+    everything = await store.pending_page("1", 0, 10**9, 100)
+    assert [r.key for r in everything] == list(wide)
+
+    def keys(rows: list[PendingRow]) -> list[str]:
+        return [r.key for r in rows]
+
+    # The rows before the last one hold less than the bound; the last one crosses it.
+    assert keys(await store.pending_page("1", 0, 10**9, 100, max_bytes=2 * size)) == [
+        "w0",
+        "w1",
+    ]
+    assert keys(await store.pending_page("1", 0, 10**9, 100, max_bytes=2 * size + 1)) == [
+        "w0",
+        "w1",
+        "w2",
+    ]
+    assert keys(await store.pending_page("1", 0, 10**9, 100, max_bytes=1)) == ["w0"]
+    assert keys(await store.pending_page("1", 0, 10**9, 2, max_bytes=10**9)) == ["w0", "w1"]
+    upto = everything[3].seq
+    assert keys(await store.pending_page("1", 0, upto, 100, max_bytes=10**9)) == list(wide)[:4]
+    # Paging on by the last seq reads every row once.
+    seen: list[str] = []
+    cursor = 0
+    while page := await store.pending_page("1", cursor, 10**9, 100, max_bytes=size):
+        seen += keys(page)
+        cursor = page[-1].seq
+    assert seen == list(wide)
 
 
 async def test_max_pending_seq(store: Store) -> None:

@@ -30,10 +30,27 @@ PAGE_FIELDS = (
     ("synced_hash", "bytes"),
     ("CASE WHEN op = 'delete' AND synced_hash IS NOT NULL THEN data END", "json"),
 )
-#: A run's page of pending rows, in seq order.
+_PENDING_AFTER = "FROM row_state WHERE sync_id = ? AND pending = 1 AND seq > ?"
+#: A run's page of pending rows, in seq order: the first `limit` rows after the cursor (params
+#: sync, after, upto, limit, max bytes), cut after the row that brings their data to `max
+#: bytes`, so a page of wide rows stays small (and within SQLite's largest value, as a page
+#: leaves SQLite as one). The first row always makes the page. The cut is the page's last seq,
+#: the one upper bound the partial index on pending rows is searched by.
 PENDING_PAGE = (
-    "FROM row_state WHERE sync_id = ? AND pending = 1 AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+    f"{_PENDING_AFTER} AND seq <= (SELECT max(seq) FROM "
+    "(SELECT seq, SUM(n) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - n AS before FROM "
+    f"(SELECT seq, COALESCE(length(data), 0) AS n {_PENDING_AFTER} AND seq <= ? "
+    "ORDER BY seq LIMIT ?) AS head) AS sized WHERE before < ?) ORDER BY seq"
 )
+
+
+def page_params(
+    sync_id: str, after_seq: int, upto_seq: int, limit: int, max_bytes: int
+) -> tuple[Any, ...]:
+    """PENDING_PAGE's parameters."""
+    return (sync_id, after_seq, sync_id, after_seq, upto_seq, limit, max_bytes)
+
+
 PENDING_COUNTS = "SELECT sync_id, COUNT(*) FROM row_state WHERE pending = 1 GROUP BY sync_id"
 FAILED_COUNTS = (
     "SELECT sync_id, COUNT(*) FROM row_state WHERE pending = 1 AND error IS NOT NULL "
