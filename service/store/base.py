@@ -266,7 +266,8 @@ class Store(ABC):
         workspace_id: str | None = None,
     ) -> tuple[list[PendingRow], bool]:
         """Pending rows by key (only those with an error, with `failed_only`), and whether
-        more follow the page (none when the sync is not of `workspace_id`, if given)."""
+        more follow the page (none when the sync is not of `workspace_id`, if given). What a
+        listing shows: no data or hash."""
 
     @abstractmethod
     async def requeue_synced(self, sync_id: str) -> int:

@@ -354,7 +354,7 @@ class SqlStore(Store):
     ) -> tuple[list[PendingRow], bool]:
         rest, params = pages.select_pending(sync_id, failed_only, limit, offset, workspace_id)
         async with self._d.read() as conn:
-            rows = await self._d.pages.pending(conn, pages.PENDING_FIELDS, rest, params)
+            rows = await self._d.pages.pending(conn, pages.LISTED_FIELDS, rest, params)
         return rows[:limit], len(rows) > limit
 
     async def max_pending_seq(self, sync_id: str) -> int:

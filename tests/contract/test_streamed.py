@@ -147,10 +147,9 @@ async def test_a_delivered_row_of_a_key_requeued_meanwhile_stays_pending(store: 
     still = (await page(store))["a"]
     assert (still.seq, still.data) == (a.seq, {"id": "a", "v": 2})
     listed, _ = await store.list_pending("1", failed_only=False, limit=10, offset=0)
-    assert [(r.key, r.data) for r in listed] == [
-        ("a", {"id": "a", "v": 2}),
-        ("b", {"id": "b", "v": 2}),
-    ]
+    assert [(r.key, r.seq) for r in listed] == [("a", a.seq), ("b", b.seq)]
+    assert [(r.data, r.row_hash) for r in listed] == [(None, None)] * 2  # a listing holds no data
+    assert (await page(store))["b"].data == {"id": "b", "v": 2}
 
     # The run that sends it again clears it.
     await store.record_outcomes("1", RowOutcomes(delivered=[sent(still, "changed")]), 12.0)

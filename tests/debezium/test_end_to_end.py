@@ -300,8 +300,10 @@ async def test_dropped_columns_unsent_values_and_truncate(
         await source_db.execute(f"INSERT INTO {table} (id, name, notes) VALUES (3, 'c', 'x')")
         # Each sync runs on its own: wait for both to deliver the new row.
         await wait_for(
-            lambda: held_by_sync(receiver, "1").get("3") == {"id": 3, "name": "c"}
-            and "3" in held_by_sync(receiver, "2"),
+            lambda: (
+                held_by_sync(receiver, "1").get("3") == {"id": 3, "name": "c"}
+                and "3" in held_by_sync(receiver, "2")
+            ),
             what="rows after the schema change",
         )
         assert held_by_sync(receiver, "1")["1"] == {"id": 1, "name": "A"}

@@ -25,6 +25,9 @@ PENDING_FIELDS: tuple[tuple[str, str], ...] = (
     ("error", ""),
     ("last_attempt_at", ""),
 )
+#: What the API lists of a pending row: neither data nor hash, which it does not show (up to
+#: a thousand wide rows a request would be read whole for nothing).
+LISTED_FIELDS = tuple(("NULL", "") if kind else (sql, kind) for sql, kind in PENDING_FIELDS)
 PAGE_FIELDS = (
     *PENDING_FIELDS,
     ("synced_hash", "bytes"),
@@ -66,7 +69,7 @@ def select_pending(
     sync_id: str, failed_only: bool, limit: int, offset: int, workspace_id: str | None = None
 ) -> tuple[str, list[Any]]:
     """The FROM ... of one page of pending rows by key, plus one row to tell whether more
-    follow (PENDING_FIELDS)."""
+    follow (LISTED_FIELDS)."""
     sql = "FROM row_state WHERE sync_id = ? AND pending = 1"
     params: list[Any] = [sync_id]
     if failed_only:
