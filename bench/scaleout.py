@@ -21,6 +21,9 @@ from bench.measure import SERVICE_COUNTERS, Window, group_joined
 from bench.service import POLL, ServiceFailed, ServiceProcess
 
 PROCESSES = 2
+#: A run that delivered more than this share of its rows before every process was a member
+#: measured one process, not the group: it is reported as failed, not as a rate.
+MOST_BEFORE_ALL_JOINED = 0.5
 DELIVERED = "sync_rows_delivered_total"
 LABELS = {"destination_type": "postgres", "outcome": "delivered"}
 
@@ -62,6 +65,12 @@ async def run_scaleout(bench: Bench, name: str, topic: str, rows: int) -> dict[s
         at_both = [await s.scrape() for s in services]
         both_before = sum(x.total(DELIVERED, **LABELS) for x in at_both)
         done, scrapes = await _wait_delivered(services, rows, within)
+        if both_before > MOST_BEFORE_ALL_JOINED * rows:
+            raise ServiceFailed(
+                f"{name}: {both_before:.0f} of {rows} rows were delivered before all "
+                f"{PROCESSES} processes were members ({everyone - joined:.1f} s after the "
+                "first joined): too few rows to measure the group; run more (--rows)"
+            )
         cpu = sum(s.cpu_seconds() - c for s, c in zip(services, cpu_at_join, strict=True))
         per_process = [
             {

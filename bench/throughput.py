@@ -20,6 +20,9 @@ log = logging.getLogger("bench")
 
 #: S5's topic: enough partitions for two processes to share.
 SCALE_OUT_PARTITIONS = 4
+#: S5's rows at least (the full profile's): the second process joins about 3 s (a heartbeat)
+#: after the first, so a smaller run is mostly done by one process before the group is two.
+SCALE_OUT_MIN_ROWS = 300_000
 
 
 async def run_shape(bench: Bench, rows_per_event: int, only: set[str]) -> dict[str, Any]:
@@ -40,8 +43,11 @@ async def run_shape(bench: Bench, rows_per_event: int, only: set[str]) -> dict[s
         ],
     }
     spread = None
+    spread_rows = max(rows, SCALE_OUT_MIN_ROWS)
     if "S5" in only:  # the same events keyed by row, over several partitions
         spread = await bench.topic(f"{shape}-p", partitions=SCALE_OUT_PARTITIONS)
+        if spread_rows > rows:
+            events = generate(spread_rows, rows_per_event)
         if bench.profile.scale_out_keys == "row":
             keys = row_keys(len(events), rows_per_event)
         else:  # no key: the producer spreads the records over the partitions itself
@@ -82,7 +88,7 @@ async def run_shape(bench: Bench, rows_per_event: int, only: set[str]) -> dict[s
         else:
             await attempt("S4", lambda n: _postgres(bench, n, first, rows))
             if spread is not None:
-                await attempt("S5", lambda n: run_scaleout(bench, n, spread, rows))
+                await attempt("S5", lambda n: run_scaleout(bench, n, spread, spread_rows))
     within = 300 + rows / bench.profile.floor_rows_per_second
     for name, reuse in (("P4", True), ("P4d", False)):
         if name not in only:
