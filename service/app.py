@@ -47,7 +47,7 @@ from service.runner.runner import SyncRunner
 from service.runner.stream import Streams
 from service.scheduler import Scheduler
 from service.source.debezium import DebeziumSources
-from service.source.dlq import DeadLetters
+from service.source.dlq import MAX_LETTER_BYTES, DeadLetters
 from service.source.invalid_rate import InvalidRateMonitor
 from service.source.kafka import KafkaSource
 from service.status import StatusReporter
@@ -150,11 +150,13 @@ async def ensure_topics(
         await connect_kafka(settings, admin.start, stopping)
         existing = set(await admin.list_topics())
         names = {*settings.events_topics, settings.status_topic, settings.dlq_topic}
+        dlq_config = {"max.message.bytes": str(MAX_LETTER_BYTES)}
         missing = [
             NewTopic(
                 n,
                 num_partitions=settings.topic_partitions,
                 replication_factor=settings.topic_replication_factor,
+                topic_configs=dlq_config if n == settings.dlq_topic else {},
             )
             for n in names - existing
         ]
@@ -204,6 +206,18 @@ def new_consumer(settings: Settings, options: dict[str, Any] | None = None) -> A
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         metadata_max_age_ms=5000,
+    )
+
+
+def new_producer(options: dict[str, Any]) -> AIOKafkaProducer:
+    """The producer of status events and dead letters; a dead letter may be as large as any
+    record consumed (up to MAX_LETTER_BYTES)."""
+    return AIOKafkaProducer(
+        **options,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        max_request_size=MAX_LETTER_BYTES,
     )
 
 
@@ -293,12 +307,7 @@ def build_app(
             await apply_file()
         kafka = await asyncio.to_thread(kafka_client_options, settings)
         await ensure_topics(settings, shutting_down, kafka)
-        producer = AIOKafkaProducer(
-            **kafka,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-        )
+        producer = new_producer(kafka)
         # Stopped however start-up ends (a SIGTERM may cancel it while it connects).
         stack.push_async_callback(producer.stop)
         await connect_kafka(settings, producer.start, shutting_down)

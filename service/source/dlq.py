@@ -14,6 +14,12 @@ from aiokafka.errors import KafkaError
 log = logging.getLogger(__name__)
 
 MAX_ERROR_MESSAGE = 500
+#: The largest record the DLQ takes whole: the service's producer allows requests this large
+#: and the DLQ topic the service creates takes messages this large. Kafka's default (1 MiB)
+#: would leave an invalid record of a topic that allows more with nowhere to go, and as the
+#: consumer waits for the DLQ (below), consumption would stop for good: the producer's own
+#: limit is not something an operator can raise.
+MAX_LETTER_BYTES = 64 << 20
 
 
 @dataclass(slots=True, frozen=True)

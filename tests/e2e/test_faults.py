@@ -228,6 +228,44 @@ async def test_a_dlq_that_refuses_pauses_the_consumer_until_it_accepts(e2e: Harn
         await admin.close()
 
 
+async def test_an_invalid_record_over_a_mebibyte_goes_to_the_dlq_whole(e2e: Harness) -> None:
+    """A topic that takes 4 MiB messages carries an invalid one of 2 MiB: beyond Kafka's
+    default request size, so a producer with the default could never dead-letter it and the
+    consumer would wait for the DLQ for good. It lands in the DLQ (created by the service) as
+    it arrived, and the event behind it is delivered."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=e2e.kafka)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    e2e.events_topic,
+                    num_partitions=1,
+                    replication_factor=1,
+                    topic_configs={"max.message.bytes": str(4 << 20)},
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+    big = b"{" + b"x" * (2 << 20)  # not JSON
+    producer = AIOKafkaProducer(bootstrap_servers=e2e.kafka, max_request_size=4 << 20)
+    await producer.start()
+    try:
+        await producer.send_and_wait(e2e.events_topic, big, key=b"1")
+    finally:
+        await producer.stop()
+    await e2e.event("upsert", [user(1)])
+    service = await e2e.service()
+
+    rows = await e2e.receiver.wait_rows(1, timeout=30)
+    assert [r["key"] for r in rows] == ["1"]
+    [dead] = await read_topic(e2e.kafka, e2e.dlq_topic, 1)
+    assert dead.value == big
+    assert dict(dead.headers)["error.class"] == b"InvalidEvent"
+    assert "refused" not in service.log()
+
+
 async def test_a_poison_corpus_interleaved_with_valid_events_costs_only_the_poison(
     e2e: Harness,
 ) -> None:
