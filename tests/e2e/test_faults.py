@@ -121,11 +121,13 @@ async def test_http_answers_before_kafka_does(e2e: Harness) -> None:
     assert await service.stop() == 0
 
 
-async def _create_topic(kafka: str, topic: str) -> None:
+async def _create_topic(kafka: str, topic: str, configs: dict[str, str] | None = None) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        await admin.create_topics(
+            [NewTopic(topic, num_partitions=1, replication_factor=1, topic_configs=configs or {})]
+        )
     finally:
         await admin.close()
 
@@ -184,19 +186,10 @@ async def test_a_dlq_that_refuses_pauses_the_consumer_until_it_accepts(e2e: Harn
     letter lands and the event behind it is delivered, none skipped."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+    await _create_topic(e2e.kafka, e2e.dlq_topic, {"max.message.bytes": "200"})
     admin = AIOKafkaAdminClient(bootstrap_servers=e2e.kafka)
     await admin.start()
     try:
-        await admin.create_topics(
-            [
-                NewTopic(
-                    e2e.dlq_topic,
-                    num_partitions=1,
-                    replication_factor=1,
-                    topic_configs={"max.message.bytes": "200"},
-                )
-            ]
-        )
         service = await e2e.service()
         await e2e.produce(b"x" * 1000)  # not JSON, and too large for the DLQ as it is
         await e2e.event("upsert", [user(1)])
@@ -233,21 +226,7 @@ async def test_an_invalid_record_over_a_mebibyte_goes_to_the_dlq_whole(e2e: Harn
     default request size, so a producer with the default could never dead-letter it and the
     consumer would wait for the DLQ for good. It lands in the DLQ (created by the service) as
     it arrived, and the event behind it is delivered."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=e2e.kafka)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(
-                    e2e.events_topic,
-                    num_partitions=1,
-                    replication_factor=1,
-                    topic_configs={"max.message.bytes": str(4 << 20)},
-                )
-            ]
-        )
-    finally:
-        await admin.close()
+    await _create_topic(e2e.kafka, e2e.events_topic, {"max.message.bytes": str(4 << 20)})
     big = b"{" + b"x" * (2 << 20)  # not JSON
     producer = AIOKafkaProducer(bootstrap_servers=e2e.kafka, max_request_size=4 << 20)
     await producer.start()
