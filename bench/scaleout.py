@@ -64,13 +64,13 @@ async def run_scaleout(bench: Bench, name: str, topic: str, rows: int) -> dict[s
         both_at = time.time()
         at_both = [await s.scrape() for s in services]
         both_before = sum(x.total(DELIVERED, **LABELS) for x in at_both)
-        done, scrapes = await _wait_delivered(services, rows, within)
         if both_before > MOST_BEFORE_ALL_JOINED * rows:
             raise ServiceFailed(
                 f"{name}: {both_before:.0f} of {rows} rows were delivered before all "
                 f"{PROCESSES} processes were members ({everyone - joined:.1f} s after the "
                 "first joined): too few rows to measure the group; run more (--rows)"
             )
+        done, scrapes = await _wait_delivered(services, rows, within)
         cpu = sum(s.cpu_seconds() - c for s, c in zip(services, cpu_at_join, strict=True))
         per_process = [
             {
