@@ -258,6 +258,8 @@ class Streams:
         self.cache = SyncedCache(cache_bytes)
         self._record_retry = record_retry
         self._streams: dict[str, _SyncStream] = {}
+        #: Each sync's epoch when its cache was last checked (a store other replicas write).
+        self._epochs: dict[str, int] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._checker: asyncio.Task[None] | None = None
         self.stopping = False
@@ -278,6 +280,7 @@ class Streams:
             if sync is None:
                 del self._streams[sync_id]
                 self.cache.forget(sync_id)
+                self._epochs.pop(sync_id, None)
                 task = asyncio.create_task(self._retire(stream, keep=sync_id in known))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
@@ -353,6 +356,8 @@ class Streams:
         for sync_id in groups:
             await self._room(self._streams[sync_id])
         # Reads first, so a failing read changes nothing and the caller may try again.
+        if self._store.shared:
+            await self._check_epochs(list(groups))
         found: dict[str, dict[str, tuple[bytes | None, bool]]] = {}
         asked: dict[str, set[str]] = {}
         for sync_id, rows in groups.items():
@@ -398,6 +403,18 @@ class Streams:
         for stream, keys in settle:
             await self._landed(stream, keys)
         return to_store, ticket
+
+    async def _check_epochs(self, sync_ids: list[str]) -> None:
+        """Another replica may have planned removals of keys this one caches as held (a
+        snapshot it closed, a table truncated): a sync whose epoch moved since it was last
+        looked at has its cache dropped before anything is decided from it (and a read
+        failing after that only costs the cache's refill)."""
+        epochs = await self._store.sync_epochs(sync_ids)
+        for sync_id in sync_ids:
+            epoch = epochs.get(sync_id, 0)
+            if self._epochs.get(sync_id) != epoch:
+                self.cache.forget(sync_id)
+                self._epochs[sync_id] = epoch
 
     def _stream_rows(
         self,

@@ -111,6 +111,9 @@ class Store(ABC):
     in the same transaction that records the row as synced.
     """
 
+    #: Whether other processes may write the store at the same time (several replicas).
+    shared: bool = False
+
     @abstractmethod
     async def open(self) -> None:
         """Connect and apply schema migrations."""
@@ -339,6 +342,13 @@ class Store(ABC):
     @abstractmethod
     async def syncs_with_pending(self, sync_ids: Sequence[str]) -> set[str]:
         """Which of these syncs have a pending row; one index probe per sync, no count."""
+
+    @abstractmethod
+    async def sync_epochs(self, sync_ids: Sequence[str]) -> dict[str, int]:
+        """Each sync's epoch, which grows in the transaction of `write_pending` that plans
+        removals of its keys (a snapshot closed, a source table truncated); a sync left out
+        never had any. A replica that caches what the destination holds drops the cache of a
+        sync whose epoch moved: the removals may be of keys it streams. One read."""
 
     # runs ------------------------------------------------------------------------------
 

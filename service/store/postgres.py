@@ -12,6 +12,8 @@ __all__ = ["PostgresStore", "pg"]
 
 
 class PostgresStore(SqlStore):
+    shared = True
+
     def __init__(
         self,
         url: str,

@@ -289,32 +289,27 @@ class SqlStore(Store):
         if snapshot.keys:
             await self._d.ingest.snapshot_keys(conn, snapshot.keys)
         for sync_id in dict.fromkeys(snapshot.truncated):
-            await self._remove_all(conn, sync_id)
+            await self._plan_removals(conn, sync_id, ingest.HELD_KEYS)
         for sync_id, snap in snapshot.closed:
-            after = ""
-            while True:  # page by page: a huge sync's absent keys never sit in memory at once
-                page = await conn.fetch(
-                    ingest.ABSENT_FROM_SNAPSHOT, sync_id, after, snap, ingest.ABSENT_PAGE
-                )
-                if not page:
-                    break
-                keys = [r[0] for r in page]
-                await self._d.ingest.plan_deletes(conn, sync_id, keys)
-                after = keys[-1]
+            await self._plan_removals(conn, sync_id, ingest.ABSENT_FROM_SNAPSHOT, snap)
             await conn.execute(ingest.FORGET_SNAPSHOT_KEYS, sync_id, snap)
             await conn.execute(ingest.CLOSE_SNAPSHOT, now, sync_id, snap)
 
-    async def _remove_all(self, conn: Conn, sync_id: str) -> None:
-        """Plans every row the sync holds (or is about to send) as removed: its source table
-        was truncated."""
+    async def _plan_removals(self, conn: Conn, sync_id: str, pages: str, *args: Any) -> None:
+        """Plans as removed the keys the query `pages` finds, page by page after the last key
+        of the page before (a huge sync's keys never sit in memory at once): those absent from
+        a closed snapshot, or every key of a truncated table. If it planned any, the sync's
+        epoch grows with them, in the same transaction."""
         after = ""
         while True:
-            page = await conn.fetch(ingest.HELD_KEYS, sync_id, after, ingest.ABSENT_PAGE)
+            page = await conn.fetch(pages, sync_id, after, *args, ingest.ABSENT_PAGE)
             if not page:
                 break
             keys = [r[0] for r in page]
             await self._d.ingest.plan_deletes(conn, sync_id, keys)
             after = keys[-1]
+        if after:
+            await conn.execute(ingest.BUMP_EPOCH, sync_id)
 
     async def open_snapshots(self) -> list[tuple[str, str, float]]:
         return [(r[0], r[1], r[2]) for r in await self._rows(ingest.OPEN_SNAPSHOTS)]
@@ -433,6 +428,12 @@ class SqlStore(Store):
             return set()
         async with self._d.read() as conn:
             return await self._d.streamed.syncs_with_pending(conn, sync_ids)
+
+    async def sync_epochs(self, sync_ids: Sequence[str]) -> dict[str, int]:
+        if not sync_ids:
+            return {}
+        async with self._d.read() as conn:
+            return await self._d.streamed.sync_epochs(conn, sync_ids)
 
     # leases ----------------------------------------------------------------------------
 

@@ -90,6 +90,29 @@ async def test_pending_among_and_syncs_with_pending(store: Store) -> None:
     assert await store.syncs_with_pending(["1", "2"]) == set()
 
 
+async def test_a_sync_epoch_grows_with_each_write_that_plans_removals(store: Store) -> None:
+    await sync_through_runner(store, [version("a"), version("b")])
+    await sync_through_runner(store, [version("x", sync_id="2")])
+    assert await store.sync_epochs(["1", "2", "unknown"]) == {}
+    assert await store.sync_epochs([]) == {}
+
+    # A snapshot that names every held key plans no removal: the epoch stays.
+    await store.write_pending(
+        [], SnapshotProgress(keys=[("1", "s1", "a"), ("1", "s1", "b")], closed=[("1", "s1")])
+    )
+    assert await store.sync_epochs(["1", "2"]) == {}
+    # One that leaves "b" out plans its removal, and the epoch grows with it.
+    await store.write_pending([], SnapshotProgress(keys=[("1", "s2", "a")], closed=[("1", "s2")]))
+    assert (await page(store))["b"].op == "delete"
+    assert await store.sync_epochs(["1", "2"]) == {"1": 1}
+    # A truncated table removes the rest; a truncate of a table the sync holds nothing of
+    # changes nothing.
+    await store.write_pending([], SnapshotProgress(truncated=["1"]))
+    assert await store.sync_epochs(["1", "2"]) == {"1": 2}
+    await store.write_pending([], SnapshotProgress(truncated=["3"]))
+    assert await store.sync_epochs(["1", "2", "3"]) == {"1": 2}
+
+
 # --- delivered ---------------------------------------------------------------------------------
 
 

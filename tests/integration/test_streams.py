@@ -18,6 +18,7 @@ from service.router import build_routes
 from service.runner.stream import Streams, StreamTicket
 from service.store.base import Store
 from service.store.sqlite import SqliteStore
+from tests.contract.conftest import make_store
 from tests.integration.test_runner_webhook import Harness as RunnerHarness
 from tests.support import Receiver, wait_for
 
@@ -269,3 +270,47 @@ async def test_a_delete_after_a_version_not_recorded_as_sent_is_sent_as_a_remova
     _, ticket = await h.take("delete", [{"id": 6}])
     assert ticket is not None and ticket.done.done()
     assert h.receiver.ops() == [("removed", "5")]
+
+
+async def test_a_row_removed_by_another_replica_is_not_dropped_as_unchanged(
+    postgres_url: str, receiver: Receiver
+) -> None:
+    """Two replicas on one PostgreSQL store: B streams key 1 and caches it as held; a snapshot
+    closed on A removes it. The same version of key 1 on B afterwards is sent again, not
+    dropped against what B's cache remembered."""
+    stores = [make_store(postgres_url), make_store(postgres_url)]
+    for store in stores:
+        await store.open()
+    b, a = (Harness(store, receiver) for store in stores)
+    try:
+        await b.setup(mode="mirror")
+        a.sync = b.sync
+        a.streams.set_syncs([a.sync])
+        _, ticket = await b.take("upsert", [{"id": 1, "v": 0}, {"id": 2, "v": 0}])
+        assert ticket is not None
+        await asyncio.wait_for(ticket.done, 10)
+        assert b.latest() == {"1": 0, "2": 0}
+
+        closing = ChangeEvent.model_validate(
+            {"modelId": "1", "op": "snapshot", "snapshotId": "s1", "last": True,
+             "rows": [{"id": 2, "v": 0}]}
+        )  # fmt: skip
+        (part,) = a.ingest.prepare([closing], build_routes([a.sync]))
+        await a.store.write_pending(part.writes, part.snapshot)
+        await a.run()
+        assert receiver.ops()[-1] == ("removed", "1")
+        assert await a.store.held("7", ["1"]) == {}
+
+        requests = len(receiver.requests)
+        _, ticket = await b.take("upsert", [{"id": 1, "v": 0}, {"id": 2, "v": 0}])
+        assert ticket is not None
+        await asyncio.wait_for(ticket.done, 10)
+        assert receiver.ops()[-1] == ("added", "1")
+        assert len(receiver.requests) == requests + 1  # key 2 is still held: not sent
+        held = await b.store.held("7", ["1", "2"])
+        assert {key: pending for key, (_, pending) in held.items()} == {"1": False, "2": False}
+    finally:
+        await a.close()
+        await b.close()
+        for store in stores:
+            await store.close()

@@ -63,6 +63,12 @@ OPEN_SNAPSHOTS = (
     "ORDER BY opened_at"
 )
 
+#: A sync's epoch grows by one (Store.sync_epochs): removals were planned for it here.
+BUMP_EPOCH = (
+    "INSERT INTO sync_epochs (sync_id, epoch) VALUES (?, 1) "
+    "ON CONFLICT (sync_id) DO UPDATE SET epoch = sync_epochs.epoch + 1"
+)
+
 STORE_REJECTED = "INSERT INTO rejected_rows (sync_id, reason, data, created_at) VALUES (?, ?, ?, ?)"
 CLAIM_REJECTED = "UPDATE rejected_rows SET run_id = ? WHERE sync_id = ? AND run_id IS NULL"
 LIST_REJECTED = (

@@ -75,6 +75,10 @@ SQLITE_SYNCS_WITH_PENDING = (
     "SELECT json_group_array(j.value) FROM json_each(?1) AS j WHERE EXISTS "
     "(SELECT 1 FROM row_state r WHERE r.sync_id = j.value AND r.pending = 1)"
 )
+SQLITE_SYNC_EPOCHS = (
+    "SELECT json_group_array(json_array(sync_id, epoch)) FROM sync_epochs "
+    "WHERE sync_id IN (SELECT value FROM json_each(?1))"
+)
 #: Delivered versions of sync ?1, ?3 = [[key, data at, data length, hash at, hash length,
 #: emitted_at], ...], ?4 the data, ?5 the hashes; seq ?2 + 1 onwards, in order.
 SQLITE_DELIVERED = (
@@ -144,6 +148,11 @@ class SqliteStreamed:
         return set(orjson.loads(found))
 
     @staticmethod
+    async def sync_epochs(conn: Conn, sync_ids: Sequence[str]) -> dict[str, int]:
+        found = await conn.fetchval(SQLITE_SYNC_EPOCHS, orjson.dumps(list(sync_ids)))
+        return dict(orjson.loads(found))
+
+    @staticmethod
     async def record(
         conn: Conn,
         sync_id: str,
@@ -188,6 +197,10 @@ POSTGRES_SYNCS_WITH_PENDING = (
     "SELECT s.id FROM unnest($1::text[]) AS s(id) WHERE EXISTS "
     "(SELECT 1 FROM row_state r WHERE r.sync_id = s.id AND r.pending = 1)"
 )
+POSTGRES_SYNC_EPOCHS = (
+    "SELECT e.sync_id, e.epoch FROM unnest($1::text[]) AS s(id) "
+    "JOIN sync_epochs e ON e.sync_id = s.id"
+)
 #: Delivered versions; returns the keys found pending (a delivered row never turns pending).
 POSTGRES_DELIVERED = (
     "WITH done AS ("
@@ -226,6 +239,10 @@ class PostgresStreamed:
     @staticmethod
     async def syncs_with_pending(conn: Conn, sync_ids: Sequence[str]) -> set[str]:
         return {r[0] for r in await conn.fetch(POSTGRES_SYNCS_WITH_PENDING, list(sync_ids))}
+
+    @staticmethod
+    async def sync_epochs(conn: Conn, sync_ids: Sequence[str]) -> dict[str, int]:
+        return {r[0]: r[1] for r in await conn.fetch(POSTGRES_SYNC_EPOCHS, list(sync_ids))}
 
     @staticmethod
     async def record(
