@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from bench.service import POLL, Scrape, ServiceFailed, ServiceProcess
 from bench.settings import KAFKA
@@ -76,9 +77,16 @@ async def group_joined(group: str, within: float = 60.0, members: int = 1) -> fl
     (wall clock)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
+    deadline = time.monotonic() + within
     try:
-        coordinator = await admin.find_coordinator(group)
-        deadline = time.monotonic() + within
+        while True:  # a broker started a moment ago may have no coordinator to name yet
+            try:
+                coordinator = await admin.find_coordinator(group)
+                break
+            except GroupCoordinatorNotAvailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(POLL)
         while time.monotonic() < deadline:
             [response] = await admin.describe_consumer_groups([group], coordinator)
             _, _, state, _, _, group_members, *_ = response.groups[0]
