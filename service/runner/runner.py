@@ -500,8 +500,13 @@ async def plan_in_thread(
 
 #: Batches sent and waiting for their outcome to be recorded, beyond those being sent, however
 #: low the destination's concurrency: while the store records one group, the next batches
-#: go out and are then recorded together, in one transaction.
+#: go out and are then recorded together, in one transaction. Up to `RECORD_AHEAD_ROWS` rows
+#: wait, and at least `RECORD_AHEAD` batches: small batches (a webhook's 100 rows) would
+#: otherwise leave a transaction too few rows to keep up with a fast destination. Measured
+#: in S1 with 500-row batches: 8 batches instead of 4 made 100-row events 1.2-1.4x faster and
+#: cost no CPU per row; 16 and 32 gained nothing more. It is also the most a crash sends again.
 RECORD_AHEAD = 4
+RECORD_AHEAD_ROWS = 4000
 
 #: A batch sent: its rows and what the destination answered.
 Sent = tuple[list[RowChange], BatchResult]
@@ -509,7 +514,8 @@ Sent = tuple[list[RowChange], BatchResult]
 
 class Sending:
     """The batches of one run in flight at once: up to the destination's adaptive concurrency
-    limit in requests, and as many again (at least `RECORD_AHEAD`) sent and being recorded.
+    limit in requests, and as many again (at least `RECORD_AHEAD` batches, or batches of up to
+    `RECORD_AHEAD_ROWS` rows) sent and being recorded.
     Batches that come back while the store records others are recorded together, in one
     transaction. A page holding a key that a batch in flight holds is planned only after that
     batch is recorded (`settle`): versions of a row reach the destination and the store in
@@ -559,7 +565,8 @@ class Sending:
     async def dispatch(self, rows: list[RowChange]) -> None:
         limiter = self._delivery.limiter
         self._collect()
-        while len(self._tasks) >= limiter.limit + max(limiter.limit, RECORD_AHEAD):
+        ahead = max(limiter.limit, RECORD_AHEAD, RECORD_AHEAD_ROWS // max(len(rows), 1))
+        while len(self._tasks) >= limiter.limit + ahead:
             await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
             self._collect()
         await limiter.acquire()
