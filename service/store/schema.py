@@ -173,9 +173,9 @@ _MIGRATIONS: list[list[str | Only]] = [
         "CREATE INDEX rejected_rows_by_age ON rejected_rows (created_at)",
         "CREATE INDEX snapshots_by_age ON snapshots (opened_at)",
     ],
-    # Version 9: a sync's epoch grows each time removals are planned for it outside the
-    # replica that streams its rows (a snapshot closed, a source table truncated), so every
-    # replica knows to drop what its cache says the destination holds.
+    # Version 9: a sync's epoch grows each time removals are planned for it (a snapshot
+    # closed, a source table truncated), so every replica that streams its rows knows to drop
+    # what its cache says the destination holds.
     ["CREATE TABLE sync_epochs (sync_id TEXT PRIMARY KEY, epoch BIGINT NOT NULL)"],
 ]
 

@@ -301,6 +301,7 @@ class SqlStore(Store):
         a closed snapshot, or every key of a truncated table. If it planned any, the sync's
         epoch grows with them, in the same transaction."""
         after = ""
+        planned = False
         while True:
             page = await conn.fetch(pages, sync_id, after, *args, ingest.ABSENT_PAGE)
             if not page:
@@ -308,7 +309,8 @@ class SqlStore(Store):
             keys = [r[0] for r in page]
             await self._d.ingest.plan_deletes(conn, sync_id, keys)
             after = keys[-1]
-        if after:
+            planned = True
+        if planned:
             await conn.execute(ingest.BUMP_EPOCH, sync_id)
 
     async def open_snapshots(self) -> list[tuple[str, str, float]]:
