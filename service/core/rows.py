@@ -11,6 +11,13 @@ ChangeOp = Literal["added", "changed", "removed"]
 CHANGE_OPS: tuple[ChangeOp, ...] = ("added", "changed", "removed")
 
 
+#: What the destination holds of a key when a version of it may have been sent and never
+#: recorded (a process stopped in between): a removal of the key is sent all the same
+#: (destinations remove idempotently), and a newer version goes out as changed. No hash of
+#: a row is this short.
+MAYBE_HELD = b"?"
+
+
 @dataclass(slots=True, frozen=True)
 class SyncRoute:
     """What ingest needs to know of one enabled sync to turn an event row into a pending row."""

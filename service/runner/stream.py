@@ -36,9 +36,16 @@ from service.core.errors import DestinationError
 from service.core.interfaces import Clock
 from service.core.metrics import Metrics
 from service.core.models import ContinuousSchedule, RunStatus, Sync, SyncRun
-from service.core.rows import PendingRow, PendingWrite, RowChange, RowFailure, RowOutcomes
+from service.core.rows import (
+    MAYBE_HELD,
+    PendingRow,
+    PendingWrite,
+    RowChange,
+    RowFailure,
+    RowOutcomes,
+)
 from service.runner.mapping import renders_templates, unchanged_over
-from service.runner.planner import plan_changes
+from service.runner.planner import MODE_OPS, plan_changes
 from service.runner.runner import RunAborted, Sending, Sent, SyncRunner, plan_in_thread
 from service.store.base import Store
 
@@ -60,8 +67,6 @@ STALL_SECONDS = 2.0
 ROOM_WAIT_SECONDS = 30.0
 #: While a snapshot waits for a sync's memory to empty, how often it looks again without news.
 QUIET_CHECK_SECONDS = 1.0
-#: What a queued removal takes the destination to hold: not known (a version may have been sent).
-_MAYBE_HELD = b"?"
 #: A key the cache has no entry for (None is an entry: the destination holds no version).
 _UNKNOWN: Any = object()
 #: Rough bytes of one cache entry beyond its key (dict slot, hash bytes object).
@@ -473,7 +478,7 @@ class Streams:
                     continue
                 # A version was read but not recorded as sent: a process that stopped before
                 # recording may have sent it, so the removal goes (idempotent if it did not).
-                stream.enqueue(w, ticket, held=_MAYBE_HELD, removed=source)
+                stream.enqueue(w, ticket, held=MAYBE_HELD, removed=source)
                 kept += 1
                 continue
             # A queued older version is replaced, or needs no send when this one is held.
@@ -702,14 +707,11 @@ class Streams:
         # A removal of a key the store never held leaves nothing to write.
         ok = [flying[r.key].write for r in delivered if r.op != "removed"]
         gone = [r.key for r in delivered if r.op == "removed"]
-        bad: list[tuple[PendingWrite, str]] = []
+        bad: list[tuple[PendingWrite, str | None]] = []
         for f in failed:
-            if f.op == "removed":
-                log.warning("sync %s: removal of key %s not delivered: %s", sync_id, f.key, f.error)
-                continue
             # A newer version waiting behind it is the one to keep pending.
             newer = stream.supersede(f.key)
-            bad.append((flying[f.key].write if newer is None else newer.write, f.error))
+            bad.append((_kept(flying[f.key] if newer is None else newer), f.error))
         while True:
             try:
                 left = await self._store.record_streamed(sync_id, ok, bad, self._clock.time())
@@ -782,17 +784,25 @@ class Streams:
     async def _spill(self, stream: _SyncStream, reason: str | None = None) -> None:
         """Everything of the sync in memory becomes pending in the store: flights that were
         cancelled (failed with `reason`, when given) and the queue (a newer version of a key
-        replaces its flight); their tickets are then done."""
+        replaces its flight); their tickets are then done. A removal stays one (`_kept`)."""
         entries = [*stream.flying.values(), *stream.queue.values()]
         if not entries:
             return
         queued = {e.key: e for e in stream.queue.values()}
-        flown = [e for e in stream.flying.values() if e.key not in queued]
-        # Only upserts fail with a reason: a removal (of a key the store never held) is plain.
-        fails = [] if reason is None else [e for e in flown if e.op == "upsert"]
-        failed = [(e.write, reason[:500]) for e in fails]
-        failing = {id(e) for e in fails}
-        plain = [e.write for e in (*(e for e in flown if id(e) not in failing), *queued.values())]
+        cut = {id(e) for e in stream.flying.values() if e.key not in queued}
+        # A mode without removals never sends one: the store drops such a delete of a key it
+        # does not hold, as the planner would.
+        removes = "removed" in MODE_OPS[stream.sync.parsed_configuration.mode]
+        plain: list[PendingWrite] = []
+        failed: list[tuple[PendingWrite, str | None]] = []
+        for e in entries:
+            if e.key in queued and queued[e.key] is not e:
+                continue  # a newer version replaces its flight
+            error = reason[:500] if reason is not None and id(e) in cut else None
+            if (e.op == "delete" and removes) or (e.op == "upsert" and error is not None):
+                failed.append((_kept(e), error))
+            else:
+                plain.append(e.write)  # type: ignore[arg-type]
         while True:
             try:
                 if plain:
@@ -816,9 +826,9 @@ class Streams:
         self._mark_pending(stream, [e.key for e in entries])
         for e in entries:
             e.ticket.release()
-        if plain:
+        if plain or any(error is None for _, error in failed):
             self._notify_pending([stream.sync.id])
-        if failed:
+        if any(error is not None for _, error in failed):
             stream.failing = True
             self._retry_failed([stream.sync.id])
 
@@ -917,6 +927,18 @@ class Streams:
 
 def _as_is(row: dict[str, Any]) -> dict[str, Any]:
     return row
+
+
+def _kept(entry: _Queued) -> PendingWrite:
+    """The version of a row in memory to write pending: an upsert as ingest made it, a removal
+    as a delete whose data is the source columns it sends (the store keeps it pending as a
+    removal of a key that may be held, `Store.record_streamed`)."""
+    write = entry.write
+    assert write is not None
+    if entry.op == "upsert":
+        return write
+    body = orjson.dumps(entry.synced_source)
+    return PendingWrite(write.sync_id, entry.key, "delete", body, None, entry.emitted_at)
 
 
 class _StreamSending(Sending):

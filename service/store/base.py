@@ -321,7 +321,7 @@ class Store(ABC):
         self,
         sync_id: str,
         delivered: Sequence[PendingWrite],
-        failed: Sequence[tuple[PendingWrite, str]],
+        failed: Sequence[tuple[PendingWrite, str | None]],
         now: float,
     ) -> list[str]:
         """Outcomes of upserts sent straight from ingest, never written as pending; one
@@ -331,9 +331,14 @@ class Store(ABC):
         pending with this version under a new `seq`, so a runner sends it again and its
         older send, recorded later, does not clear it. A failed row (with its error) becomes
         the key's pending version under a new `seq`, with one more attempt at `now`; what
-        the destination holds is unchanged. Returns the keys this call left pending. Raises
-        ValueError when a row is of another sync, not an upsert with data and a hash, or when
-        a key appears twice among `delivered` and `failed`."""
+        the destination holds is unchanged. A failed row may also be a removal (a delete
+        whose data is the source columns it sends), or have no error (a removal the service
+        stopped before sending: no attempt): it becomes the key's pending delete, and a key
+        the store knows no held version of is taken as held (`MAYBE_HELD`), so a run sends the
+        removal. Returns the keys this call left pending. Raises ValueError when a row is of
+        another sync, a delivered row is not an upsert with data and a hash, a failed row is
+        neither that nor a removal with data, or a key appears twice among `delivered` and
+        `failed`."""
 
     @abstractmethod
     async def pending_among(self, sync_id: str, keys: Sequence[str]) -> set[str]:

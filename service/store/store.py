@@ -410,7 +410,7 @@ class SqlStore(Store):
         self,
         sync_id: str,
         delivered: Sequence[PendingWrite],
-        failed: Sequence[tuple[PendingWrite, str]],
+        failed: Sequence[tuple[PendingWrite, str | None]],
         now: float,
     ) -> list[str]:
         streamed.check_streamed(sync_id, delivered, failed)

@@ -9,12 +9,14 @@ import orjson
 import pytest
 
 from service.core.rows import (
+    MAYBE_HELD,
     PendingRow,
     PendingWrite,
     RowFailure,
     RowOutcomes,
     SnapshotProgress,
 )
+from service.runner.planner import plan_changes
 from service.store.base import Store
 from tests.contract.conftest import StoreFactory
 from tests.contract.test_store import delivered as sent
@@ -260,6 +262,63 @@ async def test_a_failed_row_of_a_known_key_keeps_what_the_destination_holds(stor
     assert (await page(store))["a"].data == {"id": "a", "v": 3}
 
 
+def removal(key: str, v: int = 1, emitted_at: float = 4.5) -> PendingWrite:
+    """A streamed removal kept pending: a delete carrying the source columns it sends."""
+    return PendingWrite("1", key, "delete", orjson.dumps({"id": key, "v": v}), None, emitted_at)
+
+
+async def test_a_removal_kept_pending_is_planned_as_a_removal_of_what_may_be_held(
+    store: Store,
+) -> None:
+    await sync_through_runner(store, [version("held")])
+    await store.write_pending([version("waiting")])
+
+    left = await store.record_streamed(
+        "1",
+        [],
+        [
+            (removal("new"), "HTTP 409"),
+            (removal("held", 2), "HTTP 409"),
+            (removal("waiting"), None),
+        ],
+        40.0,
+    )
+    assert sorted(left) == ["held", "new", "waiting"]
+    rows = await page(store)
+    # A key the store held no version of is taken as held, so the removal goes; a known
+    # held version stays what the destination holds.
+    assert {k: (r.op, r.synced_hash, r.synced_source) for k, r in rows.items()} == {
+        "new": ("delete", MAYBE_HELD, {"id": "new", "v": 1}),
+        "held": ("delete", hash_of("held"), {"id": "held", "v": 2}),
+        "waiting": ("delete", MAYBE_HELD, {"id": "waiting", "v": 1}),
+    }
+    # A failed removal counts an attempt with its error; one never sent counts none.
+    assert {k: (r.attempts, r.error, r.last_attempt_at) for k, r in rows.items()} == {
+        "new": (1, "HTTP 409", 40.0),
+        "held": (1, "HTTP 409", 40.0),
+        "waiting": (0, None, None),
+    }
+    assert await store.failed_counts() == {"1": 2}
+    assert await store.held("1", ["new"]) == {"new": (MAYBE_HELD, True)}
+    # A newer version of such a key goes out as changed: a version may be held.
+    assert await store.write_pending([version("new", 3)]) == 1
+    plan = plan_changes(list((await page(store)).values()), "mirror", lambda row: row)
+    assert sorted((c.op, c.key) for c in plan.changes) == [
+        ("changed", "new"),
+        ("removed", "held"),
+        ("removed", "waiting"),
+    ]
+
+    # Once the removals are sent, the store forgets the keys.
+    found = await page(store)
+    await store.record_outcomes(
+        "1",
+        RowOutcomes(delivered=[sent(found[k], "removed") for k in ("held", "waiting")]),
+        41.0,
+    )
+    assert await store.held("1", ["held", "waiting"]) == {}
+
+
 async def test_delivered_and_failed_in_one_call(store: Store, open_store: StoreFactory) -> None:
     await sync_through_runner(store, [version("held"), version("requeued")])
     await store.requeue_synced("1")
@@ -304,6 +363,10 @@ async def test_record_streamed_refuses_what_it_cannot_record(store: Store) -> No
         ([], [(version("a"), "boom"), (version("a", 2), "boom")]),
         ([version("a", sync_id="2")], []),
         ([PendingWrite("1", "a", "delete", None, None, None)], []),
+        ([removal("a")], []),
+        ([], [(PendingWrite("1", "a", "delete", None, None, None), "boom")]),
+        ([], [(PendingWrite("1", "a", "delete", b"{}", b"h", None), "boom")]),
+        ([], [(PendingWrite("1", "a", "upsert", b"{}", None, None), "boom")]),
     ]
     for delivered, failed in cases:
         with pytest.raises(ValueError):

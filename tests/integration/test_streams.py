@@ -272,6 +272,52 @@ async def test_a_delete_after_a_version_not_recorded_as_sent_is_sent_as_a_remova
     assert h.receiver.ops() == [("removed", "5")]
 
 
+async def test_a_refused_removal_of_a_key_maybe_held_stays_pending_and_a_run_sends_it(
+    harness: Harness,
+) -> None:
+    """Read again after a process stopped before recording: key 5 may be at the destination,
+    and its removal is refused. It stays pending, with the reason, and a run sends it."""
+    h = harness
+    await h.setup(mode="mirror")
+    h.receiver.replies = [(200, {"rejected": [{"key": "5", "error": "row locked"}]}, {})]
+    writes = h.writes("upsert", [{"id": 5, "v": 1}], ("delete", [{"id": 5}]))
+    to_store, ticket = await h.streams.take(writes, set(), set())
+    assert to_store == [] and ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+    assert h.receiver.rows == []
+    (row,), _ = await h.store.list_pending("7", failed_only=True, limit=10, offset=0)
+    assert (row.key, row.op, row.attempts) == ("5", "delete", 1)
+    assert "row locked" in (row.error or "")
+
+    run = await h.run()
+    assert run.status is RunStatus.SUCCESS
+    assert h.receiver.ops() == [("removed", "5")]
+    assert h.receiver.rows[0]["data"] == {"id": 5, "v": 1}
+    assert await h.store.pending_counts() == {}
+    assert await h.store.held("7", ["5"]) == {}
+
+
+async def test_a_removal_in_flight_at_a_flush_is_sent_by_the_next_run(
+    sqlite_harness: Harness,
+) -> None:
+    h = sqlite_harness
+    await h.setup(mode="mirror")
+    h.receiver.delay = 30.0  # the endpoint hangs
+    writes = h.writes("upsert", [{"id": 5, "v": 1}], ("delete", [{"id": 5}]))
+    _, ticket = await h.streams.take(writes, set(), set())
+    assert ticket is not None
+    await wait_for(lambda: len(h.receiver.requests) >= 1, what="the removal to be sent")
+    await h.streams.flush(0.2)
+    await asyncio.wait_for(ticket.done, 5)
+    assert await h.store.pending_counts() == {"7": 1}
+    assert await h.store.failed_counts() == {}  # stopped, not refused
+    await h.streams.close()
+    h.receiver.delay = 0.0
+    await h.run()
+    assert h.receiver.ops()[-1] == ("removed", "5")
+    assert await h.store.pending_counts() == {}
+
+
 async def test_a_row_removed_by_another_replica_is_not_dropped_as_unchanged(
     postgres_url: str, receiver: Receiver
 ) -> None:

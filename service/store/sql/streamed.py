@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from service.core.rows import PendingWrite
+from service.core.rows import MAYBE_HELD, PendingWrite
 from service.store.conn import Conn, SqliteConn
 from service.store.sql.ingest import BLOB
 
@@ -24,11 +24,14 @@ _DELIVERED_ON_KNOWN = """
   emitted_at = excluded.emitted_at, synced_hash = excluded.synced_hash,
   attempts = 0, error = NULL, last_attempt_at = NULL
 """
-#: A failed version becomes the key's pending one (new seq), whatever was pending before.
+#: A failed version becomes the key's pending one (new seq), whatever was pending before; so
+#: does a removal kept pending (failed, or never sent), which keeps the source columns it sends
+#: and takes the destination to hold a version unless the store knows which (MAYBE_HELD).
 _FAILED_ON_KNOWN = """
-  seq = {seq}, op = 'upsert', data = excluded.data, row_hash = excluded.row_hash,
+  seq = {seq}, op = excluded.op, data = excluded.data, row_hash = excluded.row_hash,
   emitted_at = excluded.emitted_at, pending = 1, error = excluded.error,
-  attempts = row_state.attempts + 1, last_attempt_at = excluded.last_attempt_at
+  attempts = row_state.attempts + excluded.attempts, last_attempt_at = excluded.last_attempt_at,
+  synced_hash = COALESCE(row_state.synced_hash, excluded.synced_hash)
 """
 _INSERT_DELIVERED = (
     "INSERT INTO row_state (sync_id, key, seq, op, data, row_hash, emitted_at, synced_hash, "
@@ -36,21 +39,30 @@ _INSERT_DELIVERED = (
 )
 _INSERT_FAILED = (
     "INSERT INTO row_state (sync_id, key, seq, op, data, row_hash, emitted_at, attempts, error, "
-    "last_attempt_at, pending) "
+    "last_attempt_at, pending, synced_hash) "
 )
 
 
 def check_streamed(
-    sync_id: str, delivered: Sequence[PendingWrite], failed: Sequence[tuple[PendingWrite, str]]
+    sync_id: str,
+    delivered: Sequence[PendingWrite],
+    failed: Sequence[tuple[PendingWrite, str | None]],
 ) -> None:
-    """Raise ValueError on a batch the statements cannot take: a row of another sync, not an
-    upsert, without data or hash, or a key twice (one statement may touch a row once)."""
+    """Raise ValueError on a batch the statements cannot take: a row of another sync, a
+    delivered row that is not an upsert with data and a hash, a row kept pending that is
+    neither that nor a removal with the source columns it sends (and no hash), or a key twice
+    (one statement may touch a row once)."""
     rows = [*delivered, *(row for row, _ in failed)]
     for row in rows:
         if row.sync_id != sync_id:
             raise ValueError(f"a streamed row of sync {row.sync_id} recorded for sync {sync_id}")
-        if row.op != "upsert" or not row.data or not row.row_hash:
-            raise ValueError(f"streamed row {row.key!r} is not an upsert with data and a hash")
+        if not row.data or (row.op == "upsert") != bool(row.row_hash):
+            raise ValueError(
+                f"streamed row {row.key!r} is neither an upsert with data and a hash nor a "
+                "removal with its source columns"
+            )
+    if any(row.op != "upsert" for row in delivered):
+        raise ValueError("a delivered streamed row is not an upsert (removals leave nothing)")
     if len({row.key for row in rows}) != len(rows):
         raise ValueError("a key appears more than once among the streamed outcomes")
 
@@ -92,14 +104,17 @@ SQLITE_DELIVERED = (
     + ", 0 FROM json_each(?3) AS j WHERE 1 ON CONFLICT (sync_id, key) DO UPDATE SET"
     + _DELIVERED_ON_KNOWN.format(seq="excluded.seq")
 )
-#: Failed versions like SQLITE_DELIVERED, each [..., error] at 6; ?6 the time of the attempt.
+#: Versions kept pending like SQLITE_DELIVERED, each [..., error, op] at 6 and 7 (no error: a
+#: removal never sent, no attempt); ?6 the time of the attempt, ?7 MAYBE_HELD.
 SQLITE_FAILED = (
     _INSERT_FAILED
-    + "SELECT ?1, j.value->>0, ?2 + 1 + j.key, 'upsert', "
+    + "SELECT ?1, j.value->>0, ?2 + 1 + j.key, j.value->>7, "
     + BLOB.format(p=4, o=1, n=2)
     + ", "
     + BLOB.format(p=5, o=3, n=4)
-    + ", j.value->>5, 1, j.value->>6, ?6, 1 FROM json_each(?3) AS j "
+    + ", j.value->>5, j.value->>6 IS NOT NULL, j.value->>6, "
+    + "CASE WHEN j.value->>6 IS NOT NULL THEN ?6 END, 1, "
+    + "CASE WHEN j.value->>7 = 'delete' THEN ?7 END FROM json_each(?3) AS j "
     + "WHERE 1 ON CONFLICT (sync_id, key) DO UPDATE SET"
     + _FAILED_ON_KNOWN.format(seq="excluded.seq")
 )
@@ -112,17 +127,17 @@ SQLITE_PENDING_IN = (
 
 
 def _sqlite_batch(rows: Sequence[tuple[PendingWrite, str | None]]) -> list[bytes]:
-    """The JSON array and the two blobs of SQLITE_DELIVERED (errors None) or SQLITE_FAILED."""
-    # Blobs.add, inline: every row is an upsert with data and a hash (check_streamed).
+    """The JSON array and the two blobs of SQLITE_DELIVERED or SQLITE_FAILED."""
+    # Blobs.add, inline: every row has data, and every upsert a hash (check_streamed).
     batch = []
     data_at = hash_at = 1
     for r, error in rows:
-        data_len, hash_len = len(r.data), len(r.row_hash)  # type: ignore[arg-type]
-        batch.append((r.key, data_at, data_len, hash_at, hash_len, r.emitted_at, error))
+        data_len, hash_len = len(r.data), len(r.row_hash or b"")  # type: ignore[arg-type]
+        batch.append((r.key, data_at, data_len, hash_at, hash_len, r.emitted_at, error, r.op))
         data_at += data_len
         hash_at += hash_len
     data = b"".join([r.data for r, _ in rows])  # type: ignore[misc]
-    hashes = b"".join([r.row_hash for r, _ in rows])  # type: ignore[misc]
+    hashes = b"".join([r.row_hash or b"" for r, _ in rows])
     return [orjson.dumps(batch), data, hashes]
 
 
@@ -157,7 +172,7 @@ class SqliteStreamed:
         conn: Conn,
         sync_id: str,
         delivered: Sequence[PendingWrite],
-        failed: Sequence[tuple[PendingWrite, str]],
+        failed: Sequence[tuple[PendingWrite, str | None]],
         now: float,
     ) -> list[str]:
         assert isinstance(conn, SqliteConn)
@@ -169,7 +184,8 @@ class SqliteStreamed:
             conn.seq += len(delivered)
             statements.append((SQLITE_PENDING_IN, (sync_id, first, conn.seq)))
         if failed:
-            statements.append((SQLITE_FAILED, (sync_id, conn.seq, *_sqlite_batch(failed), now)))
+            batch = _sqlite_batch(failed)
+            statements.append((SQLITE_FAILED, (sync_id, conn.seq, *batch, now, MAYBE_HELD)))
             conn.seq += len(failed)
         # One trip to SQLite's thread for the whole batch (the transaction's BEGIN with it).
         found = await conn.fetch_each(statements)
@@ -213,12 +229,14 @@ POSTGRES_DELIVERED = (
     + _DELIVERED_ON_KNOWN.format(seq="nextval('pending_seq')")
     + "RETURNING key, pending) SELECT key FROM done WHERE pending = 1"
 )
+#: Versions kept pending (SQLITE_FAILED); $2 the time of the attempt, $8 MAYBE_HELD.
 POSTGRES_FAILED = (
     _INSERT_FAILED
-    + "SELECT $1, t.key, nextval('pending_seq'), 'upsert', t.data, t.row_hash, t.emitted_at, "
-    + "1, t.error, $2::float8, 1 "
-    + "FROM unnest($3::text[], $4::bytea[], $5::bytea[], $6::float8[], $7::text[]) "
-    + "AS t(key, data, row_hash, emitted_at, error) "
+    + "SELECT $1, t.key, nextval('pending_seq'), t.op, t.data, t.row_hash, t.emitted_at, "
+    + "(t.error IS NOT NULL)::int, t.error, CASE WHEN t.error IS NOT NULL THEN $2::float8 END, "
+    + "1, CASE WHEN t.op = 'delete' THEN $8::bytea END "
+    + "FROM unnest($3::text[], $4::bytea[], $5::bytea[], $6::float8[], $7::text[], $9::text[]) "
+    + "AS t(key, data, row_hash, emitted_at, error, op) "
     + "ON CONFLICT (sync_id, key) DO UPDATE SET"
     + _FAILED_ON_KNOWN.format(seq="nextval('pending_seq')")
 )
@@ -249,7 +267,7 @@ class PostgresStreamed:
         conn: Conn,
         sync_id: str,
         delivered: Sequence[PendingWrite],
-        failed: Sequence[tuple[PendingWrite, str]],
+        failed: Sequence[tuple[PendingWrite, str | None]],
         now: float,
     ) -> list[str]:
         pending: list[str] = []
@@ -273,6 +291,8 @@ class PostgresStreamed:
                 [r.row_hash for r, _ in failed],
                 [r.emitted_at for r, _ in failed],
                 [error for _, error in failed],
+                MAYBE_HELD,
+                [r.op for r, _ in failed],
             )
             pending.extend(r.key for r, _ in failed)
         return pending
