@@ -788,17 +788,15 @@ class Streams:
         entries = [*stream.flying.values(), *stream.queue.values()]
         if not entries:
             return
-        queued = {e.key: e for e in stream.queue.values()}
-        cut = {id(e) for e in stream.flying.values() if e.key not in queued}
+        queued = stream.queue
+        flown = [e for e in stream.flying.values() if e.key not in queued]
+        cut = None if reason is None else reason[:500]
         # A mode without removals never sends one: the store drops such a delete of a key it
         # does not hold, as the planner would.
         removes = "removed" in MODE_OPS[stream.sync.parsed_configuration.mode]
         plain: list[PendingWrite] = []
         failed: list[tuple[PendingWrite, str | None]] = []
-        for e in entries:
-            if e.key in queued and queued[e.key] is not e:
-                continue  # a newer version replaces its flight
-            error = reason[:500] if reason is not None and id(e) in cut else None
+        for e, error in [*((e, cut) for e in flown), *((e, None) for e in queued.values())]:
             if (e.op == "delete" and removes) or (e.op == "upsert" and error is not None):
                 failed.append((_kept(e), error))
             else:
