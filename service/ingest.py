@@ -183,8 +183,18 @@ def project_events(
                         refused.add(row, *problem)
                     _note_refused(refused, route, result, snapshot)
                     continue
-            refused = _project_rows(event.rows, route, op, emitted, latest, dumps, careful)
-            if refused.rows:
+            # The whole event is tried at once; only when orjson refuses a value (its
+            # JSONEncodeError is a TypeError) is it done again row by row, so one bad row costs
+            # its own rejection and the hot path carries no per-row error handling.
+            fast = not careful
+            if fast:
+                try:
+                    refused = _project_fast(event.rows, route, op, emitted, latest, dumps)
+                except (TypeError, ValueError, RecursionError):
+                    fast = False
+            if not fast:
+                refused = _project_one_by_one(event.rows, route, op, emitted, latest, dumps)
+            if refused is not None and refused.rows:
                 _note_refused(refused, route, result, snapshot)
             if event.snapshot_id is not None and snapshot is not None:
                 _note_snapshot(event, route, snapshot)
@@ -268,26 +278,6 @@ def segments(events: Sequence[ChangeEvent]) -> list[Sequence[ChangeEvent]]:
     return [events[a:b] for a, b in segment_bounds(events)]
 
 
-def _project_rows(
-    rows: list[dict[str, object]],
-    route: SyncRoute,
-    op: str,
-    emitted: float | None,
-    latest: dict[tuple[str, str], PendingWrite],
-    dumps: _Dumps,
-    careful: bool = False,
-) -> _Refusals:
-    """Adds the routed rows to `latest`; returns the rows refused. The whole event is tried at
-    once; only when a value can't be encoded is it done again row by row, so one bad row costs
-    its own rejection and the hot path carries no per-row error handling."""
-    if not careful:
-        try:
-            return _project_fast(rows, route, op, emitted, latest, dumps)
-        except (TypeError, ValueError, RecursionError):
-            pass  # orjson refused a value (JSONEncodeError is a TypeError): find the row
-    return _project_one_by_one(rows, route, op, emitted, latest, dumps)
-
-
 def _deleted(
     latest: dict[tuple[str, str], PendingWrite], sync_id: str, key: str, emitted: float | None
 ) -> PendingWrite:
@@ -305,8 +295,9 @@ def _project_fast(
     emitted: float | None,
     latest: dict[tuple[str, str], PendingWrite],
     dumps: _Dumps,
-) -> _Refusals:
-    refused = _Refusals()
+) -> _Refusals | None:
+    """Adds the routed rows to `latest`; returns the rows refused (None: none was)."""
+    refused = None
     pk = route.primary_key
     columns = route.referenced_columns
     sync_id = route.sync_id
@@ -318,6 +309,7 @@ def _project_fast(
         key = (value or None) if kind is str else str(value) if kind is int else row_key(value)
         if key is None or len(key) > MAX_KEY_LENGTH or "\x00" in key:
             reason, text = _key_problem(value, key)  # type: ignore[misc]
+            refused = refused or _Refusals()
             refused.add(row, reason, text)
             continue
         if op == "delete":
