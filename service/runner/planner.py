@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from service.core.models import SyncMode
-from service.core.rows import ChangeOp, PendingRow, RowChange, RowFailure
+from service.core.rows import MAYBE_HELD, ChangeOp, PendingRow, RowChange, RowFailure
 from service.runner.mapping import MappingError, RowMapper
 
 MODE_OPS: dict[SyncMode, frozenset[ChangeOp]] = {
@@ -36,6 +36,8 @@ def plan_changes(
 
     A row whose source-column hash equals the one last sent is unchanged and dropped. Rows the
     mode does not send are dropped too, leaving what the destination holds on record as it was.
+    Where the destination may hold a version or none (`MAYBE_HELD`), an upsert goes out in
+    whichever of the two ops the mode sends.
     With `full_resync`, unchanged rows are sent too (as changed). A removal sends the key's last
     upsert, mapped again from its source columns.
     """
@@ -57,6 +59,11 @@ def plan_changes(
             continue
         if held is None:
             op: ChangeOp = "added"
+        elif held == MAYBE_HELD:
+            # A removal was meant for the key and not known to be done: the destination may
+            # hold a version or none. Changed where the mode sends changes, else added (an
+            # insert-only sync then sends it rather than leave the destination without it).
+            op = "changed" if "changed" in allowed else "added"
         elif held != row.row_hash or full_resync:
             op = "changed"  # a full resync sends unchanged rows too; the mode still applies
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,8 @@ import pytest
 
 from service.core.events import ChangeEvent
 from service.core.interfaces import SystemClock
-from service.core.models import RunStatus
-from service.core.rows import PendingWrite
+from service.core.models import RunStatus, Sync
+from service.core.rows import MAYBE_HELD, PendingWrite
 from service.router import build_routes
 from service.runner.stream import Streams, StreamTicket
 from service.store.base import Store
@@ -295,6 +296,43 @@ async def test_a_refused_removal_of_a_key_maybe_held_stays_pending_and_a_run_sen
     assert h.receiver.rows[0]["data"] == {"id": 5, "v": 1}
     assert await h.store.pending_counts() == {}
     assert await h.store.held("7", ["5"]) == {}
+
+
+async def test_a_key_maybe_held_is_sent_as_added_once_its_sync_only_inserts(
+    harness: Harness,
+) -> None:
+    """Key 5's removal is refused, so the destination may hold it or not. The sync then
+    inserts only: its run drops the removal. The key's next version is sent as added, not
+    dropped as a change the mode does not send."""
+    h = harness
+    await h.setup(mode="mirror")
+    h.receiver.replies = [(200, {"rejected": [{"key": "5", "error": "row locked"}]}, {})]
+    writes = h.writes("upsert", [{"id": 5, "v": 1}], ("delete", [{"id": 5}]))
+    _, ticket = await h.streams.take(writes, set(), set())
+    assert ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+
+    configuration = {**h.sync.configuration, "mode": "insert"}
+    h.sync = Sync.model_validate(
+        {**h.sync.model_dump(), "configuration": configuration, "updated_at": datetime.now(UTC)}
+    )
+    await h.store.upsert(h.sync)
+    h.streams.set_syncs([h.sync])
+    run = await h.run()
+    assert run.status is RunStatus.SUCCESS
+    assert h.receiver.rows == []
+    assert await h.store.pending_counts() == {}
+
+    # Streamed, or stored while the key still counts as pending here: a run sends it then.
+    _, ticket = await h.take("upsert", [{"id": 5, "v": 2}])
+    if ticket is not None:
+        await asyncio.wait_for(ticket.done, 10)
+    await h.run()
+    assert h.receiver.ops() == [("added", "5")]
+    assert h.latest() == {"5": 2}
+    assert await h.store.pending_counts() == {}
+    ((held, pending),) = (await h.store.held("7", ["5"])).values()
+    assert held not in (None, MAYBE_HELD) and not pending
 
 
 async def test_a_removal_in_flight_at_a_flush_is_sent_by_the_next_run(

@@ -7,11 +7,12 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service.core.models import SyncConfiguration, SyncMode
-from service.core.rows import PendingRow, SyncedRow
+from service.core.rows import MAYBE_HELD, PendingRow, SyncedRow
 from service.runner.mapping import compile_mappings
 from service.runner.planner import MODE_OPS, Plan
 from service.runner.planner import plan_changes as plan_page
@@ -110,6 +111,26 @@ def test_delete_of_a_key_never_synced_is_dropped() -> None:
     plan = plan_changes([delete("9", seq=2)], {}, "mirror", MAPPER)
     assert plan.changes == []
     assert plan.dropped == [("9", 2)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "op"),
+    [("insert", "added"), ("update", "changed"), ("upsert", "changed"), ("mirror", "changed")],
+)
+def test_a_key_maybe_held_is_sent_in_the_op_the_mode_sends(mode: SyncMode, op: str) -> None:
+    """A removal kept pending and then dropped (the sync left mirror mode) leaves the key
+    maybe held: its next version goes out in whichever op the mode sends, never dropped."""
+    row = replace(upsert("1", ALICE, seq=5), synced_hash=MAYBE_HELD)
+    plan = plan_page([row], mode, MAPPER)
+    assert ops(plan) == {"1": op}
+    assert plan.dropped == []
+
+
+def test_a_removal_of_a_key_maybe_held_is_sent_only_where_the_mode_removes() -> None:
+    row = replace(delete("1", seq=5), synced_hash=MAYBE_HELD, synced_source=ALICE)
+    assert ops(plan_page([row], "mirror", MAPPER)) == {"1": "removed"}
+    for mode in ("insert", "update", "upsert"):
+        assert plan_page([row], mode, MAPPER).dropped == [("1", 5)]
 
 
 def _one_of_each() -> tuple[list[PendingRow], dict[str, SyncedRow]]:
