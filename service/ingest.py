@@ -13,6 +13,7 @@ import orjson
 from service.core.events import ChangeEvent, SourceChange
 from service.core.metrics import Metrics
 from service.core.rows import (
+    ROW_HASH_BYTES,
     PendingWrite,
     RejectedRow,
     RouteIndex,
@@ -73,7 +74,7 @@ def row_key(value: object) -> str | None:
 
 
 def row_hash(projected: bytes) -> bytes:
-    return hashlib.blake2b(projected, digest_size=16).digest()
+    return hashlib.blake2b(projected, digest_size=ROW_HASH_BYTES).digest()
 
 
 def _finite(value: object) -> bool:
@@ -302,6 +303,7 @@ def _project_fast(
     columns = route.referenced_columns
     sync_id = route.sync_id
     blake2b = hashlib.blake2b
+    size = ROW_HASH_BYTES
     for row in rows:
         value = row.get(pk)
         # row_key's answer for the common cases (a non-empty string, an int), without the call.
@@ -318,8 +320,9 @@ def _project_fast(
         # A row that has exactly the referenced columns, in their order, is its own projection.
         projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
         data = dumps(projected).decode().encode()
+        digest = blake2b(data, digest_size=size).digest()
         latest[(sync_id, key)] = PendingWrite(
-            sync_id, key, "upsert", data, blake2b(data, digest_size=16).digest(), emitted, projected
+            sync_id, key, "upsert", data, digest, emitted, projected
         )
     return refused
 

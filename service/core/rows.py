@@ -11,6 +11,10 @@ ChangeOp = Literal["added", "changed", "removed"]
 CHANGE_OPS: tuple[ChangeOp, ...] = ("added", "changed", "removed")
 
 
+#: Bytes of a row's hash (blake2b of its projected JSON): the store finds a batch's hashes by
+#: their place in one blob.
+ROW_HASH_BYTES = 16
+
 #: What the destination holds of a key when a version of it may have been sent and never
 #: recorded (a process stopped in between): a removal of the key is sent all the same
 #: (destinations remove idempotently), and a newer version goes out as changed. No hash of

@@ -16,6 +16,7 @@ from service.core.rows import (
     RowOutcomes,
     SnapshotProgress,
 )
+from service.ingest import row_hash
 from service.runner.planner import plan_changes
 from service.store.base import Store
 from tests.contract.conftest import StoreFactory
@@ -28,7 +29,7 @@ def version(
     key: str, v: int = 1, sync_id: str = "1", emitted_at: float = 1_700_000_000.5
 ) -> PendingWrite:
     body = orjson.dumps({"id": key, "v": v})
-    return PendingWrite(sync_id, key, "upsert", body, b"h-" + body, emitted_at)
+    return PendingWrite(sync_id, key, "upsert", body, row_hash(body), emitted_at)
 
 
 def hash_of(key: str, v: int = 1) -> bytes:
@@ -367,6 +368,7 @@ async def test_record_streamed_refuses_what_it_cannot_record(store: Store) -> No
         ([], [(PendingWrite("1", "a", "delete", None, None, None), "boom")]),
         ([], [(PendingWrite("1", "a", "delete", b"{}", b"h", None), "boom")]),
         ([], [(PendingWrite("1", "a", "upsert", b"{}", None, None), "boom")]),
+        ([PendingWrite("1", "a", "upsert", b"{}", b"short", None)], []),
     ]
     for delivered, failed in cases:
         with pytest.raises(ValueError):
