@@ -403,6 +403,8 @@ async def test_five_thousand_keys_in_one_read_and_one_record(store: Store) -> No
     held = await store.held("1", keys)
     assert held[keys[10]] == (hash_of(keys[10], 3), True)
     assert held[keys[3999]] == (hash_of(keys[3999], 3), False)
+    # Every delivered row's hash landed on its own key (the batch's hashes are one blob).
+    assert [held[k][0] for k in keys[:4000]] == [hash_of(k, 3) for k in keys[:4000]]
     assert held[keys[4999]] == (None, True)
     synced = await store.synced_rows("1", keys)
     assert len(synced) == 4000
