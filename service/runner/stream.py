@@ -903,7 +903,8 @@ class Streams:
             self._checker = asyncio.create_task(self._check_overflow(), name="stream-overflow")
 
     async def _check_overflow(self) -> None:
-        """Keys known pending stream again once the store has sent them."""
+        """Keys known pending stream again once the store has sent them, looked up in the
+        store again (their cache entries are dropped)."""
         while any(s.overflow or s.overflow_all for s in self._streams.values()):
             await self._clock.sleep(OVERFLOW_CHECK_SECONDS)
             try:
@@ -918,7 +919,12 @@ class Streams:
                     if stream.overflow and not stream.overflow_all:
                         keys = list(stream.overflow)
                         still = await self._store.pending_among(sync_id, keys)
-                        stream.overflow -= set(keys) - still
+                        sent = set(keys) - still
+                        stream.overflow -= sent
+                        # What the cache took in meanwhile (a flight that landed after its
+                        # key went to the store) may be undone by what the store sent since,
+                        # a removal: the store tells again.
+                        self.cache.forget(sync_id, sent)
             except Exception as exc:
                 log.debug("pending keys not looked up: %s", exc)
 

@@ -237,6 +237,35 @@ async def test_a_delete_of_a_held_row_is_removed_through_the_store(sqlite_harnes
     assert h.receiver.ops()[-1] == ("added", "2")
 
 
+async def test_a_key_removed_while_its_version_was_in_flight_is_sent_again_later(
+    sqlite_harness: Harness,
+) -> None:
+    """Key 5's delete takes the store path while its upsert is in flight, and that flight
+    lands afterwards. A run sends the removal. The same version of key 5 read afterwards is
+    sent again, not dropped against what the flight's landing left in the cache."""
+    h = sqlite_harness
+    await h.setup(mode="mirror")
+    h.receiver.delay = 0.5
+    _, ticket = await h.take("upsert", [{"id": 5, "v": 1}])
+    assert ticket is not None
+    await wait_for(lambda: len(h.receiver.requests) >= 1, what="the upsert to be sent")
+    stored, _ = await h.take("delete", [{"id": 5}])  # written once the flight has landed
+    assert stored == 1
+    await asyncio.wait_for(ticket.done, 10)
+    h.receiver.delay = 0.0
+    await h.run()
+    assert h.receiver.ops() == [("added", "5"), ("removed", "5")]
+    await wait_for(lambda: not h.streams._streams["7"].overflow, what="the key to stream again")
+
+    stored, ticket = await h.take("upsert", [{"id": 5, "v": 1}])
+    if ticket is not None:
+        await asyncio.wait_for(ticket.done, 10)
+    if stored:
+        await h.run()
+    assert h.receiver.ops()[-1] == ("added", "5")
+    assert await h.store.pending_counts() == {}
+
+
 async def test_a_slow_destination_that_keeps_up_holds_the_consumer_back_instead(
     sqlite_harnesses: HarnessFactory,
 ) -> None:
