@@ -196,6 +196,8 @@ class _SyncStream:
     cut: bool = False
     #: Rows failed since the last batch the destination took.
     failing: bool = False
+    #: Outcome records under way (`Streams._record`): each runs to its end, and a spill waits.
+    recording: set[asyncio.Future[None]] = field(default_factory=set)
 
     def enqueue(
         self,
@@ -702,6 +704,19 @@ class Streams:
     async def _record(
         self, stream: _SyncStream, delivered: list[RowChange], failed: list[RowFailure]
     ) -> None:
+        """Records what became of rows in flight. Once begun, a record runs to its end even
+        when its caller is cancelled (a flush, a run ending): it takes a refused row's newer
+        version out of the queue to keep it pending in its place, so stopping halfway would
+        lose that version. `_spill` waits for the records under way."""
+        task = asyncio.ensure_future(self._record_now(stream, delivered, failed))
+        stream.recording.add(task)
+        task.add_done_callback(stream.recording.discard)
+        task.add_done_callback(_retrieved)
+        await asyncio.shield(task)
+
+    async def _record_now(
+        self, stream: _SyncStream, delivered: list[RowChange], failed: list[RowFailure]
+    ) -> None:
         sync_id = stream.sync.id
         flying = stream.flying
         # A removal of a key the store never held leaves nothing to write.
@@ -785,6 +800,8 @@ class Streams:
         """Everything of the sync in memory becomes pending in the store: flights that were
         cancelled (failed with `reason`, when given) and the queue (a newer version of a key
         replaces its flight); their tickets are then done. A removal stays one (`_kept`)."""
+        while stream.recording:  # the flights a record under way resolves are not spilled
+            await asyncio.wait(list(stream.recording))
         entries = [*stream.flying.values(), *stream.queue.values()]
         if not entries:
             return
@@ -931,6 +948,12 @@ class Streams:
 
 def _as_is(row: dict[str, Any]) -> dict[str, Any]:
     return row
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """A record whose caller was cancelled fails on its own; its error is logged there."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _kept(entry: _Queued) -> PendingWrite:

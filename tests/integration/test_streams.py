@@ -266,6 +266,43 @@ async def test_a_key_removed_while_its_version_was_in_flight_is_sent_again_later
     assert await h.store.pending_counts() == {}
 
 
+async def test_a_newer_version_kept_pending_for_a_refused_flight_survives_a_flush(
+    sqlite_harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination refuses key 5's version in flight while a newer version of it waits
+    in the queue: the newer one is to be kept pending in its place. A flush (a rebalance)
+    cancels that record while it waits for the store. The newer version is still what the
+    store keeps, and what a run then sends, not the refused flight's older one."""
+    h = sqlite_harness
+    await h.setup(mode="mirror")
+    h.receiver.replies = [(200, {"rejected": [{"key": "5", "error": "row locked"}]}, {})]
+    h.receiver.delay = 0.3
+    store_free = asyncio.Event()
+    record_streamed = h.store.record_streamed
+
+    async def slow_record(*args: Any) -> list[str]:
+        await store_free.wait()
+        return await record_streamed(*args)
+
+    monkeypatch.setattr(h.store, "record_streamed", slow_record)
+    _, first = await h.take("upsert", [{"id": 5, "v": 1}])
+    await wait_for(lambda: len(h.receiver.requests) >= 1, what="the first version to be sent")
+    _, second = await h.take("upsert", [{"id": 5, "v": 2}])  # waits behind the flight
+    await asyncio.sleep(0.6)  # refused; the record of that waits for the store
+    flush = asyncio.create_task(h.streams.flush(0.2))
+    await asyncio.sleep(0.5)  # the flush cancelled what was in flight
+    store_free.set()
+    await asyncio.wait_for(flush, 10)
+    for ticket in (first, second):
+        assert ticket is not None
+        await asyncio.wait_for(ticket.done, 10)
+
+    h.receiver.delay = 0.0
+    await h.run()
+    assert h.latest() == {"5": 2}
+    assert await h.store.pending_counts() == {}
+
+
 async def test_a_slow_destination_that_keeps_up_holds_the_consumer_back_instead(
     sqlite_harnesses: HarnessFactory,
 ) -> None:
