@@ -223,13 +223,15 @@ class _SyncStream:
         self.queued_bytes += size
         ticket.add()
 
-    def supersede(self, key: str) -> _Queued | None:
+    def supersede(self, key: str, *, release: bool = True) -> _Queued | None:
         """Drops the queued version of `key`, if any (a newer version replaces it, or none
-        needs sending): its ticket has nothing left to wait for."""
+        needs sending): its ticket has nothing left to wait for. Without `release`, the
+        caller releases it once the version is stored."""
         older = self.queue.pop(key, None)
         if older is not None:
             self.queued_bytes -= older.size
-            older.ticket.release()
+            if release:
+                older.ticket.release()
         return older
 
 
@@ -723,9 +725,13 @@ class Streams:
         ok = [flying[r.key].write for r in delivered if r.op != "removed"]
         gone = [r.key for r in delivered if r.op == "removed"]
         bad: list[tuple[PendingWrite, str | None]] = []
+        stored: list[_Queued] = []
         for f in failed:
-            # A newer version waiting behind it is the one to keep pending.
-            newer = stream.supersede(f.key)
+            # A newer version waiting behind it is the one to keep pending; its fetch's offset
+            # waits until it is.
+            newer = stream.supersede(f.key, release=False)
+            if newer is not None:
+                stored.append(newer)
             bad.append((_kept(flying[f.key] if newer is None else newer), f.error))
         while True:
             try:
@@ -768,6 +774,8 @@ class Streams:
                 entry = flying.pop(r.key, None)
                 if entry is not None:
                     entry.ticket.release()
+        for newer in stored:
+            newer.ticket.release()
         stream.landed.set()
 
     async def _end_run(self, stream: _SyncStream) -> None:

@@ -289,6 +289,8 @@ async def test_a_newer_version_kept_pending_for_a_refused_flight_survives_a_flus
     await wait_for(lambda: len(h.receiver.requests) >= 1, what="the first version to be sent")
     _, second = await h.take("upsert", [{"id": 5, "v": 2}])  # waits behind the flight
     await asyncio.sleep(0.6)  # refused; the record of that waits for the store
+    assert second is not None
+    assert not second.done.done()  # the newer version is not stored yet: no commit
     flush = asyncio.create_task(h.streams.flush(0.2))
     await asyncio.sleep(0.5)  # the flush cancelled what was in flight
     store_free.set()
