@@ -959,7 +959,8 @@ def _as_is(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _retrieved(task: asyncio.Future[None]) -> None:
-    """A record whose caller was cancelled fails on its own; its error is logged there."""
+    """Marks a record's error seen: when its caller was cancelled nobody awaits it, and what it
+    did not store keeps its fetch's offset back (read again after a restart)."""
     if not task.cancelled():
         task.exception()
 
