@@ -733,6 +733,10 @@ class Streams:
             if newer is not None:
                 stored.append(newer)
             bad.append((_kept(flying[f.key] if newer is None else newer), f.error))
+        if failed:
+            # Pending from now on: a newer version taken while this record is written goes to
+            # the store behind it (`take` waits for the flight), never to the queue.
+            self._mark_pending(stream, [f.key for f in failed])
         while True:
             try:
                 left = await self._store.record_streamed(sync_id, ok, bad, self._clock.time())
@@ -750,6 +754,17 @@ class Streams:
         pending = set(left)
         if pending:
             self._mark_pending(stream, pending)
+            # Another writer made these pending: a newer version queued here goes to the
+            # store too, so the two paths never hold versions of one key at once.
+            behind = [e for key in pending if (e := stream.supersede(key, release=False))]
+            if behind:
+                try:
+                    await self._write_entries(stream, [(e, None) for e in behind])
+                except StreamStopped as exc:
+                    for e in behind:
+                        e.ticket.fail(exc)
+                    raise
+                stored.extend(behind)
         if bad:
             stream.failing = True
             self._retry_failed([sync_id])
@@ -816,12 +831,34 @@ class Streams:
         queued = stream.queue
         flown = [e for e in stream.flying.values() if e.key not in queued]
         cut = None if reason is None else reason[:500]
+        try:
+            await self._write_entries(
+                stream, [*((e, cut) for e in flown), *((e, None) for e in queued.values())]
+            )
+        except StreamStopped as exc:
+            for e in entries:
+                e.ticket.fail(exc)
+            raise
+        stream.flying.clear()
+        stream.landed.set()
+        stream.queue.clear()
+        stream.queued_bytes = 0
+        self._mark_pending(stream, [e.key for e in entries])
+        for e in entries:
+            e.ticket.release()
+
+    async def _write_entries(
+        self, stream: _SyncStream, entries: list[tuple[_Queued, str | None]]
+    ) -> None:
+        """Writes versions in memory pending, retried until stored: an upsert as ingest made
+        it (failed when an error is given), a removal as one (`_kept`). A run is asked for
+        them. Raises StreamStopped when the service stops before they are stored."""
         # A mode without removals never sends one: the store drops such a delete of a key it
         # does not hold, as the planner would.
         removes = "removed" in MODE_OPS[stream.sync.parsed_configuration.mode]
         plain: list[PendingWrite] = []
         failed: list[tuple[PendingWrite, str | None]] = []
-        for e, error in [*((e, cut) for e in flown), *((e, None) for e in queued.values())]:
+        for e, error in entries:
             if (e.op == "delete" and removes) or (e.op == "upsert" and error is not None):
                 failed.append((_kept(e), error))
             else:
@@ -837,18 +874,9 @@ class Streams:
                 break
             except Exception as exc:
                 if self.stopping:
-                    for e in entries:
-                        e.ticket.fail(StreamStopped(str(exc)))
                     raise StreamStopped(str(exc)) from exc
                 log.warning("sync %s: spilling rows failed (%s); retrying", stream.sync.id, exc)
                 await self._clock.sleep(self._record_retry)
-        stream.flying.clear()
-        stream.landed.set()
-        stream.queue.clear()
-        stream.queued_bytes = 0
-        self._mark_pending(stream, [e.key for e in entries])
-        for e in entries:
-            e.ticket.release()
         if plain or any(error is None for _, error in failed):
             self._notify_pending([stream.sync.id])
         if any(error is not None for _, error in failed):
@@ -944,7 +972,8 @@ class Streams:
                     if stream.overflow and not stream.overflow_all:
                         keys = list(stream.overflow)
                         still = await self._store.pending_among(sync_id, keys)
-                        sent = set(keys) - still
+                        # A key in flight stays: its record may be about to make it pending.
+                        sent = set(keys) - still - stream.flying.keys()
                         stream.overflow -= sent
                         # What the cache took in meanwhile (a flight that landed after its
                         # key went to the store) may be undone by what the store sent since,

@@ -305,6 +305,70 @@ async def test_a_newer_version_kept_pending_for_a_refused_flight_survives_a_flus
     assert await h.store.pending_counts() == {}
 
 
+async def test_a_version_taken_while_a_refused_flight_is_recorded_waits_in_the_store(
+    sqlite_harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination refuses key 5's version in flight; while that refusal is written, a
+    newer version of the key arrives. The store then holds the refused version pending for a
+    retry run, so the newer one goes there too, behind it, instead of streaming: one path at a
+    time holds versions of a key, and the run sends the newest."""
+    h = sqlite_harness
+    await h.setup(mode="mirror")
+    h.receiver.replies = [(200, {"rejected": [{"key": "5", "error": "row locked"}]}, {})]
+    store_free = asyncio.Event()
+    recording = asyncio.Event()
+    record_streamed = h.store.record_streamed
+
+    async def slow_record(*args: Any) -> list[str]:
+        recording.set()
+        await store_free.wait()
+        return await record_streamed(*args)
+
+    monkeypatch.setattr(h.store, "record_streamed", slow_record)
+    _, first = await h.take("upsert", [{"id": 5, "v": 1}])
+    await asyncio.wait_for(recording.wait(), 10)  # refused; the record waits for the store
+    second = asyncio.create_task(h.take("upsert", [{"id": 5, "v": 2}]))
+    await asyncio.sleep(0.2)
+    store_free.set()
+    stored, ticket = await asyncio.wait_for(second, 10)
+    assert stored == 1 and first is not None
+    await asyncio.wait_for(first.done, 10)
+    if ticket is not None:
+        await asyncio.wait_for(ticket.done, 10)
+    await asyncio.sleep(0.3)
+    assert len(h.receiver.requests) == 1 and h.receiver.rows == []  # nothing streamed since
+
+    await h.run()
+    assert h.latest() == {"5": 2}
+    assert await h.store.pending_counts() == {}
+
+
+async def test_a_version_queued_behind_a_flight_another_writer_made_pending_goes_to_the_store(
+    sqlite_harness: Harness,
+) -> None:
+    """While key 5's version is in flight, another writer (a full resync) makes the key
+    pending, and a newer version of it waits in the queue. The flight's record leaves the key
+    pending, so the queued version goes to the store behind it rather than streaming."""
+    h = sqlite_harness
+    await h.setup(mode="mirror")
+    h.receiver.delay = 0.3
+    _, first = await h.take("upsert", [{"id": 5, "v": 1}])
+    await wait_for(lambda: len(h.receiver.requests) >= 1, what="the first version to be sent")
+    await h.store.write_pending(h.writes("upsert", [{"id": 5, "v": 1}]))
+    stored, second = await h.take("upsert", [{"id": 5, "v": 2}])
+    assert stored == 0  # queued behind the flight: nothing said the key was pending
+    for ticket in (first, second):
+        assert ticket is not None
+        await asyncio.wait_for(ticket.done, 10)
+    await asyncio.sleep(0.5)
+    assert len(h.receiver.requests) == 1  # the queued version was not streamed
+
+    h.receiver.delay = 0.0
+    await h.run()
+    assert h.latest() == {"5": 2}
+    assert await h.store.pending_counts() == {}
+
+
 async def test_a_slow_destination_that_keeps_up_holds_the_consumer_back_instead(
     sqlite_harnesses: HarnessFactory,
 ) -> None:
