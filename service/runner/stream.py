@@ -965,7 +965,12 @@ class Streams:
                 busy = await self._store.syncs_with_pending(whole) if whole else set()
                 for sync_id in whole:
                     stream = self._streams[sync_id]
-                    if sync_id not in busy and stream.queued_bytes <= self.queue_bytes // 2:
+                    # A record under way may be about to make keys in flight pending.
+                    if (
+                        sync_id not in busy
+                        and not stream.recording
+                        and stream.queued_bytes <= self.queue_bytes // 2
+                    ):
                         stream.overflow_all = False
                         self.cache.forget(sync_id)
                 for sync_id, stream in list(self._streams.items()):
