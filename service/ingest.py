@@ -44,8 +44,9 @@ REJECT_REASONS = (
 )
 
 #: orjson.dumps. A row's JSON is copied into a buffer of its own size before it is kept
-#: (`.decode().encode()`, the cheapest copy): orjson 3.12 and later return each result in a
-#: buffer of at least 4 KiB, so 100,000 rows of 200 bytes held 390 MiB instead of 23.
+#: (`bytes(memoryview(...))`, the cheapest copy: 0.18 us for 270 bytes against 0.41 through
+#: `str`): orjson 3.12 and later return each result in a buffer of at least 4 KiB, so 100,000
+#: rows of 200 bytes held 390 MiB instead of 23.
 _Dumps = Callable[[object], bytes]
 
 
@@ -319,7 +320,7 @@ def _project_fast(
             continue
         # A row that has exactly the referenced columns, in their order, is its own projection.
         projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
-        data = dumps(projected).decode().encode()
+        data = bytes(memoryview(dumps(projected)))
         digest = blake2b(data, digest_size=size).digest()
         latest[(sync_id, key)] = PendingWrite(
             sync_id, key, "upsert", data, digest, emitted, projected
@@ -359,7 +360,7 @@ def _project_one_by_one(
             refused.add(row, "non_finite", "a value is NaN or infinite, which JSON can't carry")
             continue
         try:
-            data = dumps(projected).decode().encode()
+            data = bytes(memoryview(dumps(projected)))
         except (TypeError, ValueError, RecursionError) as exc:
             refused.add(row, "unencodable", f"a value can't be encoded as JSON: {exc}"[:300])
             continue

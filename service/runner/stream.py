@@ -139,8 +139,8 @@ class StreamTicket:
         self._sealed = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def add(self) -> None:
-        self._left += 1
+    def add(self, n: int = 1) -> None:
+        self._left += n
 
     def release(self, n: int = 1) -> None:
         self._left -= n
@@ -165,6 +165,11 @@ class _Queued(PendingRow):
     write: PendingWrite | None = None
     ticket: StreamTicket | None = None
     size: int = 0
+
+
+#: A version to queue: (the write, what the destination holds, the source columns a removal
+#: sends or None for an upsert).
+_Version = tuple[PendingWrite, "bytes | None", "dict[str, Any] | None"]
 
 
 @dataclass(slots=True)
@@ -199,29 +204,32 @@ class _SyncStream:
     #: Outcome records under way (`Streams._record`): each runs to its end, and a spill waits.
     recording: set[asyncio.Future[None]] = field(default_factory=set)
 
-    def enqueue(
-        self,
-        w: PendingWrite,
-        ticket: StreamTicket,
-        *,
-        held: bytes | None,
-        removed: dict[str, Any] | None = None,
-    ) -> None:
-        """Queues a version of a row (after `supersede`): an upsert, or with `removed` the
-        removal of a key whose source columns those are."""
-        source = w.source
-        # Bytes the queued row holds, roughly: its JSON, the decoded row it came from (a dict
-        # slot and a value object per column, the values' text) and the records around it.
-        # Measured at about 1.65 KiB for a row of ten columns and 264 bytes of JSON.
-        size = 2 * len(w.data or b"") + 80 * len(source or ()) + 300 + len(w.key)
-        upsert = removed is None
-        self.queue[w.key] = _Queued(
-            w.key, 0, "upsert" if upsert else "delete", source if upsert else None,
-            w.row_hash if upsert else None, w.emitted_at, 0, None, None, held, removed,
-            w, ticket, size,
-        )  # fmt: skip
-        self.queued_bytes += size
-        ticket.add()
+    def enqueue(self, rows: list[_Version], ticket: StreamTicket) -> None:
+        """Queues versions of rows (each after `supersede`), in order: (the version, what the
+        destination holds, None for an upsert or the source columns of a removal)."""
+        queue = self.queue
+        added = 0
+        for w, held, removed in rows:
+            source = w.source
+            # Bytes the queued row holds, roughly: its JSON, the decoded row it came from (a
+            # dict slot and a value object per column, the values' text) and the records
+            # around it. Measured at about 1.65 KiB for a row of ten columns and 264 bytes of
+            # JSON.
+            size = 2 * len(w.data or b"") + 80 * len(source or ()) + 300 + len(w.key)
+            if removed is None:
+                entry = _Queued(
+                    w.key, 0, "upsert", source, w.row_hash, w.emitted_at, 0, None, None, held,
+                    None, w, ticket, size,
+                )  # fmt: skip
+            else:
+                entry = _Queued(
+                    w.key, 0, "delete", None, None, w.emitted_at, 0, None, None, held, removed,
+                    w, ticket, size,
+                )  # fmt: skip
+            queue[w.key] = entry
+            added += size
+        self.queued_bytes += added
+        ticket.add(len(rows))
 
     def supersede(self, key: str, *, release: bool = True) -> _Queued | None:
         """Drops the queued version of `key`, if any (a newer version replaces it, or none
@@ -311,8 +319,7 @@ class Streams:
             if keep:
                 await self._spill(stream)
             else:
-                for entry in [*stream.flying.values(), *stream.queue.values()]:
-                    entry.ticket.release()
+                _release([*stream.flying.values(), *stream.queue.values()])
                 stream.flying.clear()
                 stream.queue.clear()
                 stream.landed.set()
@@ -443,7 +450,8 @@ class Streams:
         if len(fresh) < len(found):
             self._mark_pending(stream, [key for key, (_, pending) in found.items() if pending])
         queue, flying = stream.queue, stream.flying
-        unchanged = kept = 0
+        unchanged = 0
+        queued: list[_Version] = []
         store_rows: list[PendingWrite] = []
         overflow = stream.overflow
         for w in rows:
@@ -482,8 +490,7 @@ class Streams:
                     continue
                 # A version was read but not recorded as sent: a process that stopped before
                 # recording may have sent it, so the removal goes (idempotent if it did not).
-                stream.enqueue(w, ticket, held=MAYBE_HELD, removed=source)
-                kept += 1
+                queued.append((w, MAYBE_HELD, source))
                 continue
             # A queued older version is replaced, or needs no send when this one is held.
             if older is not None:
@@ -491,13 +498,14 @@ class Streams:
             if idle and held == w.row_hash:
                 unchanged += 1
                 continue
-            stream.enqueue(w, ticket, held=held)
-            kept += 1
+            queued.append((w, held, None))
+        if queued:
+            stream.enqueue(queued, ticket)
         if fresh:
             self.cache.put(sync_id, fresh)
         if store_rows:
             self._to_store(stream, store_rows, to_store, settle)
-        return unchanged, kept
+        return unchanged, len(queued)
 
     def _to_store(
         self,
@@ -646,8 +654,7 @@ class Streams:
             self._metrics.rows_planned.labels(op).inc(n)
         if plan.dropped:
             self._metrics.rows_unchanged.inc(len(plan.dropped))
-            for key, _seq in plan.dropped:
-                stream.flying.pop(key).ticket.release()
+            _release([stream.flying.pop(key) for key, _seq in plan.dropped])
             stream.landed.set()
         if plan.rejected:
             await self._record(stream, [], plan.rejected)
@@ -784,13 +791,9 @@ class Streams:
                 newer = queue.get(key)
                 if newer is not None:
                     newer.synced_hash = held
-        for done in (delivered, failed):
-            for r in done:
-                entry = flying.pop(r.key, None)
-                if entry is not None:
-                    entry.ticket.release()
-        for newer in stored:
-            newer.ticket.release()
+        landed = [flying.pop(r.key, None) for done in (delivered, failed) for r in done]
+        _release([e for e in landed if e is not None])
+        _release(stored)
         stream.landed.set()
 
     async def _end_run(self, stream: _SyncStream) -> None:
@@ -844,8 +847,7 @@ class Streams:
         stream.queue.clear()
         stream.queued_bytes = 0
         self._mark_pending(stream, [e.key for e in entries])
-        for e in entries:
-            e.ticket.release()
+        _release(entries)
 
     async def _write_entries(
         self, stream: _SyncStream, entries: list[tuple[_Queued, str | None]]
@@ -990,6 +992,20 @@ class Streams:
 
 def _as_is(row: dict[str, Any]) -> dict[str, Any]:
     return row
+
+
+def _release(entries: list[_Queued]) -> None:
+    """Lets go of rows in memory: each ticket is told once how many of its rows left."""
+    ticket = None
+    n = 0
+    for e in entries:
+        if e.ticket is not ticket:
+            if n:
+                ticket.release(n)  # type: ignore[union-attr]
+            ticket, n = e.ticket, 0
+        n += 1
+    if n:
+        ticket.release(n)  # type: ignore[union-attr]
 
 
 def _retrieved(task: asyncio.Future[None]) -> None:
