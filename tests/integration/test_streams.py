@@ -306,13 +306,13 @@ async def test_a_newer_version_kept_pending_for_a_refused_flight_survives_a_flus
 
 
 async def test_a_version_taken_while_a_refused_flight_is_recorded_waits_in_the_store(
-    sqlite_harness: Harness, monkeypatch: pytest.MonkeyPatch
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The destination refuses key 5's version in flight; while that refusal is written, a
     newer version of the key arrives. The store then holds the refused version pending for a
     retry run, so the newer one goes there too, behind it, instead of streaming: one path at a
     time holds versions of a key, and the run sends the newest."""
-    h = sqlite_harness
+    h = harness
     await h.setup(mode="mirror")
     h.receiver.replies = [(200, {"rejected": [{"key": "5", "error": "row locked"}]}, {})]
     store_free = asyncio.Event()
@@ -344,14 +344,14 @@ async def test_a_version_taken_while_a_refused_flight_is_recorded_waits_in_the_s
 
 
 async def test_a_version_queued_behind_a_flight_another_writer_made_pending_goes_to_the_store(
-    sqlite_harness: Harness,
+    harness: Harness,
 ) -> None:
     """While key 5's version is in flight, another writer (a full resync) makes the key
     pending, and a newer version of it waits in the queue. The flight's record leaves the key
     pending, so the queued version goes to the store behind it rather than streaming."""
-    h = sqlite_harness
+    h = harness
     await h.setup(mode="mirror")
-    h.receiver.delay = 0.3
+    h.receiver.delay = 1.0  # the flight stays out while the steps below run
     _, first = await h.take("upsert", [{"id": 5, "v": 1}])
     await wait_for(lambda: len(h.receiver.requests) >= 1, what="the first version to be sent")
     await h.store.write_pending(h.writes("upsert", [{"id": 5, "v": 1}]))
