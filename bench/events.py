@@ -17,6 +17,18 @@ from bench.settings import KAFKA, MODEL_ID
 
 KEY = MODEL_ID.encode()
 
+#: How rows' ids follow one another: "serial" (1, 2, 3, ...) or "random" (the same distinct
+#: ids scattered over 63 bits, as UUIDs or e-mail addresses fall into a key's index). Set once
+#: from the profile before any event is made (`bench.run --keys`).
+KEY_ORDER = "serial"
+#: Odd, so multiplying by it modulo 2**63 maps distinct ids to distinct ids.
+_SCATTER = 0x9E3779B97F4A7C15
+
+
+def row_id(n: int) -> int:
+    """The id of the n-th row, a bigint whatever KEY_ORDER is."""
+    return n if KEY_ORDER == "serial" else (n * _SCATTER) % (1 << 63)
+
 _FIRST = ("Alexandra", "Benjamin", "Charlotte", "Dmitri", "Eleanor", "Francesca", "Gabriel")
 _LAST = ("Richardson", "Okonkwo", "Lindqvist", "Fernandez", "Nakamura", "Schneider", "Kowalski")
 _COMPANY = (
@@ -49,12 +61,12 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def make_row(row_id: int, rng: random.Random, updated_at: str) -> dict[str, object]:
-    """About 300 bytes of JSON in ten columns, keyed by `id`."""
+def make_row(n: int, rng: random.Random, updated_at: str) -> dict[str, object]:
+    """About 300 bytes of JSON in ten columns, keyed by `id` (`row_id(n)`)."""
     first, last = rng.choice(_FIRST), rng.choice(_LAST)
     return {
-        "id": row_id,
-        "email": f"{first.lower()}.{last.lower()}.{row_id}@example.com",
+        "id": row_id(n),
+        "email": f"{first.lower()}.{last.lower()}.{n}@example.com",
         "first_name": first,
         "last_name": last,
         "company": rng.choice(_COMPANY),
@@ -100,9 +112,9 @@ class LiveEvents:
 
     def __call__(self) -> bytes:
         stamp = now_rfc3339()
-        row_id = self.next_id
+        n = self.next_id
         self.next_id += 1
-        return encode_event([make_row(row_id, self._rng, stamp)], f"live-{row_id}", stamp)
+        return encode_event([make_row(n, self._rng, stamp)], f"live-{n}", stamp)
 
 
 async def create_topics(names: list[str], partitions: int = 1) -> None:
@@ -141,7 +153,7 @@ def producer() -> AIOKafkaProducer:
 def row_keys(events: int, rows_per_event: int, first_id: int = 1) -> list[bytes | None]:
     """Each event's record key when events are keyed by row: its first row's id (what
     `generate` made), so a model's events spread over a topic's partitions."""
-    return [str(first_id + i * rows_per_event).encode() for i in range(events)]
+    return [str(row_id(first_id + i * rows_per_event)).encode() for i in range(events)]
 
 
 async def produce_all(

@@ -160,8 +160,9 @@ def _n(value: float | None, digits: int = 0) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    profile = results["profile"]
     lines = [
-        f"# sync-service bench ({results['profile']['name']}, {results['finished_at']})",
+        f"# sync-service bench ({profile['name']}, {results['finished_at']})",
         "",
         f"{results['machine']['cpu_model']}, {results['machine']['cores']} cores, "
         f"{results['machine']['memory_gib']} GiB; Python {results['versions']['python']}, "
@@ -169,7 +170,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"; service/ of commit {str(results['versions']['git_commit'])[:10]}"
         f" ({results['versions']['service_code']}"
         f"{', with uncommitted changes' if results['versions']['git_dirty'] else ''}); "
-        f"{results['duration_s']:.0f} s. Rates are rows/s from consumer-group join to the "
+        f"{results['duration_s']:.0f} s"
+        f"{'; row ids in random order' if profile.get('key_order') == 'random' else ''}"
+        ". Rates are rows/s from consumer-group join to the "
         "last row done; ratios are to S0 of the same run and shape.",
         "",
         "| scenario | events | rows | figure | ratio | target | |",

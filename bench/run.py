@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import asyncpg
 
-from bench import report
+from bench import events, report
 from bench.context import Bench
 from bench.events import delete_topics
 from bench.latency import run_latency
@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--s5-keys",
         choices=("row", "none"),
         help="S5's record keys: each event's first row key (default), or none",
+    )
+    parser.add_argument(
+        "--keys",
+        choices=("serial", "random"),
+        help="rows' ids: 1, 2, 3, ... (default), or the same ids in random order over 63 bits",
     )
     parser.add_argument(
         "--m1-backlog",
@@ -165,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         profile = Profile(**{**profile.as_dict(), "rows_per_shape": args.rows})
     if args.s5_keys:
         profile = Profile(**{**profile.as_dict(), "scale_out_keys": args.s5_keys})
+    if args.keys:
+        profile = Profile(**{**profile.as_dict(), "key_order": args.keys})
+    events.KEY_ORDER = profile.key_order
     if args.m1_backlog is not None:
         profile = Profile(**{**profile.as_dict(), "memory_backlog_rows": args.m1_backlog})
     only = {s.strip() for s in args.only.split(",") if s.strip()}

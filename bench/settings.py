@@ -55,6 +55,8 @@ class Profile:
     #: S5's record keys: "row" (each event's first row key) or "none" (keyless records, for
     #: a service that takes only the model id as a record key).
     scale_out_keys: str = "row"
+    #: Rows' ids: "serial" or "random" (see `bench.events.KEY_ORDER`).
+    key_order: str = "serial"
     #: Give up on a throughput scenario when it runs slower than this many rows/s.
     floor_rows_per_second: float = 500.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.store.dialect import SqliteDialect
+from service.store.dialect import WRITER_CACHE_KIB, SqliteDialect
 from service.store.sqlite import SqliteStore
 
 
@@ -114,3 +114,14 @@ async def test_a_cancelled_transaction_is_rolled_back_or_committed_whole(
     async with d.tx() as conn:
         await conn.execute("INSERT INTO scratch (x) VALUES (10)")
     assert (await scratch(store))[-1] == 10
+
+
+async def test_the_writer_is_durable_in_wal_with_its_own_page_cache(store: SqliteStore) -> None:
+    d = dialect(store)
+    async with d.tx() as conn:
+        settings = {
+            name: (await conn.fetch(f"PRAGMA {name}"))[0][0]
+            for name in ("journal_mode", "synchronous", "cache_size")
+        }
+    # synchronous 2 is FULL: a commit survives power loss before offsets are committed.
+    assert settings == {"journal_mode": "wal", "synchronous": 2, "cache_size": -WRITER_CACHE_KIB}
