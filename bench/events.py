@@ -29,6 +29,7 @@ def row_id(n: int) -> int:
     """The id of the n-th row, a bigint whatever KEY_ORDER is."""
     return n if KEY_ORDER == "serial" else (n * _SCATTER) % (1 << 63)
 
+
 _FIRST = ("Alexandra", "Benjamin", "Charlotte", "Dmitri", "Eleanor", "Francesca", "Gabriel")
 _LAST = ("Richardson", "Okonkwo", "Lindqvist", "Fernandez", "Nakamura", "Schneider", "Kowalski")
 _COMPANY = (
