@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help venv kafka-up kafka-down pg-up pg-down lint format test test-unit test-faults demo \
+.PHONY: help venv ports kafka-up kafka-down pg-up pg-down lint format test test-unit test-faults demo \
 	bench bench-quick clean cdc-up cdc-down demo-cdc image image-test compose-test deploy-check bench-peer
 
 help:
@@ -31,6 +31,10 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# Keeps the tests' PostgreSQL ports out of the ephemeral range (root only; else a no-op).
+ports:
+	scripts/reserve-ports.sh
+
 kafka-up:
 	scripts/kafka/kafka.sh up
 
@@ -52,14 +56,14 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: venv kafka-up pg-up lint
+test: venv ports kafka-up pg-up lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest -m "not kafka and not postgres" $(PYTEST_ARGS)
 
 # Starts and kills its own broker (19092) and PostgreSQL (55450); figures in .cache/faults/.
-test-faults: venv
+test-faults: venv ports
 	RUN_FAULT_SUITE=1 $(BIN)/pytest tests/faults -p no:cacheprovider -rxXs $(FAULTS_PYTEST_ARGS)
 
 demo: venv
@@ -94,7 +98,7 @@ clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .ruff_cache
 
 # Change data capture: Debezium's PostgreSQL connector in Kafka Connect (scripts/connect/).
-cdc-up:
+cdc-up: ports
 	scripts/connect/cdc.sh up
 
 cdc-down:
