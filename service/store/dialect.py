@@ -152,11 +152,8 @@ def _unlock_file(key: str) -> None:
 #: The writing connection's page cache (SQLite's default is 2 MiB). Rows of keys in no order
 #: (UUIDs, e-mail addresses) land on leaf pages all over the (sync_id, key) index: with the
 #: default, a transaction of a thousand such rows evicts and reads back the pages it dirties.
-#: With 16 MiB a continuous sync of 100-row events over 200,000 keys in random order
-#: (`bench.run --keys random`) spent 20-25 us of CPU a row where it spent 26-28, for about
-#: 13 MiB more RSS; keys in order gained nothing measurable. The gain holds while the index's
-#: leaf pages fit in the cache: for millions of keys in no order the PostgreSQL store fits
-#: better. Reads gained nothing from a larger cache of their own.
+#: 16 MiB holds them while the index's leaf pages fit (figures: `bench/README.md`, "Keys in
+#: no order"); reads gained nothing from a larger cache of their own.
 WRITER_CACHE_KIB = 16 << 10
 
 
