@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from service.core.events import ChangeEvent, SourceChange
+from service.core.events import Change, SourceChange
 from service.core.metrics import Metrics
 from service.core.rows import (
     ROW_HASH_BYTES,
@@ -142,7 +142,7 @@ class _Refusals:
 
 
 def project_events(
-    events: Sequence[ChangeEvent],
+    events: Sequence[Change],
     routes: RouteIndex,
     snapshot: SnapshotProgress | None = None,
     *,
@@ -246,7 +246,7 @@ def _note_refused(
             snapshot.rejected.append(RejectedRow(route.sync_id, why, encode_refused(row)))
 
 
-def _note_snapshot(event: ChangeEvent, route: SyncRoute, snapshot: SnapshotProgress) -> None:
+def _note_snapshot(event: Change, route: SyncRoute, snapshot: SnapshotProgress) -> None:
     snapshot_id = event.snapshot_id
     assert snapshot_id is not None
     pk = route.primary_key
@@ -258,7 +258,7 @@ def _note_snapshot(event: ChangeEvent, route: SyncRoute, snapshot: SnapshotProgr
         snapshot.closed.append((route.sync_id, snapshot_id))
 
 
-def segment_bounds(events: Sequence[ChangeEvent]) -> list[tuple[int, int]]:
+def segment_bounds(events: Sequence[Change]) -> list[tuple[int, int]]:
     """(start, end) of the batch's parts: it is cut after each event that closes a snapshot or
     truncates a table, so the removals it plans come after the rows before it and before the
     rows after it."""
@@ -275,7 +275,7 @@ def segment_bounds(events: Sequence[ChangeEvent]) -> list[tuple[int, int]]:
     return cuts
 
 
-def segments(events: Sequence[ChangeEvent]) -> list[Sequence[ChangeEvent]]:
+def segments(events: Sequence[Change]) -> list[Sequence[Change]]:
     """The events of each part (see `segment_bounds`)."""
     return [events[a:b] for a, b in segment_bounds(events)]
 
@@ -389,7 +389,7 @@ class Ingest:
 
     def prepare(
         self,
-        events: Sequence[ChangeEvent],
+        events: Sequence[Change],
         routes: RouteIndex,
         *,
         event_routes: Sequence[RouteIndex] | None = None,
@@ -437,7 +437,7 @@ class Ingest:
         self._count(result)
         return result
 
-    async def write(self, events: Sequence[ChangeEvent], routes: RouteIndex) -> IngestResult:
+    async def write(self, events: Sequence[Change], routes: RouteIndex) -> IngestResult:
         """`prepare` and `store` in one step."""
         return await self.store(self.prepare(events, routes))
 

@@ -10,12 +10,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from service.core.events import Change, ChangeEvent
 from service.destinations.egress import EgressPolicy
 
 #: The egress policy of tests whose endpoints listen on 127.0.0.1 (as SYNC_EGRESS_ALLOW does).
 LOCAL_ONLY = EgressPolicy.from_settings(["127.0.0.1/32"])
 
 Reply = tuple[int, dict[str, Any] | None, dict[str, str]]
+
+
+def change(doc: dict[str, Any]) -> Change:
+    """The event the decoder makes of this document, validated as the contract says."""
+    return Change.of(ChangeEvent.model_validate(doc))
+
 
 #: The fourteen fields of Hightouch's Sync, camelCase, as the API returns them.
 SYNC_FIELDS = frozenset(

@@ -1,11 +1,16 @@
-"""Change events as they arrive on Kafka (DESIGN: wire contracts, input)."""
+"""Change events as they arrive on Kafka (DESIGN: wire contracts, input), and as the pipeline
+carries them once decoded."""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EventOp = Literal["upsert", "delete", "snapshot"]
 
 
 class ChangeEvent(BaseModel):
@@ -14,7 +19,7 @@ class ChangeEvent(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     model_id: str = Field(alias="modelId", min_length=1, max_length=200)
-    op: Literal["upsert", "delete", "snapshot"]
+    op: EventOp
     rows: list[dict[str, Any]]
     snapshot_id: str | None = Field(default=None, alias="snapshotId", min_length=1)
     last: bool = False
@@ -28,12 +33,44 @@ class ChangeEvent(BaseModel):
         return self
 
 
-class SourceChange(ChangeEvent):
-    """A change decoded from another topic format (a Debezium record), built without
-    validation. `model_id` names the source's route (`source_route`), which reaches every model
-    of the source. `rejected`: why its row can't be used (each route rejects it); `truncate`:
-    every row of the table is gone (`rows` is empty); `unavailable`: columns the database did
-    not send; `strict`: a route whose columns the row lacks rejects it (the table dropped one)."""
+@dataclass(slots=True)
+class Change:
+    """A decoded event as the pipeline carries it: ChangeEvent's fields without pydantic's
+    instance machinery, as the decoder builds one a record. Only the decoder makes one from
+    Kafka, and only from what ChangeEvent accepts (`of`, or its own check of the same rules)."""
+
+    model_id: str
+    op: EventOp
+    rows: list[dict[str, Any]]
+    snapshot_id: str | None = None
+    last: bool = False
+    event_id: str | None = None
+    emitted_at: datetime | None = None
+
+    @classmethod
+    def of(cls, event: ChangeEvent) -> Change:
+        return cls(
+            event.model_id,
+            event.op,
+            event.rows,
+            event.snapshot_id,
+            event.last,
+            event.event_id,
+            event.emitted_at,
+        )
+
+    def replace(self, **changes: Any) -> Change:
+        """A copy with these fields changed; a SourceChange stays one."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(slots=True)
+class SourceChange(Change):
+    """A change decoded from another topic format (a Debezium record). `model_id` names the
+    source's route (`source_route`), which reaches every model of the source. `rejected`: why
+    its row can't be used (each route rejects it); `truncate`: every row of the table is gone
+    (`rows` is empty); `unavailable`: columns the database did not send; `strict`: a route whose
+    columns the row lacks rejects it (the table dropped one)."""
 
     rejected: str | None = None
     truncate: bool = False

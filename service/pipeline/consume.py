@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 
 from aiokafka import TopicPartition
 
-from service.core.events import ChangeEvent, InvalidEvent
+from service.core.events import Change, InvalidEvent
 from service.core.rows import PendingWrite, RouteIndex
 from service.ingest import Ingest, IngestResult, PreparedPart
 from service.pipeline.commit import Committer, OffsetLedger, Prepared, Stored, store_then_commit
@@ -101,7 +101,7 @@ class _PendingClose:
 
     model_id: str
     snapshot_id: str
-    event: ChangeEvent
+    event: Change
     routes: RouteIndex
     ends: dict[TopicPartition, int]
     hold: TopicPartition
@@ -275,8 +275,7 @@ class ConsumeLoop:
             if event.op == "upsert":
                 snapshot_id = self._open.get(event.model_id)
                 if snapshot_id is not None:
-                    update = {"op": "snapshot", "snapshot_id": snapshot_id}
-                    events[i] = event.model_copy(update=update)
+                    events[i] = event.replace(op="snapshot", snapshot_id=snapshot_id)
                 continue
             if event.op != "snapshot" or event.snapshot_id is None:
                 continue
@@ -298,14 +297,14 @@ class ConsumeLoop:
                 _PendingClose(
                     event.model_id,
                     event.snapshot_id,
-                    event.model_copy(update={"rows": [], "last": True}),
+                    event.replace(rows=[], last=True),
                     routes[i],
                     ends,
                     tp,
                     message.offset,
                 )
             )
-            events[i] = event.model_copy(update={"last": False})
+            events[i] = event.replace(last=False)
             self._open[event.model_id] = event.snapshot_id
 
     def _prepare_one_by_one(self, batch: EventBatch, routes: list[RouteIndex]) -> Prepared:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import orjson
 
-from service.core.events import ChangeEvent, InvalidEvent, SourceChange, source_route
+from service.core.events import Change, InvalidEvent, SourceChange, source_route
 from service.core.models import Source
 
 ChangeOp = Literal["upsert", "delete", "truncate", "snapshot"]
@@ -582,11 +582,9 @@ def as_event(change: DebeziumChange, route: str) -> SourceChange:
     rows = [change.row] if change.row is not None else []
     emitted = change.emitted_at
     if change.op == "truncate":
-        return SourceChange.model_construct(
-            model_id=route, op="delete", rows=[], emitted_at=emitted, truncate=True
-        )
+        return SourceChange(model_id=route, op="delete", rows=[], emitted_at=emitted, truncate=True)
     if change.op == "delete":
-        return SourceChange.model_construct(
+        return SourceChange(
             model_id=route,
             op="delete",
             rows=rows,
@@ -595,7 +593,7 @@ def as_event(change: DebeziumChange, route: str) -> SourceChange:
             strict=False,
         )
     if change.op == "snapshot":
-        return SourceChange.model_construct(
+        return SourceChange(
             model_id=route,
             op="snapshot",
             rows=rows,
@@ -605,7 +603,7 @@ def as_event(change: DebeziumChange, route: str) -> SourceChange:
             rejected=change.rejected,
             unavailable=change.unavailable,
         )
-    return SourceChange.model_construct(
+    return SourceChange(
         model_id=route,
         op="upsert",
         rows=rows,
@@ -615,7 +613,7 @@ def as_event(change: DebeziumChange, route: str) -> SourceChange:
     )
 
 
-RecordDecoder = Callable[[bytes | None, bytes | None], ChangeEvent]
+RecordDecoder = Callable[[bytes | None, bytes | None], Change]
 
 
 class DebeziumSources:
@@ -625,16 +623,14 @@ class DebeziumSources:
     def __init__(self) -> None:
         self._decoder = DebeziumDecoder()
 
-    def __call__(
-        self, source: Source
-    ) -> Callable[[bytes | None, bytes | None], ChangeEvent] | None:
+    def __call__(self, source: Source) -> Callable[[bytes | None, bytes | None], Change] | None:
         if source.configuration.get("format") != "debezium":
             return None
         topic = str(source.configuration.get("topic", ""))
         route = source_route(source.id)
         decode = self._decoder.decode
 
-        def decoder(key: bytes | None, value: bytes | None) -> ChangeEvent:
+        def decoder(key: bytes | None, value: bytes | None) -> Change:
             # Partition and offset only name the record in the change; the consumer keeps them.
             return as_event(decode(key, value, topic, -1, -1), route)
 

@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from service.core.events import ChangeEvent, InvalidEvent
+from service.core.events import Change, InvalidEvent
 from service.core.metrics import Metrics
 from service.source.decode import decode_event_lean
 from service.source.dlq import DeadLetter
@@ -21,7 +21,7 @@ from service.source.invalid_rate import InvalidRateMonitor
 log = logging.getLogger(__name__)
 
 #: Decodes one record (key, value) into an event or raises InvalidEvent; one per topic format.
-Decoder = Callable[[bytes | None, bytes | None], ChangeEvent]
+Decoder = Callable[[bytes | None, bytes | None], Change]
 
 #: Tokens that JSON parsers turn into non-finite floats: NaN, Infinity, an exponent or a run of
 #: digits too big for a double. A message with none of them can hold no such value, so only
@@ -34,7 +34,7 @@ _NON_FINITE_HINT = re.compile(rb"NaN|Infinity|[eE]\+?[0-9]{3}|[0-9]{309}")
 class EventBatch:
     """Decoded events of one fetch and the offsets to commit once they are durable."""
 
-    events: list[ChangeEvent] = field(default_factory=list)
+    events: list[Change] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     records: int = 0
     #: The events' topics as runs: events[previous end:end] came from `topic`.

@@ -12,7 +12,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.core.events import ChangeEvent
 from service.core.interfaces import RunRequest, SystemClock
 from service.core.metrics import Metrics
 from service.core.models import Destination, Model, RunStatus, Sync
@@ -23,7 +22,7 @@ from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
 from service.store.sqlite import SqliteStore
 from tests.integration.test_runner_webhook import RecordingReporter
-from tests.support import LOCAL_ONLY
+from tests.support import LOCAL_ONLY, change
 
 pytestmark = pytest.mark.postgres
 
@@ -89,7 +88,7 @@ async def test_a_killed_connection_mid_run_is_retried_and_the_run_recovers(
         ingest = Ingest(store, metrics)
 
         async def send(rows: list[dict[str, object]]) -> None:
-            event = ChangeEvent.model_validate({"modelId": "1", "op": "upsert", "rows": rows})
+            event = change({"modelId": "1", "op": "upsert", "rows": rows})
             await ingest.write([event], build_routes([sync]))
 
         await send([{"id": i, "email": f"u{i}@x"} for i in range(100)])

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 from typing import Any
 
-from service.core.events import ChangeEvent
 from service.core.interfaces import RunRequest, SystemClock
 from service.core.metrics import Metrics
 from service.core.models import (
@@ -27,7 +26,7 @@ from service.router import build_routes
 from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
 from service.store.sqlite import SqliteStore
-from tests.support import LOCAL_ONLY, Receiver, wait_for
+from tests.support import LOCAL_ONLY, Receiver, change, wait_for
 
 MAPPINGS = [
     {"from": "id", "to": "id"},
@@ -92,7 +91,7 @@ class Harness:
         await self.store.upsert(self.sync)
 
     async def send(self, op: str, rows: list[dict[str, Any]]) -> None:
-        event = ChangeEvent.model_validate({"modelId": "1", "op": op, "rows": rows})
+        event = change({"modelId": "1", "op": op, "rows": rows})
         await self.ingest.write([event], build_routes([self.sync]))
 
     async def run(self, **request: Any) -> Any:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from service.core.events import ChangeEvent
 from service.core.interfaces import SystemClock
 from service.core.models import RunStatus, Sync
 from service.core.rows import MAYBE_HELD, PendingWrite
@@ -21,7 +20,7 @@ from service.store.base import Store
 from service.store.sqlite import SqliteStore
 from tests.contract.conftest import make_store
 from tests.integration.test_runner_webhook import Harness as RunnerHarness
-from tests.support import Receiver, wait_for
+from tests.support import Receiver, change, wait_for
 
 
 class Harness(RunnerHarness):
@@ -51,10 +50,7 @@ class Harness(RunnerHarness):
 
     def writes(self, op: str, rows: list[dict[str, Any]], *more: Any) -> list[PendingWrite]:
         """The rows of one fetch: an event of `op` and `rows`, then the (op, rows) in `more`."""
-        events = [
-            ChangeEvent.model_validate({"modelId": "1", "op": o, "rows": r})
-            for o, r in ((op, rows), *more)
-        ]
+        events = [change({"modelId": "1", "op": o, "rows": r}) for o, r in ((op, rows), *more)]
         (part,) = self.ingest.prepare(events, build_routes([self.sync]))
         return part.writes
 
@@ -507,7 +503,7 @@ async def test_a_row_removed_by_another_replica_is_not_dropped_as_unchanged(
         await asyncio.wait_for(ticket.done, 10)
         assert b.latest() == {"1": 0, "2": 0}
 
-        closing = ChangeEvent.model_validate(
+        closing = change(
             {"modelId": "1", "op": "snapshot", "snapshotId": "s1", "last": True,
              "rows": [{"id": 2, "v": 0}]}
         )  # fmt: skip

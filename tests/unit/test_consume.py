@@ -14,7 +14,6 @@ from aiokafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core.events import ChangeEvent
 from service.core.metrics import Metrics
 from service.core.rows import PendingWrite, RouteIndex, SnapshotProgress, SyncRoute
 from service.ingest import Ingest
@@ -22,6 +21,7 @@ from service.pipeline.commit import OffsetLedger, OffsetRegression
 from service.pipeline.consume import Backoff, ConsumeLoop
 from service.source.dlq import DeadLetter
 from service.source.kafka import EventBatch
+from tests.support import change
 
 TP = TopicPartition("model-changes", 0)
 ROUTES: RouteIndex = {"1": (SyncRoute("10", "id", ("id", "v")),)}
@@ -31,9 +31,7 @@ FAST = Backoff(attempts=3, base=0.001, most=0.002)
 def batch(n: int, *rows: dict[str, Any]) -> EventBatch:
     """Batch n: one event per row (default one row with key n), committing offset n."""
     rows = rows or ({"id": n, "v": "x"},)
-    events = [
-        ChangeEvent.model_validate({"modelId": "1", "op": "upsert", "rows": [r]}) for r in rows
-    ]
+    events = [change({"modelId": "1", "op": "upsert", "rows": [r]}) for r in rows]
     messages = [
         SimpleNamespace(topic=TP.topic, partition=0, offset=n - 1, key=b"1", value=b"{}")
         for _ in rows
@@ -335,7 +333,7 @@ def records(*items: tuple[int, int, dict[str, Any]]) -> EventBatch:
     """A batch of (partition, offset, event) records of the topic of TP."""
     out = EventBatch()
     for partition, offset, event in items:
-        out.events.append(ChangeEvent.model_validate(event))
+        out.events.append(change(event))
         out.messages.append(
             SimpleNamespace(
                 topic=TP.topic, partition=partition, offset=offset, key=b"k", value=b"{}"

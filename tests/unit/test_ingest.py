@@ -12,19 +12,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.core.events import ChangeEvent, InvalidEvent, SourceChange
+from service.core.events import Change, InvalidEvent, SourceChange
 from service.core.metrics import Metrics
 from service.core.rows import PendingWrite, SnapshotProgress, SyncRoute
 from service.ingest import MAX_KEY_LENGTH, REJECT_REASONS, Ingest, project_events, row_key
 from service.source.decode import decode_event
 from service.source.kafka import _NON_FINITE_HINT
+from tests.support import change
 
 ROUTE = SyncRoute("10", "id", ("id", "email"))
 ROUTES = {"1": (ROUTE,)}
 
 
-def event(op: str = "upsert", *rows: dict[str, Any], model: str = "1") -> ChangeEvent:
-    return ChangeEvent.model_validate({"modelId": model, "op": op, "rows": list(rows)})
+def event(op: str = "upsert", *rows: dict[str, Any], model: str = "1") -> Change:
+    return change({"modelId": model, "op": op, "rows": list(rows)})
 
 
 def by_key(writes: list[PendingWrite]) -> dict[str, PendingWrite]:
@@ -131,9 +132,7 @@ def test_a_delete_produces_a_delete_with_no_data() -> None:
 
 
 def test_a_snapshot_row_is_pending_as_an_upsert() -> None:
-    ev = ChangeEvent.model_validate(
-        {"modelId": "1", "op": "snapshot", "snapshotId": "s", "rows": [{"id": 1}]}
-    )
+    ev = change({"modelId": "1", "op": "snapshot", "snapshotId": "s", "rows": [{"id": 1}]})
     [write], _ = project_events([ev], ROUTES)
     assert write.op == "upsert"
 
@@ -177,7 +176,7 @@ def test_a_model_routed_to_two_syncs_writes_one_row_per_sync() -> None:
 
 
 def test_emitted_at_travels_as_epoch_seconds() -> None:
-    ev = ChangeEvent.model_validate(
+    ev = change(
         {"modelId": "1", "op": "upsert", "rows": [{"id": 1}], "emittedAt": "1970-01-01T00:01:00Z"}
     )
     [write], _ = project_events([ev], ROUTES)
@@ -306,7 +305,7 @@ def test_a_key_that_cannot_identify_a_row_rejects_that_row(key: object, reason: 
 
 
 def test_a_snapshot_does_not_list_a_key_too_long_to_store() -> None:
-    ev = ChangeEvent.model_validate(
+    ev = change(
         {
             "modelId": "1",
             "op": "snapshot",
@@ -351,7 +350,7 @@ SOURCE_ROUTES = {
 
 def _change(op: str = "upsert", row: dict[str, Any] | None = None, **fields: Any) -> SourceChange:
     rows = [row] if row is not None else []
-    return SourceChange.model_construct(model_id="source:3", op=op, rows=rows, **fields)
+    return SourceChange(model_id="source:3", op=op, rows=rows, **fields)
 
 
 def test_one_record_feeds_each_model_over_its_table() -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.core.events import ChangeEvent
 from service.core.models import Model, Source, Sync
 from service.pipeline.catalog import CatalogView
 from service.router import plan_topics
 from service.source.debezium import DebeziumSources
 from service.source.kafka import EventBatch
+from tests.support import change
 
 
 def source(id: str, topic: str, workspace: str) -> Source:
@@ -101,8 +101,7 @@ async def test_an_event_reaches_only_the_models_of_its_topics_workspace() -> Non
     await catalog.refresh()
     assert subscriber.topics == {"model-changes", "ws2"}
     events = [
-        ChangeEvent.model_validate({"modelId": m, "op": "upsert", "rows": []})
-        for m in ("10", "20", "10", "20", "10")
+        change({"modelId": m, "op": "upsert", "rows": []}) for m in ("10", "20", "10", "20", "10")
     ]
     batch = EventBatch(events=events, spans=[("model-changes", 2), ("ws2", 4), ("gone", 5)])
     routes = catalog.routes_for(batch)
