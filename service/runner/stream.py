@@ -71,15 +71,22 @@ QUIET_CHECK_SECONDS = 1.0
 _UNKNOWN: Any = object()
 #: Rough bytes of one cache entry beyond its key (dict slot, hash bytes object).
 _ENTRY_BYTES = 120
+#: Keys a page of the cache's warm-up reads (`Streams._warm`): a few milliseconds of the store's
+#: reading connection and of the event loop each.
+WARM_PAGE_KEYS = 20_000
 
 
 class SyncedCache:
     """What the destination holds per (sync, key) as this replica knows it: the synced hash, or
-    None for a key it does not hold. Bounded by bytes; each sync's oldest entries go first."""
+    None for a key it does not hold. Bounded by bytes; each sync's oldest entries go first.
+    Each sync's `mark` changes whenever entries of it are dropped (forgotten or evicted), so a
+    reader of the store can tell whether what it read may be older than what was dropped."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._syncs: dict[str, dict[str, bytes | None]] = {}
+        self._marks: dict[str, int] = {}
+        self._cleared = 0
         self.bytes = 0
 
     def get(self, sync_id: str) -> dict[str, bytes | None]:
@@ -94,11 +101,38 @@ class SyncedCache:
             entries[key] = value
         self.bytes += added
         if self.bytes > self.max_bytes:
-            self._evict(entries)
+            self._evict(sync_id)
 
-    def _evict(self, entries: dict[str, bytes | None]) -> None:
+    def mark(self, sync_id: str) -> tuple[int, int]:
+        return self._cleared, self._marks.get(sync_id, 0)
+
+    def fill(self, sync_id: str, items: Iterable[tuple[str, bytes | None]]) -> bool:
+        """Adds entries for keys it has none of (an entry it has is as new or newer), up to
+        three quarters of its bytes, evicting nothing; False once that is reached."""
+        entries = self.get(sync_id)
+        room = self.max_bytes * 3 // 4
+        added = 0
+        for key, value in items:
+            if key in entries:
+                continue
+            size = len(key) + _ENTRY_BYTES
+            if self.bytes + added + size > room:
+                self.bytes += added
+                return False
+            entries[key] = value
+            added += size
+        self.bytes += added
+        return True
+
+    def _dropped(self, sync_id: str) -> None:
+        self._marks[sync_id] = self._marks.get(sync_id, 0) + 1
+
+    def _evict(self, sync_id: str) -> None:
         target = self.max_bytes * 3 // 4
-        victims = entries if entries else next(iter(self._syncs.values()))
+        victims = self._syncs[sync_id]
+        if not victims:
+            sync_id, victims = next(iter(self._syncs.items()))
+        self._dropped(sync_id)
         freed = 0
         drop = []
         for key in victims:
@@ -111,6 +145,7 @@ class SyncedCache:
         self.bytes -= freed
 
     def forget(self, sync_id: str, keys: Iterable[str] | None = None) -> None:
+        self._dropped(sync_id)
         entries = self._syncs.get(sync_id)
         if not entries:
             return
@@ -124,6 +159,7 @@ class SyncedCache:
 
     def clear(self) -> None:
         self._syncs.clear()
+        self._cleared += 1
         self.bytes = 0
 
 
@@ -278,8 +314,14 @@ class Streams:
         #: Each sync's epoch when its cache was last checked (a store other replicas write).
         self._epochs: dict[str, int] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._warming: dict[str, asyncio.Task[None]] = {}
         self._checker: asyncio.Task[None] | None = None
         self.stopping = False
+
+    @property
+    def warming(self) -> bool:
+        """Whether a warm-up of the cache is still reading the store (`_warm`)."""
+        return bool(self._warming)
 
     # the catalog -----------------------------------------------------------------------
 
@@ -297,6 +339,9 @@ class Streams:
             if sync is None:
                 del self._streams[sync_id]
                 self.cache.forget(sync_id)
+                warming = self._warming.pop(sync_id, None)
+                if warming is not None:
+                    warming.cancel()
                 self._epochs.pop(sync_id, None)
                 task = asyncio.create_task(self._retire(stream, keep=sync_id in known))
                 self._retiring.add(task)
@@ -308,6 +353,39 @@ class Streams:
         for sync_id, sync in wanted.items():
             if sync_id not in self._streams:
                 self._streams[sync_id] = _SyncStream(sync)
+                if not self._store.shared:
+                    self._warming[sync_id] = asyncio.create_task(
+                        self._warm(sync_id), name=f"stream-warm-{sync_id}"
+                    )
+
+    async def _warm(self, sync_id: str) -> None:
+        """Fills the cache with what the store says the destination holds for the sync's
+        settled keys, a page at a time, until the cache is three quarters full: after a
+        restart, the rows that come again unchanged are dropped without a read each. Only
+        for a store this replica alone writes (a shared one's other writers would not drop
+        entries here). A page read while entries of the sync were dropped (a key went to the
+        store, a snapshot closed) may be older than what dropped them: it is not used, and
+        the warm-up ends there."""
+        after = ""
+        try:
+            while True:
+                mark = self.cache.mark(sync_id)
+                page = await self._store.settled_page(sync_id, after, WARM_PAGE_KEYS)
+                stream = self._streams.get(sync_id)
+                if not page or stream is None or self.cache.mark(sync_id) != mark:
+                    return
+                if stream.overflow_all:
+                    return
+                overflow = stream.overflow
+                settled = [item for item in page if item[0] not in overflow]
+                if not self.cache.fill(sync_id, settled) or len(page) < WARM_PAGE_KEYS:
+                    return
+                after = page[-1][0]
+        except Exception as exc:
+            log.debug("sync %s: the cache was not warmed: %s", sync_id, exc)
+        finally:
+            if self._warming.get(sync_id) is asyncio.current_task():
+                del self._warming[sync_id]
 
     async def _retire(self, stream: _SyncStream, *, keep: bool) -> None:
         if stream.pump is not None and not stream.pump.done():
@@ -930,6 +1008,8 @@ class Streams:
         self.stopping = True
         if self._checker is not None:
             self._checker.cancel()
+        for warming in self._warming.values():
+            warming.cancel()
         for stream in self._streams.values():
             if stream.pump is not None and not stream.pump.done():
                 stream.pump.cancel()

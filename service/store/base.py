@@ -317,6 +317,14 @@ class Store(ABC):
         One read, any number of keys; writes nothing."""
 
     @abstractmethod
+    async def settled_page(
+        self, sync_id: str, after: str, limit: int
+    ) -> list[tuple[str, bytes | None]]:
+        """Up to `limit` keys of the sync after `after`, in key order, that have no pending
+        version: (key, the hash the destination holds or None). Pages through what a replica
+        may cache of a sync without asking key by key; one read."""
+
+    @abstractmethod
     async def record_streamed(
         self,
         sync_id: str,

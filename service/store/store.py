@@ -406,6 +406,12 @@ class SqlStore(Store):
         async with self._d.read() as conn:
             return await self._d.streamed.held(conn, sync_id, keys)
 
+    async def settled_page(
+        self, sync_id: str, after: str, limit: int
+    ) -> list[tuple[str, bytes | None]]:
+        async with self._d.read() as conn:
+            return await self._d.streamed.settled_page(conn, sync_id, after, limit)
+
     async def record_streamed(
         self,
         sync_id: str,

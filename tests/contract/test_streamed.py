@@ -74,6 +74,24 @@ async def test_held_says_what_the_destination_holds_and_what_is_pending(store: S
     assert await page(store) == before  # a read: nothing moved
 
 
+async def test_settled_pages_give_the_held_hash_of_every_key_with_nothing_pending(
+    store: Store,
+) -> None:
+    await sync_through_runner(store, [version(k) for k in ("c", "a", "e", "b", "both")])
+    await store.write_pending([version("both", 2), version("waiting")])
+    await sync_through_runner(store, [version("a", sync_id="2")])
+    before = await page(store)
+
+    first = await store.settled_page("1", "", 2)
+    assert first == [("a", hash_of("a")), ("b", hash_of("b"))]
+    second = await store.settled_page("1", first[-1][0], 2)
+    assert second == [("c", hash_of("c")), ("e", hash_of("e"))]  # "both" is pending
+    assert await store.settled_page("1", "e", 2) == []
+    assert await store.settled_page("2", "", 10) == [("a", hash_of("a"))]
+    assert await store.settled_page("3", "", 10) == []
+    assert await page(store) == before  # a read: nothing moved
+
+
 async def test_pending_among_and_syncs_with_pending(store: Store) -> None:
     await sync_through_runner(store, [version("synced"), version("both")])
     await store.write_pending([version("both", 2), version("waiting")])

@@ -484,6 +484,113 @@ async def test_a_removal_in_flight_at_a_flush_is_sent_by_the_next_run(
     assert await h.store.pending_counts() == {}
 
 
+async def synced_then_restarted(make: HarnessFactory, n: int) -> tuple[Harness, Harness]:
+    """A replica streams rows 0..n-1 to the receiver; a second one, over the same SQLite store
+    and before it has taken anything, is what the first would be after a restart."""
+    first = await make()
+    await first.setup()
+    _, ticket = await first.take("upsert", rows(n))
+    assert ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+    second = await make()
+    second.sync = first.sync
+    return first, second
+
+
+def keys_asked(store: Store) -> list[str]:
+    """The keys `store.held` is asked about from now on."""
+    asked: list[str] = []
+    held = store.held
+
+    async def counted(sync_id: str, keys: Any) -> Any:
+        asked.extend(keys)
+        return await held(sync_id, keys)
+
+    store.held = counted  # type: ignore[method-assign]
+    return asked
+
+
+async def test_a_restarted_replica_drops_unchanged_rows_without_a_read_of_their_keys(
+    sqlite_harnesses: HarnessFactory,
+) -> None:
+    """On a store it alone writes, a replica warms its cache from the store: rows that come
+    again unchanged are dropped with no read of their keys, a changed one is sent, and a key
+    the store does not know is looked up."""
+    _, second = await synced_then_restarted(sqlite_harnesses, 100)
+    asked = keys_asked(second.store)
+    second.streams.set_syncs([second.sync])
+    await wait_for(lambda: not second.streams.warming, what="the warm-up to end")
+    assert len(second.streams.cache.get("7")) == 100
+
+    accepted = len(second.receiver.rows)
+    again = rows(100)
+    again[5] = {"id": 5, "v": 1}
+    stored, ticket = await second.take("upsert", [*again, {"id": 100, "v": 0}])
+    assert stored == 0 and ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+    assert asked == ["100"]
+    assert {r["key"]: r["data"]["v"] for r in second.receiver.rows[accepted:]} == {"5": 1, "100": 0}
+    assert second.metrics.registry.get_sample_value("sync_rows_unchanged_total") == 99
+
+
+async def test_a_warm_up_page_read_before_the_cache_dropped_entries_is_not_used(
+    sqlite_harnesses: HarnessFactory,
+) -> None:
+    """The sync's mapping changes while a page of the warm-up is on its way: the hashes it
+    read are of the old projection, so the cache takes none of them and asks the store."""
+    _, second = await synced_then_restarted(sqlite_harnesses, 10)
+    read, go = asyncio.Event(), asyncio.Event()
+    settled_page = second.store.settled_page
+
+    async def gated(*args: Any) -> Any:
+        page = await settled_page(*args)
+        read.set()
+        await go.wait()
+        return page
+
+    second.store.settled_page = gated  # type: ignore[method-assign]
+    second.streams.set_syncs([second.sync])
+    await asyncio.wait_for(read.wait(), 10)
+    changed = second.sync.model_copy(update={"updated_at": datetime.now(UTC)})
+    second.streams.set_syncs([changed])
+    go.set()
+    await wait_for(lambda: not second.streams.warming, what="the warm-up to end")
+    assert second.streams.cache.get("7") == {}
+
+    asked = keys_asked(second.store)
+    _, ticket = await second.take("upsert", rows(10))
+    assert ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+    assert sorted(asked, key=int) == [str(i) for i in range(10)]
+
+
+async def test_a_replica_on_a_shared_store_does_not_warm_its_cache(
+    postgres_url: str, receiver: Receiver
+) -> None:
+    """Other replicas write a PostgreSQL store: what a page says could be undone by them
+    without this replica's cache hearing of it, so the cache fills from reads of the keys
+    taken only."""
+    store = make_store(postgres_url)
+    await store.open()
+    first, second = Harness(store, receiver), Harness(store, receiver)
+    try:
+        await first.setup()
+        _, ticket = await first.take("upsert", rows(10))
+        assert ticket is not None
+        await asyncio.wait_for(ticket.done, 10)
+        second.sync = first.sync
+        second.streams.set_syncs([second.sync])
+        assert not second.streams.warming
+        asked = keys_asked(store)
+        _, ticket = await second.take("upsert", rows(10))
+        assert ticket is not None and ticket.done.done()
+        assert sorted(asked, key=int) == [str(i) for i in range(10)]
+    finally:
+        await first.close()
+        await second.close()
+        await store.close()
+
+
 async def test_a_row_removed_by_another_replica_is_not_dropped_as_unchanged(
     postgres_url: str, receiver: Receiver
 ) -> None:

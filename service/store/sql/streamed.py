@@ -87,6 +87,11 @@ SQLITE_HELD = (
     "SELECT json_group_array(json_array(key, hex(synced_hash), pending)) FROM row_state "
     "WHERE sync_id = ?1 AND key IN (SELECT value FROM json_each(?2))"
 )
+#: [key, synced hash as hex] of up to ?3 keys of sync ?1 after ?2 in key order, none pending.
+SQLITE_SETTLED_PAGE = (
+    "SELECT json_group_array(json_array(key, hex(synced_hash))) FROM (SELECT key, synced_hash "
+    "FROM row_state WHERE sync_id = ?1 AND key > ?2 AND pending = 0 ORDER BY key LIMIT ?3)"
+)
 SQLITE_PENDING_AMONG = (
     "SELECT json_group_array(key) FROM row_state "
     "WHERE sync_id = ?1 AND pending = 1 AND key IN (SELECT value FROM json_each(?2))"
@@ -175,6 +180,15 @@ class SqliteStreamed:
         }
 
     @staticmethod
+    async def settled_page(
+        conn: Conn, sync_id: str, after: str, limit: int
+    ) -> list[tuple[str, bytes | None]]:
+        found = await conn.fetchval(SQLITE_SETTLED_PAGE, sync_id, after, limit)
+        return [
+            (key, bytes.fromhex(synced) if synced else None) for key, synced in orjson.loads(found)
+        ]
+
+    @staticmethod
     async def pending_among(conn: Conn, sync_id: str, keys: Sequence[str]) -> set[str]:
         found = await conn.fetchval(SQLITE_PENDING_AMONG, sync_id, orjson.dumps(list(keys)))
         return set(orjson.loads(found))
@@ -227,6 +241,10 @@ POSTGRES_HELD = (
     "SELECT r.key, r.synced_hash, r.pending FROM unnest($2::text[]) AS k(key) "
     "JOIN row_state r ON r.sync_id = $1 AND r.key = k.key"
 )
+POSTGRES_SETTLED_PAGE = (
+    "SELECT key, synced_hash FROM row_state WHERE sync_id = $1 AND key > $2 AND pending = 0 "
+    "ORDER BY key LIMIT $3"
+)
 POSTGRES_PENDING_AMONG = (
     "SELECT r.key FROM unnest($2::text[]) AS k(key) "
     "JOIN row_state r ON r.sync_id = $1 AND r.key = k.key WHERE r.pending = 1"
@@ -271,6 +289,12 @@ class PostgresStreamed:
     ) -> dict[str, tuple[bytes | None, bool]]:
         rows = await conn.fetch(POSTGRES_HELD, sync_id, list(keys))
         return {key: (synced, bool(pending)) for key, synced, pending in rows}
+
+    @staticmethod
+    async def settled_page(
+        conn: Conn, sync_id: str, after: str, limit: int
+    ) -> list[tuple[str, bytes | None]]:
+        return [tuple(r) for r in await conn.fetch(POSTGRES_SETTLED_PAGE, sync_id, after, limit)]
 
     @staticmethod
     async def pending_among(conn: Conn, sync_id: str, keys: Sequence[str]) -> set[str]:
