@@ -140,8 +140,11 @@ SQLITE_PENDING_IN = (
 )
 
 
-def _sqlite_delivered(rows: Sequence[PendingWrite]) -> list[bytes]:
-    """The JSON array and the two blobs of SQLITE_DELIVERED."""
+def _delivered_batch(rows: Sequence[PendingWrite]) -> list[bytes]:
+    """The JSON array and the two blobs of SQLITE_DELIVERED and POSTGRES_DELIVERED: [key,
+    data at (from 1), data length, emitted_at] a row, the rows' data, and their hashes of
+    ROW_HASH_BYTES each, in order. Three values whatever the batch's size, where arrays of
+    each column cost the client a type check per element."""
     batch = []
     data_at = 1
     for r in rows:
@@ -215,7 +218,7 @@ class SqliteStreamed:
         first = conn.seq
         statements: list[tuple[str, Sequence[Any]]] = []
         if delivered:
-            batch = _sqlite_delivered(delivered)
+            batch = _delivered_batch(delivered)
             statements.append((SQLITE_DELIVERED, (sync_id, first, *batch)))
             conn.seq += len(delivered)
             statements.append((SQLITE_PENDING_IN, (sync_id, first, conn.seq)))
@@ -257,14 +260,17 @@ POSTGRES_SYNC_EPOCHS = (
     "SELECT e.sync_id, e.epoch FROM unnest($1::text[]) AS s(id) "
     "JOIN sync_epochs e ON e.sync_id = s.id"
 )
-#: Delivered versions; returns the keys found pending (a delivered row never turns pending).
+#: Delivered versions, from `_delivered_batch` ($2, $3, $4); returns the keys found pending (a
+#: delivered row never turns pending).
 POSTGRES_DELIVERED = (
     "WITH done AS ("
     + _INSERT_DELIVERED
-    + "SELECT $1, t.key, nextval('pending_seq'), 'upsert', t.data, t.row_hash, t.emitted_at, "
-    + "t.row_hash, 0 "
-    + "FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::float8[]) "
-    + "AS t(key, data, row_hash, emitted_at) "
+    + "SELECT $1, j.value->>0, nextval('pending_seq'), 'upsert', "
+    + "substring($3::bytea from (j.value->>1)::int for (j.value->>2)::int), "
+    + f"substring($4::bytea from {ROW_HASH_BYTES} * (j.n::int - 1) + 1 for {ROW_HASH_BYTES}), "
+    + "(j.value->>3)::float8, "
+    + f"substring($4::bytea from {ROW_HASH_BYTES} * (j.n::int - 1) + 1 for {ROW_HASH_BYTES}), 0 "
+    + "FROM json_array_elements($2::text::json) WITH ORDINALITY AS j(value, n) "
     + "ON CONFLICT (sync_id, key) DO UPDATE SET"
     + _DELIVERED_ON_KNOWN.format(seq="nextval('pending_seq')")
     + "RETURNING key, pending) SELECT key FROM done WHERE pending = 1"
@@ -318,14 +324,8 @@ class PostgresStreamed:
     ) -> list[str]:
         pending: list[str] = []
         if delivered:
-            found = await conn.fetch(
-                POSTGRES_DELIVERED,
-                sync_id,
-                [r.key for r in delivered],
-                [r.data for r in delivered],
-                [r.row_hash for r in delivered],
-                [r.emitted_at for r in delivered],
-            )
+            batch, data, hashes = _delivered_batch(delivered)
+            found = await conn.fetch(POSTGRES_DELIVERED, sync_id, batch.decode(), data, hashes)
             pending.extend(r[0] for r in found)
         if failed:
             await conn.execute(
