@@ -372,9 +372,12 @@ class Streams:
                 mark = self.cache.mark(sync_id)
                 page = await self._store.settled_page(sync_id, after, WARM_PAGE_KEYS)
                 stream = self._streams.get(sync_id)
-                if not page or stream is None or self.cache.mark(sync_id) != mark:
-                    return
-                if stream.overflow_all:
+                if (
+                    not page
+                    or stream is None
+                    or stream.overflow_all
+                    or self.cache.mark(sync_id) != mark
+                ):
                     return
                 overflow = stream.overflow
                 settled = [item for item in page if item[0] not in overflow]

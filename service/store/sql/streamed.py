@@ -260,6 +260,10 @@ POSTGRES_SYNC_EPOCHS = (
     "SELECT e.sync_id, e.epoch FROM unnest($1::text[]) AS s(id) "
     "JOIN sync_epochs e ON e.sync_id = s.id"
 )
+#: The hash of row j.n (from 1) in the hashes of `_delivered_batch`.
+_POSTGRES_NTH_HASH = (
+    f"substring($4::bytea from {ROW_HASH_BYTES} * (j.n::int - 1) + 1 for {ROW_HASH_BYTES})"
+)
 #: Delivered versions, from `_delivered_batch` ($2, $3, $4); returns the keys found pending (a
 #: delivered row never turns pending).
 POSTGRES_DELIVERED = (
@@ -267,9 +271,7 @@ POSTGRES_DELIVERED = (
     + _INSERT_DELIVERED
     + "SELECT $1, j.value->>0, nextval('pending_seq'), 'upsert', "
     + "substring($3::bytea from (j.value->>1)::int for (j.value->>2)::int), "
-    + f"substring($4::bytea from {ROW_HASH_BYTES} * (j.n::int - 1) + 1 for {ROW_HASH_BYTES}), "
-    + "(j.value->>3)::float8, "
-    + f"substring($4::bytea from {ROW_HASH_BYTES} * (j.n::int - 1) + 1 for {ROW_HASH_BYTES}), 0 "
+    + f"{_POSTGRES_NTH_HASH}, (j.value->>3)::float8, {_POSTGRES_NTH_HASH}, 0 "
     + "FROM json_array_elements($2::text::json) WITH ORDINALITY AS j(value, n) "
     + "ON CONFLICT (sync_id, key) DO UPDATE SET"
     + _DELIVERED_ON_KNOWN.format(seq="nextval('pending_seq')")
