@@ -17,7 +17,7 @@ from bench.measure import Window, group_joined
 from bench.settings import KAFKA, ROOT
 
 
-class _Joined(ConsumerRebalanceListener):
+class Joined(ConsumerRebalanceListener):
     def __init__(self) -> None:
         self.at: float | None = None
         self.cpu: float = 0.0
@@ -31,9 +31,8 @@ class _Joined(ConsumerRebalanceListener):
             self.cpu = time.process_time()
 
 
-async def consume(topic: str, group: str, rows: int, max_records: int) -> dict[str, float]:
-    """Wall-clock timestamps of start, join, first fetch and last decode, and CPU seconds."""
-    started = time.time()
+def subscribed(topic: str, group: str) -> tuple[AIOKafkaConsumer, Joined]:
+    """A consumer of `topic` in `group`, from the earliest offset, committing nothing itself."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=KAFKA,
         group_id=group,
@@ -41,8 +40,15 @@ async def consume(topic: str, group: str, rows: int, max_records: int) -> dict[s
         auto_offset_reset="earliest",
         metadata_max_age_ms=5000,
     )
-    joined = _Joined()
+    joined = Joined()
     consumer.subscribe([topic], listener=joined)
+    return consumer, joined
+
+
+async def consume(topic: str, group: str, rows: int, max_records: int) -> dict[str, float]:
+    """Wall-clock timestamps of start, join, first fetch and last decode, and CPU seconds."""
+    started = time.time()
+    consumer, joined = subscribed(topic, group)
     await consumer.start()
     first: float | None = None
     seen = 0
@@ -63,12 +69,15 @@ async def consume(topic: str, group: str, rows: int, max_records: int) -> dict[s
     return {"started": started, "joined": joined.at, "first": first, "done": done, "cpu": cpu}
 
 
-async def measure(topic: str, group: str, rows: int, max_records: int) -> Window:
-    """Runs S0 in a child process and returns its window; the join is seen from the broker,
-    as for the service (the child's own rebalance listener is kept as a detail)."""
+async def measure(
+    topic: str, group: str, rows: int, max_records: int, *extra: str, module: str = "bench.baseline"
+) -> Window:
+    """Runs S0 (or another bare consumer, `module`, given `extra` arguments) in a child process
+    and returns its window; the join is seen from the broker, as for the service (the child's
+    own rebalance listener is kept as a detail)."""
     spawned = time.time()
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "bench.baseline", topic, group, str(rows), str(max_records)),
+        *(sys.executable, "-m", module, topic, group, str(rows), str(max_records), *extra),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -79,7 +88,7 @@ async def measure(topic: str, group: str, rows: int, max_records: int) -> Window
     with contextlib.suppress(asyncio.CancelledError, TimeoutError):
         await joining  # done either way before it is asked for its result
     if proc.returncode != 0:
-        raise RuntimeError(f"the baseline consumer exited {proc.returncode}")
+        raise RuntimeError(f"{module} exited {proc.returncode}")
     t = json.loads(out)
     seen = not joining.cancelled() and joining.exception() is None
     joined = joining.result() if seen else t["joined"]

@@ -18,6 +18,8 @@ from bench.settings import RESULTS, ROOT, TARGETS
 
 SCENARIOS = {
     "S0": "baseline consumer",
+    "F1": "floor: S1's essential work, bare",
+    "F2": "floor: S2's essential work, bare",
     "S1": "service, blackhole",
     "S2": "service, all unchanged",
     "S3": "service, webhook",
@@ -69,10 +71,18 @@ def add_ratios(results: dict[str, Any]) -> None:
     for shape in results["shapes"].values():
         rate = {k: v.get("rows_per_s") for k, v in shape.items() if isinstance(v, dict)}
         ratios = {}
-        for name in ("S1", "S2", "S3", "S4", "S5", "P4", "P4d"):
+        for name in ("F1", "F2", "S1", "S2", "S3", "S4", "S5", "P4", "P4d"):
             if rate.get(name) and rate.get("S0"):
                 ratios[f"{name}/S0"] = round(rate[name] / rate["S0"], 3)
-        for over, under in (("S3", "S1"), ("S5", "S4"), ("S4", "P4"), ("S4", "P4d")):
+        pairs = (
+            ("S1", "F1"),
+            ("S2", "F2"),
+            ("S3", "S1"),
+            ("S5", "S4"),
+            ("S4", "P4"),
+            ("S4", "P4d"),
+        )
+        for over, under in pairs:
             if rate.get(over) and rate.get(under):
                 ratios[f"{over}/{under}"] = round(rate[over] / rate[under], 3)
         peers = [rate[p] for p in ("P4", "P4d") if rate.get(p)]
@@ -195,6 +205,8 @@ def markdown(results: dict[str, Any]) -> str:
             over_s0 = 1.0 if name == "S0" else shape["ratios"].get(f"{name}/S0")
             ratio = "n/a" if over_s0 is None else f"{over_s0:.2f} x S0"
             ratios = shape["ratios"]
+            if name in ("S1", "S2") and f"{name}/F{name[1]}" in ratios:
+                ratio += f", {ratios[f'{name}/F{name[1]}']:.2f} x F{name[1]}"
             if name == "S3" and "S3/S1" in ratios:
                 ratio += f", {ratios['S3/S1']:.2f} x S1"
             if name == "S5" and "S5/S4" in ratios:

@@ -38,7 +38,7 @@ from bench.tree import ServiceTree
 
 log = logging.getLogger("bench")
 
-ALL = ("S0", "S1", "S2", "S3", "S4", "S5", "L1", "M1")
+ALL = ("S0", "F1", "F2", "S1", "S2", "S3", "S4", "S5", "L1", "M1")
 #: The peer (Flink SQL, needs a JVM): only when asked for (`--only`, `--peer`, make bench-peer).
 PEER = ("P4", "P4d")
 

@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import baseline, peer, postgres
+from bench import baseline, floor, peer, postgres
 from bench.context import Bench, DestinationSpec
 from bench.events import generate, produce_all, row_keys
 from bench.measure import Window, service_window
@@ -70,6 +70,10 @@ async def run_shape(bench: Bench, rows_per_event: int, only: set[str]) -> dict[s
 
     s1_store = bench.sqlite_url(f"s1-{shape}")
     await attempt("S0", lambda _: _baseline(bench, first, rows))
+    await attempt("F1", lambda n: _floor(bench, n, first, rows, shape))
+    if "F1" in result and "error" not in result["F1"]:
+        # The same events again into F1's store: every row is held already and unchanged.
+        await attempt("F2", lambda n: _floor(bench, n, second, rows, shape))
     await attempt("S1", lambda n: _service(bench, n, first, rows, s1_store, bench.blackhole()))
     if "S1" in result and "error" not in result["S1"]:
         # The same events again into S1's store: every row is synced already and unchanged.
@@ -116,6 +120,21 @@ async def _baseline(bench: Bench, topic: str, rows: int) -> dict[str, Any]:
     rates = [w.rows_per_second for w in windows]
     median = windows[rates.index(statistics.median_low(rates))]
     return {**median.figures(), "repeats_rows_per_s": [round(r, 1) for r in rates]}
+
+
+async def _floor(bench: Bench, name: str, topic: str, rows: int, shape: str) -> dict[str, Any]:
+    """F1 and F2: the bare consumer doing S1's and S2's essential work (bench/floor.py), F2 on
+    the store F1 filled."""
+    path = bench.workdir / f"floor-{shape}.db"
+    window = await baseline.measure(
+        topic,
+        f"{topic}-{name}",
+        rows,
+        bench.profile.fetch_max_records,
+        str(path),
+        module=floor.__name__,
+    )
+    return window.figures()
 
 
 async def _service(

@@ -202,3 +202,22 @@ def test_l1_at_a_given_s1_rate_says_so(run: dict[str, Any]) -> None:
 
     assert measured.startswith("0.50 x S1 (")
     assert given == measured.replace("x S1 (", "x the given S1 rate (")
+
+
+def test_the_floors_show_next_to_s0_and_s1_and_s2_are_given_as_shares_of_them(
+    run: dict[str, Any],
+) -> None:
+    shape = run["shapes"]["100r"]
+    s0, s1, s2 = (shape[n]["rows_per_s"] for n in ("S0", "S1", "S2"))
+    shape["F1"] = {**shape["S0"], "rows_per_s": 4 * s1}
+    shape["F2"] = {**shape["S0"], "rows_per_s": 2 * s2}
+
+    md = report.render(run)
+
+    floor = cells(md, "F1 floor: S1's essential work, bare", "100-row")
+    assert floor[3] == f"{4 * s1:,.0f} rows/s"
+    assert floor[4] == f"{4 * s1 / s0:.2f} x S0"
+    assert cells(md, "S1 service, blackhole", "100-row")[4].endswith(", 0.25 x F1")
+    assert cells(md, "S2 service, all unchanged", "100-row")[4].endswith(", 0.50 x F2")
+    # A shape without the floors keeps its lines as they were.
+    assert not cells(md, "S1 service, blackhole", "1-row")[4].endswith("F1")
