@@ -160,46 +160,41 @@ def project_events(
     latest: dict[tuple[str, str], PendingWrite] = {}
     dumps = orjson.dumps
     stop = len(events) if end is None else end
-    for i in range(start, stop):
+    i = start
+    while i < stop:
         event = events[i]
         index = routes if event_routes is None else event_routes[i]
         targets = index.get(event.model_id)
         if not targets:
             result.unrouted_events += 1
+            i += 1
             continue
-        emitted = event.emitted_at.timestamp() if event.emitted_at else None
-        op = "delete" if event.op == "delete" else "upsert"
-        careful = i in suspect
-        foreign = isinstance(event, SourceChange)
+        if not _plain(event, i, suspect):
+            _project_event(event, i in suspect, targets, latest, dumps, result, snapshot)
+            i += 1
+            continue
+        # A run of plain events routed alike is projected in one pass a route, with no per-row
+        # error handling: a run orjson refuses is done again event by event.
+        run_end = i + 1
+        while (
+            run_end < stop
+            and (routes if event_routes is None else event_routes[run_end]).get(
+                events[run_end].model_id
+            )
+            is targets
+            and _plain(events[run_end], run_end, suspect)
+        ):
+            run_end += 1
         for route in targets:
-            if foreign:
-                assert isinstance(event, SourceChange)
-                if event.truncate:
-                    if snapshot is not None:
-                        snapshot.truncated.append(route.sync_id)
-                    continue
-                problem = _source_problem(event, route)
-                if problem is not None:
-                    refused = _Refusals()
-                    for row in event.rows:
-                        refused.add(row, *problem)
-                    _note_refused(refused, route, result, snapshot)
-                    continue
-            # The whole event is tried at once; only when orjson refuses a value (its
-            # JSONEncodeError is a TypeError) is it done again row by row, so one bad row costs
-            # its own rejection and the hot path carries no per-row error handling.
-            fast = not careful
-            if fast:
-                try:
-                    refused = _project_fast(event.rows, route, op, emitted, latest, dumps)
-                except (TypeError, ValueError, RecursionError):
-                    fast = False
-            if not fast:
-                refused = _project_one_by_one(event.rows, route, op, emitted, latest, dumps)
+            try:
+                refused = _project_run(events, i, run_end, route, latest, dumps)
+            except (TypeError, ValueError, RecursionError):
+                for k in range(i, run_end):
+                    _project_event(events[k], False, (route,), latest, dumps, result, snapshot)
+                continue
             if refused is not None and refused.rows:
                 _note_refused(refused, route, result, snapshot)
-            if event.snapshot_id is not None and snapshot is not None:
-                _note_snapshot(event, route, snapshot)
+        i = run_end
     result.rows = len(latest)
     result.sync_ids = {sync_id for sync_id, _ in latest}
     if snapshot is not None:
@@ -207,6 +202,57 @@ def project_events(
         result.sync_ids.update(r.sync_id for r in snapshot.rejected)
         result.sync_ids.update(snapshot.truncated)
     return list(latest.values()), result
+
+
+def _plain(event: Change, i: int, suspect: Container[int]) -> bool:
+    """An event a run may take: decoded from the contract's format, sure to hold finite
+    numbers only, and no part of a snapshot."""
+    return event.snapshot_id is None and i not in suspect and not isinstance(event, SourceChange)
+
+
+def _project_event(
+    event: Change,
+    careful: bool,
+    targets: Sequence[SyncRoute],
+    latest: dict[tuple[str, str], PendingWrite],
+    dumps: _Dumps,
+    result: IngestResult,
+    snapshot: SnapshotProgress | None,
+) -> None:
+    """One event for each of its routes: a decoded database change, a snapshot's event, one
+    whose values may not be finite (`careful`), or an event of a run done again."""
+    emitted = event.emitted_at.timestamp() if event.emitted_at else None
+    op = "delete" if event.op == "delete" else "upsert"
+    foreign = isinstance(event, SourceChange)
+    for route in targets:
+        if foreign:
+            assert isinstance(event, SourceChange)
+            if event.truncate:
+                if snapshot is not None:
+                    snapshot.truncated.append(route.sync_id)
+                continue
+            problem = _source_problem(event, route)
+            if problem is not None:
+                refused = _Refusals()
+                for row in event.rows:
+                    refused.add(row, *problem)
+                _note_refused(refused, route, result, snapshot)
+                continue
+        # Tried at once first; only when orjson refuses a value (its JSONEncodeError is a
+        # TypeError) is it done again row by row, so one bad row costs its own rejection.
+        slow = careful
+        refused = None
+        if not slow:
+            try:
+                refused = _project_run((event,), 0, 1, route, latest, dumps)
+            except (TypeError, ValueError, RecursionError):
+                slow = True
+        if slow:
+            refused = _project_one_by_one(event.rows, route, op, emitted, latest, dumps)
+        if refused is not None and refused.rows:
+            _note_refused(refused, route, result, snapshot)
+        if event.snapshot_id is not None and snapshot is not None:
+            _note_snapshot(event, route, snapshot)
 
 
 def _source_problem(event: SourceChange, route: SyncRoute) -> tuple[str, str] | None:
@@ -290,41 +336,49 @@ def _deleted(
     return PendingWrite(sync_id, key, "delete", None, None, emitted, source)
 
 
-def _project_fast(
-    rows: list[dict[str, object]],
+def _project_run(
+    events: Sequence[Change],
+    start: int,
+    end: int,
     route: SyncRoute,
-    op: str,
-    emitted: float | None,
     latest: dict[tuple[str, str], PendingWrite],
     dumps: _Dumps,
 ) -> _Refusals | None:
-    """Adds the routed rows to `latest`; returns the rows refused (None: none was)."""
+    """Adds the routed rows of events[start:end] to `latest`; returns the rows refused (None:
+    none was)."""
     refused = None
     pk = route.primary_key
     columns = route.referenced_columns
     sync_id = route.sync_id
     blake2b = hashlib.blake2b
     size = ROW_HASH_BYTES
-    for row in rows:
-        value = row.get(pk)
-        # row_key's answer for the common cases (a non-empty string, an int), without the call.
-        kind = type(value)
-        key = (value or None) if kind is str else str(value) if kind is int else row_key(value)
-        if key is None or len(key) > MAX_KEY_LENGTH or "\x00" in key:
-            reason, text = _key_problem(value, key)  # type: ignore[misc]
-            refused = refused or _Refusals()
-            refused.add(row, reason, text)
-            continue
-        if op == "delete":
-            latest[(sync_id, key)] = _deleted(latest, sync_id, key, emitted)
-            continue
-        # A row that has exactly the referenced columns, in their order, is its own projection.
-        projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
-        data = bytes(memoryview(dumps(projected)))
-        digest = blake2b(data, digest_size=size).digest()
-        latest[(sync_id, key)] = PendingWrite(
-            sync_id, key, "upsert", data, digest, emitted, projected
-        )
+    for i in range(start, end):
+        event = events[i]
+        at = event.emitted_at
+        emitted = at.timestamp() if at is not None else None
+        delete = event.op == "delete"
+        for row in event.rows:
+            value = row.get(pk)
+            # row_key's answer for the common cases (a non-empty string, an int), without the
+            # call.
+            kind = type(value)
+            key = (value or None) if kind is str else str(value) if kind is int else row_key(value)
+            if key is None or len(key) > MAX_KEY_LENGTH or "\x00" in key:
+                reason, text = _key_problem(value, key)  # type: ignore[misc]
+                refused = refused or _Refusals()
+                refused.add(row, reason, text)
+                continue
+            if delete:
+                latest[(sync_id, key)] = _deleted(latest, sync_id, key, emitted)
+                continue
+            # A row that has exactly the referenced columns, in their order, is its own
+            # projection.
+            projected = row if tuple(row) == columns else {c: row.get(c) for c in columns}
+            data = bytes(memoryview(dumps(projected)))
+            digest = blake2b(data, digest_size=size).digest()
+            latest[(sync_id, key)] = PendingWrite(
+                sync_id, key, "upsert", data, digest, emitted, projected
+            )
     return refused
 
 

@@ -265,6 +265,59 @@ def test_every_row_is_either_kept_exactly_or_rejected_with_a_reason(
     assert len(kept) + result.rejected >= len(versions)
 
 
+def _outcome(
+    events: list[Change], event_routes: list[dict[str, tuple[SyncRoute, ...]]]
+) -> tuple[list[tuple[Any, ...]], dict[str, int], list[tuple[str, str, bytes]]]:
+    snap = SnapshotProgress()
+    writes, result = project_events(events, ROUTES, snap, event_routes=event_routes)
+    kept = [(w.sync_id, w.key, w.op, w.data, w.row_hash, w.source) for w in writes]
+    refused = sorted((r.sync_id, r.reason, r.data) for r in snap.rejected)
+    return kept, result.rejected_by, refused
+
+
+_batch_rows = st.lists(
+    st.fixed_dictionaries(
+        {"id": st.integers(0, 4) | st.sampled_from(["", None, "k"]), "email": _values}
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["upsert", "delete"]), _batch_rows), max_size=6))
+def test_a_batch_projects_as_its_events_would_one_by_one(
+    batch: list[tuple[str, list[dict[str, Any]]]],
+) -> None:
+    """Events routed alike are projected a run at a time, a run orjson refuses event by event:
+    the same versions, refusals and reasons as each event on its own, in order (an index of
+    its own for each event keeps runs from forming)."""
+    events = []
+    for op, rows in batch:
+        try:
+            events.append(decode_event(None, _raw(rows).replace(b'"upsert"', f'"{op}"'.encode())))
+        except InvalidEvent:
+            continue
+    suspect = any(_NON_FINITE_HINT.search(_raw(rows)) for _, rows in batch)
+    if suspect:
+        return  # NaN and infinities are checked event by event either way
+    shared = [ROUTES] * len(events)
+    alone = [{"1": tuple(list(ROUTES["1"]))} for _ in events]  # a tuple of its own each
+    assert _outcome(events, shared) == _outcome(events, alone)
+
+
+def test_a_run_refused_by_orjson_is_done_again_from_its_first_event() -> None:
+    big = 123456789012345678901234567890
+    first = b'{"modelId": "1", "op": "upsert", "rows": [{"id": 1, "email": %d}, {"id": 2, "email": "b"}]}'  # noqa: E501
+    rest = b'{"modelId": "1", "op": "upsert", "rows": [{"id": 3, "email": "c"}]}'
+    snap = SnapshotProgress()
+    events = [decode_event(None, first % big), decode_event(None, rest)]
+
+    writes, result = project_events(events, ROUTES, snap)
+
+    assert sorted(w.key for w in writes) == ["2", "3"]
+    assert result.rejected_by == {"unencodable": 1}
+
+
 def test_an_integer_beyond_64_bits_rejects_its_row_alone() -> None:
     raw = b'{"modelId": "1", "op": "upsert", "rows": [{"id": 7, "email": 123456789012345678901234567890}, {"id": 8, "email": "b"}]}'  # noqa: E501
     snap = SnapshotProgress()
