@@ -456,23 +456,32 @@ class Streams:
         if self._store.shared:
             await self._check_epochs(list(groups))
         found: dict[str, dict[str, tuple[bytes | None, bool]]] = {}
-        asked: dict[str, set[str]] = {}
+        asked: dict[str, list[str]] = {}
+        # What the cache says of each row's key, looked up once (a large map's lookups miss
+        # the CPU's caches): valid while nothing awaits, so dropped once a store read did.
+        cached: dict[str, list[Any]] = {}
         for sync_id, rows in groups.items():
             stream = self._streams[sync_id]
             if stream.overflow_all or sync_id in hold:
                 continue
-            known = self.cache.get(sync_id)
-            missing = [
-                w.key
-                for w in rows
-                if w.key not in known
-                and w.key not in stream.queue
-                and w.key not in stream.flying
-                and w.key not in stream.overflow
-            ]
-            if missing:
-                asked[sync_id] = set(missing)
-                found[sync_id] = await self._store.held(sync_id, missing)
+            get = self.cache.get(sync_id).get
+            cached[sync_id] = held = [get(w.key, _UNKNOWN) for w in rows]
+            if _UNKNOWN in held:
+                queue, flying, overflow = stream.queue, stream.flying, stream.overflow
+                missing = [
+                    w.key
+                    for w, h in zip(rows, held, strict=True)
+                    if h is _UNKNOWN
+                    and w.key not in queue
+                    and w.key not in flying
+                    and w.key not in overflow
+                ]
+                if missing:
+                    asked[sync_id] = missing
+        for sync_id, missing in asked.items():
+            found[sync_id] = await self._store.held(sync_id, missing)
+        if asked:
+            cached.clear()
         ticket = StreamTicket()
         settle: list[tuple[_SyncStream, set[str]]] = []
         unchanged = 0
@@ -484,8 +493,9 @@ class Streams:
             n, kept = self._stream_rows(
                 stream,
                 rows,
+                cached.get(sync_id),
                 found.get(sync_id, {}),
-                asked.get(sync_id, set()),
+                set(asked.get(sync_id, ())),
                 ticket,
                 to_store,
                 settle,
@@ -517,25 +527,30 @@ class Streams:
         self,
         stream: _SyncStream,
         rows: list[PendingWrite],
+        cached: list[Any] | None,
         found: dict[str, tuple[bytes | None, bool]],
         asked: set[str],
         ticket: StreamTicket,
         to_store: list[PendingWrite],
         settle: list[tuple[_SyncStream, set[str]]],
     ) -> tuple[int, int]:
-        """Queues the rows of one sync; returns (dropped as unchanged, queued). `found`: what
-        the store said of the keys `asked` (a key it lacks is held nowhere)."""
+        """Queues the rows of one sync; returns (dropped as unchanged, queued). `cached`: what
+        the cache says of each row's key (_UNKNOWN: nothing), looked up since the last await,
+        or None to look it up here; `found`: what the store said of the keys `asked` (a key
+        it lacks is held nowhere)."""
         sync_id = stream.sync.id
-        known = self.cache.get(sync_id)
         fresh = [(key, held) for key, (held, pending) in found.items() if not pending]
         if len(fresh) < len(found):
             self._mark_pending(stream, [key for key, (_, pending) in found.items() if pending])
+        if cached is None:
+            get = self.cache.get(sync_id).get
+            cached = [get(w.key, _UNKNOWN) for w in rows]
         queue, flying = stream.queue, stream.flying
         unchanged = 0
         queued: list[_Version] = []
         store_rows: list[PendingWrite] = []
         overflow = stream.overflow
-        for w in rows:
+        for w, in_cache in zip(rows, cached, strict=True):
             key = w.key
             if key in overflow:
                 store_rows.append(w)
@@ -546,19 +561,17 @@ class Streams:
                 held = older.synced_hash
             elif flight is not None:
                 held = flight.synced_hash  # replaced by what the flight records, when it does
+            elif in_cache is not _UNKNOWN:
+                held = in_cache
+            elif key in found:
+                held = found[key][0]
+            elif key in asked:
+                held = None  # the store does not know it (not cached: its flight says)
             else:
-                held = known.get(key, _UNKNOWN)
-                if held is _UNKNOWN:
-                    if key in found:
-                        held = found[key][0]
-                    elif key in asked:
-                        held = None  # the store does not know it (not cached: its flight says)
-                    else:
-                        # Not looked up (it was pending while the store was read, and is no
-                        # more): what the destination holds is not known here, the store path
-                        # knows.
-                        store_rows.append(w)
-                        continue
+                # Not looked up (it was pending while the store was read, and is no more):
+                # what the destination holds is not known here, the store path knows.
+                store_rows.append(w)
+                continue
             idle = flight is None
             if w.op == "delete":
                 if held is not None or not idle:
