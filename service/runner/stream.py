@@ -380,7 +380,7 @@ class Streams:
                 ):
                     return
                 overflow = stream.overflow
-                settled = [item for item in page if item[0] not in overflow]
+                settled = [item for item in page if item[0] not in overflow] if overflow else page
                 if not self.cache.fill(sync_id, settled) or len(page) < WARM_PAGE_KEYS:
                     return
                 after = page[-1][0]

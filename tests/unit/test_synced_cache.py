@@ -25,6 +25,15 @@ def test_fill_stops_at_three_quarters_and_evicts_nothing() -> None:
     assert cache.bytes == 6 * ENTRY
 
 
+def test_fill_up_to_exactly_three_quarters_takes_every_key() -> None:
+    cache = SyncedCache(8 * ENTRY)
+    assert cache.fill("s", [(k, b"h") for k in "abc"])
+    assert cache.fill("s", [(k, b"h") for k in "cdef"])  # c is there: 6 entries of 8
+    assert cache.bytes == 6 * ENTRY
+    assert not cache.fill("s", [("g", b"h")])
+    assert list(cache.get("s")) == list("abcdef")
+
+
 def test_the_mark_moves_when_entries_are_dropped_and_only_then() -> None:
     cache = SyncedCache(4 * ENTRY)
     marks = [cache.mark("s")]
