@@ -9,6 +9,8 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -99,15 +101,24 @@ async def measure(
     return window
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def child(description: str, consume: Callable[..., Awaitable[dict[str, Any]]], *extra: str) -> None:
+    """A measuring child process's entry: `consume(topic, group, rows, max_records, *extra)`
+    from its command line, and the times it returns printed as JSON."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("topic")
     parser.add_argument("group")
     parser.add_argument("rows", type=int)
     parser.add_argument("max_records", type=int)
+    for name in extra:
+        parser.add_argument(name)
     args = parser.parse_args()
-    timestamps = asyncio.run(consume(args.topic, args.group, args.rows, args.max_records))
-    print(json.dumps(timestamps))
+    more = [getattr(args, name) for name in extra]
+    found = asyncio.run(consume(args.topic, args.group, args.rows, args.max_records, *more))
+    print(json.dumps(found))
+
+
+def main() -> None:
+    child(__doc__ or "", consume)
 
 
 if __name__ == "__main__":

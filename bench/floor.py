@@ -24,10 +24,8 @@ service keeps."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import json
 import sqlite3
 import sys
 import time
@@ -38,7 +36,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from bench.baseline import subscribed
+from bench.baseline import child, subscribed
 from service.cli import GC_THRESHOLDS, SWITCH_INTERVAL
 from service.core.rows import ROW_HASH_BYTES
 from service.store.dialect import WRITER_CACHE_KIB
@@ -178,15 +176,7 @@ async def consume(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("topic")
-    parser.add_argument("group")
-    parser.add_argument("rows", type=int)
-    parser.add_argument("max_records", type=int)
-    parser.add_argument("db")
-    args = parser.parse_args()
-    found = asyncio.run(consume(args.topic, args.group, args.rows, args.max_records, args.db))
-    print(json.dumps(found))
+    child(__doc__ or "", consume, "db")
 
 
 if __name__ == "__main__":
