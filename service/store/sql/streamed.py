@@ -87,9 +87,9 @@ SQLITE_HELD = (
     "SELECT json_group_array(json_array(key, hex(synced_hash), pending)) FROM row_state "
     "WHERE sync_id = ?1 AND key IN (SELECT value FROM json_each(?2))"
 )
-#: [key, synced hash as hex] of up to ?3 keys of sync ?1 after ?2 in key order, none pending.
-#: Rows, not one JSON value: sqlite3 hands the hashes over as bytes, about half the CPU of
-#: hex in JSON, parsed and decoded again.
+#: (key, synced hash) of up to ?3 keys of sync ?1 after ?2 in key order, none pending. Rows,
+#: not one JSON value: sqlite3 hands the hashes over as bytes, about half the CPU of hex in
+#: JSON, parsed and decoded again.
 SQLITE_SETTLED_PAGE = (
     "SELECT key, synced_hash FROM row_state WHERE sync_id = ?1 AND key > ?2 AND pending = 0 "
     "ORDER BY key LIMIT ?3"
