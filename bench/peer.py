@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import time
 from pathlib import Path
@@ -27,10 +26,11 @@ import orjson
 
 from bench import postgres
 from bench.measure import Window
+from bench.pgcpu import PgCpu, per_row
+from bench.proc import cpu_seconds
 from bench.settings import KAFKA, PG_URL, ROOT
 
 FLINK = ROOT / "scripts" / "flink" / "flink.sh"
-_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def missing() -> str | None:
@@ -52,23 +52,22 @@ async def resolve() -> None:
         raise RuntimeError(f"resolving Flink failed: {out.decode(errors='replace')[-2000:]}")
 
 
-async def _first_rows(table: str, pid: int, found: list[tuple[float, int, float]]) -> None:
-    """Polls `table` every 20 ms until it holds rows; notes when, how many, and the JVM's CPU."""
+async def _first_rows(
+    table: str, pid: int, found: list[tuple[float, int, float]], meter: PgCpu
+) -> None:
+    """Polls `table` every 20 ms until it holds rows; notes when, how many, and the JVM's CPU,
+    and starts measuring PostgreSQL's."""
     conn = await asyncpg.connect(PG_URL)
     try:
         while True:
             rows = await conn.fetchval(f"SELECT count(*) FROM {table}")
             if rows:
-                found.append((time.time(), rows, _cpu_seconds(pid)))
+                found.append((time.time(), rows, cpu_seconds(pid) or 0.0))
+                await meter.start()
                 return
             await asyncio.sleep(0.02)
     finally:
         await conn.close()
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
 
 
 async def run_peer(
@@ -93,6 +92,8 @@ async def run_peer(
         cpu: dict[str, float] = {}
         first: list[tuple[float, int, float]] = []  # (when, rows then, JVM CPU then)
         watching: asyncio.Task[None] | None = None
+        meter = PgCpu()
+        spent: dict[str, float] | None = None
         try:
             async with asyncio.timeout(within):
                 assert proc.stdout is not None
@@ -102,15 +103,20 @@ async def run_peer(
                         marks[mark["event"]] = mark["at_ms"] / 1000
                         if mark["event"] == "running":
                             where = f"{schema.name}.{table}"
-                            watching = asyncio.create_task(_first_rows(where, proc.pid, first))
+                            watching = asyncio.create_task(
+                                _first_rows(where, proc.pid, first, meter)
+                            )
                         if mark["event"] in ("running", "finished"):
-                            cpu[mark["event"]] = _cpu_seconds(proc.pid)
+                            cpu[mark["event"]] = cpu_seconds(proc.pid) or 0.0
+                        if mark["event"] == "finished":
+                            spent = await meter.stop()
                 code = await proc.wait()
         finally:
             if watching is not None:
                 watching.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watching
+            await meter.stop()  # when the job did not finish
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
@@ -148,4 +154,7 @@ async def run_peer(
             "window_start": "first rows seen in the table (polled every 20 ms)",
         }
     )
+    if spent is not None:
+        window.details["postgres_cpu_s"] = spent
+        window.details["postgres_cpu_us_per_row"] = per_row(spent, rows - before)
     return window.figures()

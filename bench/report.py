@@ -221,6 +221,8 @@ def markdown(results: dict[str, Any]) -> str:
             )
             if name == "S1":
                 lines.append(_cpu_line(results, entry, n))
+            if "postgres_cpu_us_per_row" in entry:
+                lines.append(_postgres_cpu_line(name, entry, n))
     s1_name = "S1" if not results.get("s1_rate_given") else "the given S1 rate"
     for level in results.get("L1", {}).get("levels", []):
         lat = level["latency_ms"]
@@ -275,6 +277,22 @@ def _cpu_line(results: dict[str, Any], entry: dict[str, Any], n: int) -> str:
         basis = f"{entry['cpu_seconds']:.2f} CPU s, {_n(entry['rows_per_cpu_s'])} rows/CPU s"
     rows = f"{entry['rows']:,}" if "rows" in entry else ""
     return f"| S1 CPU per row | {n}-row | {rows} | {figure} | {basis} | {target} | {verdict} |"
+
+
+def _postgres_cpu_line(name: str, entry: dict[str, Any], n: int) -> str:
+    """PostgreSQL's own CPU per row in the scenario's window, by the sessions' roles
+    (bench/pgcpu.py): what the server spends on the store's records next to the destination's
+    writes, and on the peer's writes."""
+    spent = entry["postgres_cpu_us_per_row"]
+    parts = [f"{role} {spent[role]:.1f}" for role in ROLES_SHOWN if spent.get(role)]
+    figure = f"{' / '.join(parts)} us/row" if parts else "n/a"
+    total = f"{spent['total']:.1f} us/row in all" if "total" in spent else ""
+    rows = f"{entry['rows']:,}"
+    return f"| {name} PostgreSQL CPU per row | {n}-row | {rows} | {figure} | {total} | | |"
+
+
+#: The roles of `_postgres_cpu_line`, in order.
+ROLES_SHOWN = ("store", "destination", "peer", "other")
 
 
 def _scenario_target(results: dict[str, Any], name: str, n: int) -> tuple[str, str]:

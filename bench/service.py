@@ -17,13 +17,13 @@ import aiohttp
 import yaml
 
 from bench.events import COLUMNS
+from bench.proc import cpu_seconds
 from bench.settings import KAFKA, MODEL_ID, SYNC_SERVICE
 
 POLL = 0.02  # seconds between readiness and progress polls near the moments that count
 
 _SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -197,8 +197,7 @@ class ServiceProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the process (all its threads) so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
+        return cpu_seconds(self.pid) or 0.0
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

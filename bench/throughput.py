@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import baseline, floor, peer, postgres
+from bench import baseline, floor, peer, pgcpu, postgres
 from bench.context import Bench, DestinationSpec
 from bench.events import generate, produce_all, row_keys
 from bench.measure import Window, service_window
@@ -145,7 +145,10 @@ async def _service(
     database_url: str,
     destination: DestinationSpec,
     completion: str = "delivered",
+    meter: pgcpu.PgCpu | None = None,
 ) -> dict[str, Any]:
+    """One service process on `topic` until `rows` are done; with `meter`, PostgreSQL's CPU in
+    the window too."""
     if completion == "delivered":
         metric = "sync_rows_delivered_total"
         labels = {"destination_type": destination.type, "outcome": "delivered"}
@@ -158,13 +161,24 @@ async def _service(
 
         async def on_ready() -> None:
             await bench.profiler.attach(service.pid, name)
+            if meter is not None:
+                await meter.start()
 
-        window = await service_window(service, rows, metric, labels, timeout, on_ready)
+        try:
+            window = await service_window(service, rows, metric, labels, timeout, on_ready)
+        finally:
+            spent = await meter.stop() if meter is not None else None
         window.details["completion"] = f"{metric}{labels or ''}"
+        if spent is not None:
+            window.details["postgres_cpu_s"] = spent
+            window.details["postgres_cpu_us_per_row"] = pgcpu.per_row(spent, rows)
     return window.figures()
 
 
 async def _postgres(bench: Bench, name: str, topic: str, rows: int) -> dict[str, Any]:
-    """A fresh schema holds the service's tables and the destination table."""
+    """A fresh schema holds the service's tables and the destination table; PostgreSQL's CPU
+    is measured by role (`bench/pgcpu.py`)."""
     async with postgres.Schema() as url:
-        return await _service(bench, name, topic, rows, url, bench.postgres(url))
+        return await _service(
+            bench, name, topic, rows, url, bench.postgres(url), meter=pgcpu.PgCpu()
+        )

@@ -44,7 +44,7 @@ from service.pipeline.watch import Upkeep, Watcher
 from service.resources import ResourcesError, ResourcesFile, apply_resources
 from service.runner.retry import RetryPolicy
 from service.runner.runner import SyncRunner
-from service.runner.stream import Streams
+from service.runner.stream import WARM_BEFORE_JOIN_SECONDS, Streams
 from service.scheduler import Scheduler
 from service.source.debezium import DebeziumSources
 from service.source.dlq import MAX_LETTER_BYTES, DeadLetters
@@ -398,6 +398,10 @@ def build_app(
         await upkeep.close_orphaned_runs()
         requests = RunRequests(store, catalog, scheduler, reporter, runner.owner)
         run_control.attach(store, catalog, scheduler, reporter, requests)
+        if streams is not None:
+            # The cache fills from the store before the group join (a restart's rows that
+            # come again unchanged are dropped without a read); bounded, it goes on after.
+            await streams.warmed(WARM_BEFORE_JOIN_SECONDS, shutting_down)
         await connect_kafka(settings, consumer.start, shutting_down)
         parts["source"], parts["loop"] = source, loop
         scheduler.notify_pending((await store.pending_counts()).keys())

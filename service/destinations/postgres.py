@@ -30,6 +30,9 @@ from service.core.rows import RowChange
 from service.destinations.egress import AddressRefused, EgressPolicy, EgressRefused
 from service.store.pgconnect import _ssl_option, mask_url, scrub
 
+#: How the destination's sessions show in pg_stat_activity (the store's are "sync-service
+#: store").
+APPLICATION_NAME = "sync-service destination"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 #: Errors about the connection: worth retrying.
@@ -303,7 +306,7 @@ class PostgresDestination(DestinationWriter):
                 max_size=self._config.max_concurrency,
                 command_timeout=60,
                 connect=connector,
-                server_settings={"application_name": "sync-service"},
+                server_settings={"application_name": APPLICATION_NAME},
             )
         except AddressRefused as exc:
             raise EgressRefused(f"dsn: {exc}") from None

@@ -74,6 +74,10 @@ _ENTRY_BYTES = 120
 #: Keys a page of the cache's warm-up reads (`Streams._warm`): a few milliseconds of the store's
 #: reading connection and of the event loop each.
 WARM_PAGE_KEYS = 20_000
+#: How long a replica that starts waits for the warm-up before it joins the consumer group
+#: (`Streams.warmed`): a full cache is read in about a second; past this, it joins and the
+#: warm-up goes on beside the first fetches.
+WARM_BEFORE_JOIN_SECONDS = 10.0
 
 
 class SyncedCache:
@@ -322,6 +326,28 @@ class Streams:
     def warming(self) -> bool:
         """Whether a warm-up of the cache is still reading the store (`_warm`)."""
         return bool(self._warming)
+
+    async def warmed(self, seconds: float, stopping: asyncio.Event | None = None) -> bool:
+        """Waits up to `seconds` (or until `stopping` is set) for the warm-ups under way to
+        end; whether they did. The service waits before it joins the consumer group: the
+        first fetches then find what the destination holds in the cache, and the warm-up
+        does not share the event loop with them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        stop = asyncio.ensure_future(stopping.wait()) if stopping is not None else None
+        try:
+            while self._warming and (stop is None or not stop.done()):
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                waits: set[asyncio.Future[Any]] = set(self._warming.values())
+                if stop is not None:
+                    waits.add(stop)
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if stop is not None:
+                stop.cancel()
+        return not self._warming
 
     # the catalog -----------------------------------------------------------------------
 

@@ -12,6 +12,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
+#: How the store's sessions show in pg_stat_activity: apart from the destinations' own
+#: ("sync-service destination") when both live on one server.
+APPLICATION_NAME = "sync-service store"
+
 
 def _userinfo(url: str) -> tuple[int, int] | None:
     """Start and end of the password in `scheme://user:password@host...`, if there is one."""
@@ -118,7 +122,7 @@ async def create_pool(
     """A pool on `url`; raises ConnectionError whose message names the masked URL. `connect_timeout`
     bounds each connection attempt; `statement_timeout` has the server cancel any statement
     running longer (both in seconds)."""
-    settings = {"application_name": "sync-service"}
+    settings = {"application_name": APPLICATION_NAME}
     if statement_timeout is not None:
         settings["statement_timeout"] = str(int(statement_timeout * 1000))
     try:

@@ -858,6 +858,27 @@ async def test_postgres_pending_seq_grows_across_replicas(postgres_url: str) -> 
         await two.close()
 
 
+async def test_postgres_sessions_are_named(postgres_url: str) -> None:
+    """pg_stat_activity tells the store's sessions from the destinations' on a shared server."""
+    import asyncpg
+
+    store = make_store(postgres_url)
+    await store.open()
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        names = {
+            r[0]
+            for r in await admin.fetch(
+                "SELECT application_name FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                "AND datname = current_database()"
+            )
+        }
+        assert "sync-service store" in names
+    finally:
+        await admin.close()
+        await store.close()
+
+
 async def test_postgres_password_never_in_errors_or_logs(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -103,7 +103,7 @@ async def test_a_killed_connection_mid_run_is_retried_and_the_run_recovers(
             await asyncio.sleep(0.005)
         killed = await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'sync-service' AND pid <> pg_backend_pid()"
+            "WHERE application_name = 'sync-service destination' AND pid <> pg_backend_pid()"
         )
         assert killed >= 1
         assert not running.done()

@@ -519,7 +519,8 @@ async def test_a_restarted_replica_drops_unchanged_rows_without_a_read_of_their_
     _, second = await synced_then_restarted(sqlite_harnesses, 100)
     asked = keys_asked(second.store)
     second.streams.set_syncs([second.sync])
-    await wait_for(lambda: not second.streams.warming, what="the warm-up to end")
+    assert await second.streams.warmed(10)
+    assert not second.streams.warming
     assert len(second.streams.cache.get("7")) == 100
 
     accepted = len(second.receiver.rows)
@@ -531,6 +532,34 @@ async def test_a_restarted_replica_drops_unchanged_rows_without_a_read_of_their_
     assert asked == ["100"]
     assert {r["key"]: r["data"]["v"] for r in second.receiver.rows[accepted:]} == {"5": 1, "100": 0}
     assert second.metrics.registry.get_sample_value("sync_rows_unchanged_total") == 99
+
+
+async def test_waiting_for_the_warm_up_is_bounded_and_ends_when_the_service_stops(
+    sqlite_harnesses: HarnessFactory,
+) -> None:
+    """The service waits for the warm-up before it joins its group, but no longer than it is
+    told, nor once it is stopping; the warm-up then goes on by itself."""
+    _, second = await synced_then_restarted(sqlite_harnesses, 10)
+    go = asyncio.Event()
+    settled_page = second.store.settled_page
+
+    async def slow(*args: Any) -> Any:
+        await go.wait()
+        return await settled_page(*args)
+
+    second.store.settled_page = slow  # type: ignore[method-assign]
+    second.streams.set_syncs([second.sync])
+    assert not await second.streams.warmed(0.05)
+    stopping = asyncio.Event()
+    waiting = asyncio.create_task(second.streams.warmed(30, stopping))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    stopping.set()
+    assert not await asyncio.wait_for(waiting, 5)
+    assert second.streams.warming
+    go.set()
+    assert await second.streams.warmed(10)
+    assert len(second.streams.cache.get("7")) == 10
 
 
 async def test_a_warm_up_page_read_before_the_cache_dropped_entries_is_not_used(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import report
+from bench import pgcpu, report
 from bench.settings import TARGETS
 
 # A full run of 2026-11-27 as `make bench` saved it (RSS samples cut short), judged then against
@@ -221,3 +221,30 @@ def test_the_floors_show_next_to_s0_and_s1_and_s2_are_given_as_shares_of_them(
     assert cells(md, "S2 service, all unchanged", "100-row")[4].endswith(", 0.50 x F2")
     # A shape without the floors keeps its lines as they were.
     assert not cells(md, "S1 service, blackhole", "1-row")[4].endswith("F1")
+
+
+def test_postgres_cpu_shows_under_s4_and_p4_by_role(run: dict[str, Any]) -> None:
+    shape = run["shapes"]["1r"]
+    rows = shape["S4"]["rows"]
+    spent = {"store": 3.0, "destination": 4.5, "peer": 0.0, "other": 0.3, "total": 7.8}
+    shape["S4"]["postgres_cpu_s"] = spent
+    shape["S4"]["postgres_cpu_us_per_row"] = pgcpu.per_row(spent, rows)
+    shape["P4"] = {**shape["S0"], "rows_per_s": 45_000.0}
+    peer = {"store": 0.0, "destination": 0.0, "peer": 4.2, "other": 0.6, "total": 4.8}
+    shape["P4"]["postgres_cpu_us_per_row"] = pgcpu.per_row(peer, rows)
+
+    md = report.render(run)
+
+    s4 = cells(md, "S4 PostgreSQL CPU per row", "1-row")
+    per_row = 1e6 / rows
+    assert s4[3] == (
+        f"store {3.0 * per_row:.1f} / destination {4.5 * per_row:.1f} / "
+        f"other {0.3 * per_row:.1f} us/row"
+    )
+    assert s4[4] == f"{7.8 * per_row:.1f} us/row in all"
+    p4 = cells(md, "P4 PostgreSQL CPU per row", "1-row")
+    assert p4[3] == f"peer {4.2 * per_row:.1f} / other {0.6 * per_row:.1f} us/row"
+    # Without the measurement (a server elsewhere, an older run) there is no such line.
+    assert "S4 PostgreSQL CPU per row | 100-row" not in md
+    assert pgcpu.per_row(None, rows) is None
+    assert pgcpu.per_row(spent, 0) is None
