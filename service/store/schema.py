@@ -177,6 +177,16 @@ _MIGRATIONS: list[list[str | Only]] = [
     # closed, a source table truncated), so every replica that streams its rows knows to drop
     # what its cache says the destination holds.
     ["CREATE TABLE sync_epochs (sync_id TEXT PRIMARY KEY, epoch BIGINT NOT NULL)"],
+    # Version 10: PostgreSQL compares a row's sync id and key byte by byte, as SQLite does,
+    # instead of by the database's locale: the key index's probes and inserts (a lookup and a
+    # record per streamed row) cost less, and keys list in the same order in both stores.
+    [
+        Only(
+            "postgres",
+            'ALTER TABLE row_state ALTER COLUMN sync_id TYPE TEXT COLLATE "C", '
+            'ALTER COLUMN key TYPE TEXT COLLATE "C"',
+        )
+    ],
 ]
 
 

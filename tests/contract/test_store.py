@@ -879,6 +879,26 @@ async def test_postgres_sessions_are_named(postgres_url: str) -> None:
         await store.close()
 
 
+async def test_postgres_row_keys_compare_byte_by_byte(postgres_url: str) -> None:
+    """row_state's sync id and key use the "C" collation whatever the database's locale: the
+    key index compares bytes, as SQLite does."""
+    import asyncpg
+
+    store = make_store(postgres_url)
+    await store.open()
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        found = await admin.fetch(
+            "SELECT column_name, collation_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'row_state' "
+            "AND column_name IN ('sync_id', 'key') ORDER BY column_name"
+        )
+        assert [tuple(r) for r in found] == [("key", "C"), ("sync_id", "C")]
+    finally:
+        await admin.close()
+        await store.close()
+
+
 async def test_postgres_password_never_in_errors_or_logs(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

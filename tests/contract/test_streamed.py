@@ -92,6 +92,41 @@ async def test_settled_pages_give_the_held_hash_of_every_key_with_nothing_pendin
     assert await page(store) == before  # a read: nothing moved
 
 
+async def test_keys_list_in_the_order_of_their_bytes_in_every_store(store: Store) -> None:
+    """Both stores compare keys byte by byte (PostgreSQL's key columns are COLLATE "C"), so
+    pages of keys come in one order whatever the database's locale."""
+    keys = ["b", "B", "a", "Z", "é", "e", "10", "9", "a b", "a-b"]
+    await sync_through_runner(store, [version(k) for k in keys])
+
+    listed = [key for key, _ in await store.settled_page("1", "", 100)]
+    assert listed == sorted(keys, key=str.encode)
+    assert [k for k, _ in await store.settled_page("1", "Z", 100)] == listed[
+        listed.index("Z") + 1 :
+    ]
+
+
+async def test_rows_streamed_under_schema_version_9_carry_over(open_store: StoreFactory) -> None:
+    """Version 10 changes how PostgreSQL compares keys; the rows stay as they were."""
+    old = await open_store(schema_upto=9)
+    await old.record_streamed(
+        "1", [version("held"), version("Z")], [(version("failed"), "no")], 1.0
+    )
+    await old.close()
+
+    store = await open_store()
+    assert await store.held("1", ["held", "Z", "failed", "unknown"]) == {
+        "held": (hash_of("held"), False),
+        "Z": (hash_of("Z"), False),
+        "failed": (None, True),
+    }
+    await store.record_streamed("1", [version("held", 2), version("new")], [], 2.0)
+    assert await store.settled_page("1", "", 10) == [
+        ("Z", hash_of("Z")),
+        ("held", hash_of("held", 2)),
+        ("new", hash_of("new")),
+    ]
+
+
 async def test_pending_among_and_syncs_with_pending(store: Store) -> None:
     await sync_through_runner(store, [version("synced"), version("both")])
     await store.write_pending([version("both", 2), version("waiting")])
