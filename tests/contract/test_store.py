@@ -858,45 +858,40 @@ async def test_postgres_pending_seq_grows_across_replicas(postgres_url: str) -> 
         await two.close()
 
 
-async def test_postgres_sessions_are_named(postgres_url: str) -> None:
-    """pg_stat_activity tells the store's sessions from the destinations' on a shared server."""
-    import asyncpg
-
-    store = make_store(postgres_url)
-    await store.open()
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        names = {
-            r[0]
-            for r in await admin.fetch(
-                "SELECT application_name FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-                "AND datname = current_database()"
-            )
-        }
-        assert "sync-service store" in names
-    finally:
-        await admin.close()
-        await store.close()
-
-
-async def test_postgres_row_keys_compare_byte_by_byte(postgres_url: str) -> None:
-    """row_state's sync id and key use the "C" collation whatever the database's locale: the
-    key index compares bytes, as SQLite does."""
+async def _with_store_open(postgres_url: str, sql: str) -> list[tuple[Any, ...]]:
+    """The rows `sql` gives on another connection while a store on `postgres_url` is open."""
     import asyncpg
 
     store = make_store(postgres_url)
     await store.open()
     admin = await asyncpg.connect(postgres_url)
     try:
-        found = await admin.fetch(
-            "SELECT column_name, collation_name FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name = 'row_state' "
-            "AND column_name IN ('sync_id', 'key') ORDER BY column_name"
-        )
-        assert [tuple(r) for r in found] == [("key", "C"), ("sync_id", "C")]
+        return [tuple(r) for r in await admin.fetch(sql)]
     finally:
         await admin.close()
         await store.close()
+
+
+async def test_postgres_sessions_are_named(postgres_url: str) -> None:
+    """pg_stat_activity tells the store's sessions from the destinations' on a shared server."""
+    found = await _with_store_open(
+        postgres_url,
+        "SELECT application_name FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+        "AND datname = current_database()",
+    )
+    assert ("sync-service store",) in found
+
+
+async def test_postgres_row_keys_compare_byte_by_byte(postgres_url: str) -> None:
+    """row_state's sync id and key use the "C" collation whatever the database's locale: the
+    key index compares bytes, as SQLite does."""
+    found = await _with_store_open(
+        postgres_url,
+        "SELECT column_name, collation_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'row_state' "
+        "AND column_name IN ('sync_id', 'key') ORDER BY column_name",
+    )
+    assert found == [("key", "C"), ("sync_id", "C")]
 
 
 async def test_postgres_password_never_in_errors_or_logs(
