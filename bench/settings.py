@@ -104,6 +104,7 @@ TARGETS = {
     "S2/S0@100": Target("S2/S0@100", "S2 >= 0.3 x S0 (100-row events)", 0.3),
     "S3/S1@1": Target("S3/S1@1", "S3 >= 0.9 x S1 (1-row events)", 0.9),
     "S3/S1@100": Target("S3/S1@100", "S3 >= 0.9 x S1 (100-row events)", 0.9),
+    "S3/S0@100": Target("S3/S0@100", "S3 >= 0.15 x S0 (100-row events)", 0.15),
     "S4@1": Target("S4@1", "S4 >= 40,000 rows/s (1-row events)", 40_000),
     "S4@100": Target("S4@100", "S4 >= 40,000 rows/s (100-row events)", 40_000),
     "S4/P4@1": Target(

@@ -662,3 +662,37 @@ async def test_a_row_removed_by_another_replica_is_not_dropped_as_unchanged(
         await b.close()
         for store in stores:
             await store.close()
+
+
+async def test_a_key_whose_flight_lands_while_take_reads_the_store_is_decided_by_that_flight(
+    sqlite_harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key 1 is held at v0 and v1 is in flight. A fetch brings v0 of key 1 again and a new key,
+    so `take` reads the store for the new key; v1 lands meanwhile. The v0 is then compared
+    with v1, what the destination now holds, and sent, not dropped against the v0 that the
+    cache held when the fetch was first looked up."""
+    h = sqlite_harness
+    await h.setup()
+    _, ticket = await h.take("upsert", [{"id": 1, "v": 0}])
+    assert ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+
+    h.receiver.delay = 0.3
+    _, flight = await h.take("upsert", [{"id": 1, "v": 1}])
+    assert flight is not None
+    await wait_for(lambda: "1" in h.streams._streams["7"].flying, what="v1 in flight")
+    read = h.store.held
+    asked: list[list[str]] = []
+
+    async def held_once_v1_landed(sync_id: str, keys: Any) -> Any:
+        asked.append(list(keys))
+        await asyncio.wait_for(flight.done, 10)  # type: ignore[union-attr]
+        return await read(sync_id, keys)
+
+    monkeypatch.setattr(h.store, "held", held_once_v1_landed)
+    _, ticket = await h.take("upsert", [{"id": 1, "v": 0}, {"id": 2, "v": 0}])
+    assert ticket is not None
+    await asyncio.wait_for(ticket.done, 10)
+    assert asked == [["2"]]
+    assert h.latest() == {"1": 0, "2": 0}
+    assert [op for op, key in h.receiver.ops() if key == "1"] == ["added", "changed", "changed"]

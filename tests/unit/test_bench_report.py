@@ -74,6 +74,10 @@ def test_saved_run_renders_with_the_new_targets_and_their_misses(
         "S3 >= 0.9 x S1 (1-row events)",
         "met",
     ]
+    # For 100-row events the webhook path is also held against raw aiokafka.
+    s3 = cells(md, "S3 service, webhook", "100-row")
+    assert s3[5] == "S3 >= 0.9 x S1 (100-row events); S3 >= 0.15 x S0 (100-row events)"
+    assert s3[6].endswith("; **missed**")
     assert cells(md, "S4 service, PostgreSQL", "100-row")[5:] == [
         "S4 >= 40,000 rows/s (100-row events)",
         "**missed**",
@@ -105,6 +109,7 @@ def test_targets_met_at_their_bounds(run: dict[str, Any]) -> None:
     one["S1"]["rows_per_s"] = one["S0"]["rows_per_s"] * 0.25
     hundred["S1"]["rows_per_s"] = hundred["S0"]["rows_per_s"] * 0.15
     hundred["S2"]["rows_per_s"] = hundred["S0"]["rows_per_s"] * 0.3
+    hundred["S3"]["rows_per_s"] = hundred["S0"]["rows_per_s"] * 0.15
     next(lv for lv in run["L1"]["levels"] if lv["load"] == 0.5)["latency_ms"]["p99"] = 100.0
     run["M1"]["backlog_rows_at_recovery"] = 1_000_000
     run["M1"]["rss_mib_max_during_stall"] = 256.0
@@ -118,6 +123,7 @@ def test_targets_met_at_their_bounds(run: dict[str, Any]) -> None:
     assert cells(md, "S1 service, blackhole", "1-row")[6] == "met"
     assert cells(md, "S1 service, blackhole", "100-row")[6] == "met"
     assert cells(md, "S2 service, all unchanged", "100-row")[6] == "met"
+    assert cells(md, "S3 service, webhook", "100-row")[6].endswith("; met")
     assert cells(md, "L1 freshness at 50%", "1-row")[6] == "met"
     assert cells(md, "M1 catch-up after the stall", "1-row")[6] == "met"
     assert cells(md, "M1 RSS in a 180 s stall", "1-row")[6] == "met; met"
@@ -128,6 +134,7 @@ def test_targets_met_at_their_bounds(run: dict[str, Any]) -> None:
         "S1cpu@1",
         "S1cpu@100",
         "S2/S0@100",
+        "S3/S0@100",
         "L1p99@50%",
         "M1backlog",
         "M1max",
@@ -137,6 +144,8 @@ def test_targets_met_at_their_bounds(run: dict[str, Any]) -> None:
 
 def test_just_past_the_bounds_is_missed(run: dict[str, Any]) -> None:
     run["shapes"]["100r"]["S1"]["rows_per_cpu_s"] = 49_900.0  # 20.04 us a row
+    hundred = run["shapes"]["100r"]
+    hundred["S3"]["rows_per_s"] = hundred["S0"]["rows_per_s"] * 0.149
     next(lv for lv in run["L1"]["levels"] if lv["load"] == 0.5)["latency_ms"]["p99"] = 100.1
     run["M1"]["backlog_rows_at_recovery"] = 999_999
     run["M1"]["rss_mib_max_during_stall"] = 256.1
@@ -144,6 +153,7 @@ def test_just_past_the_bounds_is_missed(run: dict[str, Any]) -> None:
     md = report.render(run)
 
     assert cells(md, "S1 CPU per row", "100-row")[6] == "**missed**"
+    assert cells(md, "S3 service, webhook", "100-row")[6].endswith("; **missed**")
     assert cells(md, "L1 freshness at 50%", "1-row")[6] == "**missed**"
     assert cells(md, "M1 catch-up after the stall", "1-row")[6] == "**missed**"
     assert cells(md, "M1 RSS in a 180 s stall", "1-row")[6] == "**missed**; met"
