@@ -332,6 +332,7 @@ def build_app(
                 base_delay=settings.destination_retry_base_seconds,
                 max_delay=settings.destination_retry_max_seconds,
             ),
+            page_size=settings.run_page_rows,
             lease_ttl=settings.lease_ttl_seconds,
             lease_renew=settings.lease_renew_seconds,
         )

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     snapshot_warn_seconds: float = Field(default=3600.0, gt=0)
     #: Most records per fetch; also the most events one ingest transaction covers.
     fetch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    #: Pending rows a run reads from the store at a time (the next page is read while one is
+    #: planned and sent); batches are made across pages. A run holds about two pages.
+    run_page_rows: int = Field(default=500, ge=1, le=100_000)
     # catalog: workspaces and their topics
     #: The workspace that owns the topics of SYNC_EVENTS_TOPICS; a source's topic belongs to
     #: the source's workspace.

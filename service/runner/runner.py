@@ -72,7 +72,7 @@ class SyncRunner:
         metrics: Metrics,
         clock: Clock,
         retry: RetryPolicy | None = None,
-        page_size: int = 2000,
+        page_size: int = 500,
         lease_ttl: float = 15.0,
         lease_renew: float = 5.0,
     ) -> None:

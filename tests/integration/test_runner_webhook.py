@@ -44,7 +44,7 @@ class RecordingReporter:
 
 
 class Harness:
-    def __init__(self, store: SqliteStore, receiver: Receiver) -> None:
+    def __init__(self, store: SqliteStore, receiver: Receiver, *, page_size: int = 500) -> None:
         self.store = store
         self.receiver = receiver
         self.metrics = Metrics()
@@ -59,6 +59,7 @@ class Harness:
             self.metrics,
             SystemClock(),
             RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05),
+            page_size=page_size,
         )
         self.sync: Sync
 
@@ -162,6 +163,22 @@ async def test_batches_respect_batch_size(harness: Harness) -> None:
     assert len(batch_ids) == 3
     assert {r.json["runId"] for r in harness.receiver.requests} == {run.id}
     assert {r.json["syncId"] for r in harness.receiver.requests} == {"7"}
+
+
+async def test_batches_are_made_across_pages_of_the_store(harness: Harness) -> None:
+    """A run reads pending rows a page at a time (SYNC_RUN_PAGE_ROWS); its batches still fill
+    to the destination's batch size across pages, and every row arrives once."""
+    paged = Harness(harness.store, harness.receiver, page_size=3)
+    try:
+        await paged.setup(batchSize=5)
+        await paged.send("upsert", [user(i) for i in range(12)])
+        run = await paged.run()
+        assert run.status == RunStatus.SUCCESS
+        assert [len(r.json["rows"]) for r in paged.receiver.requests] == [5, 5, 2]
+        assert sorted(int(r["key"]) for r in paged.receiver.rows) == list(range(12))
+        assert await paged.store.pending_counts() == {}
+    finally:
+        await paged.runner.close()
 
 
 async def test_503_then_200_delivers_after_a_retry(harness: Harness) -> None:

@@ -18,6 +18,7 @@ def test_defaults_match_the_process_interface(clean_env: pytest.MonkeyPatch) -> 
     assert settings.http_port == 8080
     assert settings.config_file is None
     assert settings.api_tokens is None
+    assert settings.run_page_rows == 500
 
 
 def test_settings_are_read_from_sync_variables(clean_env: pytest.MonkeyPatch) -> None:
@@ -27,7 +28,9 @@ def test_settings_are_read_from_sync_variables(clean_env: pytest.MonkeyPatch) ->
     clean_env.setenv("SYNC_CONSUMER_GROUP", "group")
     clean_env.setenv("SYNC_DATABASE_URL", "sqlite:///tmp/x.db")
     clean_env.setenv("SYNC_HTTP_PORT", "9000")
+    clean_env.setenv("SYNC_RUN_PAGE_ROWS", "250")
     settings = load_settings()
+    assert settings.run_page_rows == 250
     assert settings.kafka_bootstrap_servers == "k1:9093,k2:9093"
     assert (settings.status_topic, settings.dlq_topic) == ("status", "dlq")
     assert settings.consumer_group == "group"
@@ -59,6 +62,8 @@ def test_no_events_topic_at_all_is_an_error(clean_env: pytest.MonkeyPatch) -> No
         ("SYNC_HTTP_PORT", "70000"),
         ("SYNC_STATUS_TOPIC", ""),
         ("SYNC_LOG_LEVEL", "chatty"),
+        ("SYNC_RUN_PAGE_ROWS", "0"),
+        ("SYNC_RUN_PAGE_ROWS", "100001"),
     ],
 )
 def test_a_bad_value_names_its_setting_first(
