@@ -44,7 +44,7 @@ class RecordingReporter:
 
 
 class Harness:
-    def __init__(self, store: SqliteStore, receiver: Receiver, *, page_size: int = 500) -> None:
+    def __init__(self, store: SqliteStore, receiver: Receiver, **runner: Any) -> None:
         self.store = store
         self.receiver = receiver
         self.metrics = Metrics()
@@ -59,7 +59,7 @@ class Harness:
             self.metrics,
             SystemClock(),
             RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05),
-            page_size=page_size,
+            **runner,
         )
         self.sync: Sync
 
