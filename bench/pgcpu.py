@@ -24,6 +24,8 @@ ROLES = {
     destination.APPLICATION_NAME: "destination",
     "PostgreSQL JDBC Driver": "peer",
 }
+#: The roles `PgCpu.stop` reports, in order; "other" is any session without a role above.
+ROLE_NAMES = (*ROLES.values(), "other")
 #: This meter's own session, left out.
 _SELF = "bench pgcpu"
 
@@ -87,7 +89,7 @@ class PgCpu:
         finally:
             self._conn = None
             await conn.close()
-        spent: dict[str, float] = {"store": 0.0, "destination": 0.0, "peer": 0.0, "other": 0.0}
+        spent: dict[str, float] = dict.fromkeys(ROLE_NAMES, 0.0)
         for pid, cpu in self._last.items():
             name = self._names.get(pid, "")
             if name == _SELF:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from bench import pgcpu
 from bench.settings import RESULTS, ROOT, TARGETS
 
 SCENARIOS = {
@@ -238,14 +239,12 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| L1 | | | failed | | | {_first_line(results['L1']['error'])} |")
     m1 = results.get("M1", {})
     if "rss_mib_max_during_stall" in m1:
-        target_max, verdict_max = _verdict(results, "M1max")
-        target_flat, verdict_flat = _verdict(results, "M1growth")
+        targets, verdicts = _verdicts(results, ["M1max", "M1growth"])
         lines.append(
             f"| M1 RSS in a {m1['stall_seconds']:.0f} s stall | 1-row | {m1['rows_produced']:,} | "
             f"{m1['rss_mib_at_stall_start']:.0f} -> max {m1['rss_mib_max_during_stall']:.0f} MiB"
-            f" | {m1['rss_growth_during_stall']:.2f} x start{_settled(m1)} | {target_max}; "
-            f"{target_flat} | "
-            f"{verdict_max}; {verdict_flat} |"
+            f" | {m1['rss_growth_during_stall']:.2f} x start{_settled(m1)} | {targets} | "
+            f"{verdicts} |"
         )
         s0 = results["shapes"].get("1r", {}).get("S0", {}).get("rows_per_s")
         ratio = f"{m1['catch_up_rows_per_s'] / s0:.2f} x S0" if s0 else ""
@@ -285,33 +284,30 @@ def _postgres_cpu_line(name: str, entry: dict[str, Any], n: int) -> str:
     (bench/pgcpu.py): what the server spends on the store's records next to the destination's
     writes, and on the peer's writes."""
     spent = entry["postgres_cpu_us_per_row"]
-    parts = [f"{role} {spent[role]:.1f}" for role in ROLES_SHOWN if spent.get(role)]
+    parts = [f"{role} {spent[role]:.1f}" for role in pgcpu.ROLE_NAMES if spent.get(role)]
     figure = f"{' / '.join(parts)} us/row" if parts else "n/a"
     total = f"{spent['total']:.1f} us/row in all" if "total" in spent else ""
     rows = f"{entry['rows']:,}"
     return f"| {name} PostgreSQL CPU per row | {n}-row | {rows} | {figure} | {total} | | |"
 
 
-#: The roles of `_postgres_cpu_line`, in order.
-ROLES_SHOWN = ("store", "destination", "peer", "other")
-
-
 def _scenario_target(results: dict[str, Any], name: str, n: int) -> tuple[str, str]:
-    if name == "S3" and f"S3/S0@{n}" in results["targets"]:
+    keys = {
+        "S1": (f"S1/S0@{n}",),
+        "S2": (f"S2/S0@{n}",),
         # The webhook path against S1 and, for 100-row events, against raw aiokafka.
-        over_s1, over_s0 = _verdict(results, f"S3/S1@{n}"), _verdict(results, f"S3/S0@{n}")
-        return f"{over_s1[0]}; {over_s0[0]}", f"{over_s1[1]}; {over_s0[1]}"
-    key = {
-        "S1": f"S1/S0@{n}",
-        "S2": f"S2/S0@{n}",
-        "S3": f"S3/S1@{n}",
-        "S4": f"S4@{n}",
-        "S5": f"S5/S4@{n}",
-        "P4": f"S4/P4@{n}",
-    }.get(name)
-    if key is None or key not in results["targets"]:
-        return "", ""
-    return _verdict(results, key)
+        "S3": (f"S3/S1@{n}", f"S3/S0@{n}"),
+        "S4": (f"S4@{n}",),
+        "S5": (f"S5/S4@{n}",),
+        "P4": (f"S4/P4@{n}",),
+    }.get(name, ())
+    return _verdicts(results, [key for key in keys if key in results["targets"]])
+
+
+def _verdicts(results: dict[str, Any], keys: list[str]) -> tuple[str, str]:
+    """The targets of one line of the table and their verdicts, each joined by "; "."""
+    found = [_verdict(results, key) for key in keys]
+    return "; ".join(t for t, _ in found), "; ".join(v for _, v in found)
 
 
 def write(results: dict[str, Any], stamp: str) -> tuple[Path, Path]:
