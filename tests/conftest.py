@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -48,7 +49,9 @@ def kafka_bootstrap() -> str:
             await admin.close()
 
     try:
-        asyncio.run(asyncio.wait_for(probe(), 15))
+        # A thread of its own: the first test to ask may already be inside an event loop.
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(lambda: asyncio.run(asyncio.wait_for(probe(), 15))).result()
     except Exception as exc:
         pytest.fail(f"no Kafka broker at {address} ({exc!r}); run `make kafka-up`", pytrace=False)
     return address

@@ -28,7 +28,7 @@ from service.core.errors import DestinationError, RetriableError
 from service.core.interfaces import Batch, BatchResult, DestinationWriter
 from service.core.rows import RowChange
 from service.destinations.egress import AddressRefused, EgressPolicy, EgressRefused
-from service.store.pgconnect import _ssl_option, mask_url, scrub
+from service.store.pgconnect import _ssl_option, keep_session, mask_url, scrub
 
 #: How the destination's sessions show in pg_stat_activity (the store's are "sync-service
 #: store").
@@ -307,6 +307,7 @@ class PostgresDestination(DestinationWriter):
                 command_timeout=60,
                 connect=connector,
                 server_settings={"application_name": APPLICATION_NAME},
+                reset=keep_session,
             )
         except AddressRefused as exc:
             raise EgressRefused(f"dsn: {exc}") from None
@@ -343,13 +344,17 @@ class PostgresDestination(DestinationWriter):
             raise DestinationError("the postgres destination is not open")
         upserts = [self._record(r) for r in batch.rows if r.op != "removed"]
         removals = [self._record(r) for r in batch.rows if r.op == "removed"]
+        statements = self._statements(upserts, removals)
         try:
             async with self._pool.acquire() as conn:
                 if not self._table_ready:
                     await self._create_table(conn, upserts or removals)
                 try:
-                    async with conn.transaction():
-                        await self._write_all(conn, upserts, removals)
+                    if len(statements) == 1:  # atomic on its own: no BEGIN and COMMIT trips
+                        await conn.execute(*statements[0])
+                    else:
+                        async with conn.transaction():
+                            await self._write_all(conn, statements)
                     return BatchResult()
                 except (*_SCHEMA_ERRORS, *_CONNECTION_ERRORS):
                     raise
@@ -374,24 +379,26 @@ class PostgresDestination(DestinationWriter):
             return row.data
         return {**row.data, self._key: row.key}
 
-    async def _write_all(
-        self,
-        conn: asyncpg.Connection,
-        upserts: list[dict[str, Any]],
-        removals: list[dict[str, Any]],
-    ) -> None:
-        """One statement per operation (more when the rows exceed `batchBytes`). Measured
-        against binary COPY into a temporary table and a prepared executemany
-        (`python -m bench.pgupsert`), one JSON parameter was the fastest on the server and
-        cost the least CPU in this process."""
+    def _statements(
+        self, upserts: list[dict[str, Any]], removals: list[dict[str, Any]]
+    ) -> list[tuple[str, str]]:
+        """(SQL, JSON parameter): one statement per operation (more when the rows exceed
+        `batchBytes`). Measured against binary COPY into a temporary table and a prepared
+        executemany (`python -m bench.pgupsert`), one JSON parameter was the fastest on the
+        server and cost the least CPU in this process."""
+        statements: list[tuple[str, str]] = []
         if upserts:
             sql = self._upsert_sql(upserts)
-            for chunk in self._json_chunks(upserts):
-                await conn.execute(sql, chunk)
+            statements.extend((sql, chunk) for chunk in self._json_chunks(upserts))
         if removals:
             sql = self._delete_sql()
-            for chunk in self._json_chunks(removals):
-                await conn.execute(sql, chunk)
+            statements.extend((sql, chunk) for chunk in self._json_chunks(removals))
+        return statements
+
+    @staticmethod
+    async def _write_all(conn: asyncpg.Connection, statements: list[tuple[str, str]]) -> None:
+        for sql, parameter in statements:
+            await conn.execute(sql, parameter)
 
     def _json_chunks(self, records: list[dict[str, Any]]) -> list[str]:
         """The records as JSON arrays of at most `batchBytes` each (a larger row alone)."""
@@ -427,8 +434,10 @@ class PostgresDestination(DestinationWriter):
                 async with conn.transaction():  # a savepoint
                     await self._write_all(
                         conn,
-                        [self._record(r) for r in half if r.op != "removed"],
-                        [self._record(r) for r in half if r.op == "removed"],
+                        self._statements(
+                            [self._record(r) for r in half if r.op != "removed"],
+                            [self._record(r) for r in half if r.op == "removed"],
+                        ),
                     )
             except (*_SCHEMA_ERRORS, *_CONNECTION_ERRORS):
                 raise
@@ -440,7 +449,7 @@ class PostgresDestination(DestinationWriter):
         return rejected
 
     def _upsert_sql(self, records: list[dict[str, Any]]) -> str:
-        columns = sorted({c for r in records for c in r})
+        columns = sorted(set().union(*records))
         for column in columns:
             if not _IDENTIFIER.match(column):
                 raise SchemaError(f"{column!r} cannot be a column name")

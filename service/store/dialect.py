@@ -81,6 +81,12 @@ class Dialect:
     def read(self) -> Any:
         """async context manager: a Conn for reads, each statement its own transaction."""
 
+    def write_one(self) -> Any:
+        """async context manager: a Conn for one write statement, atomic on its own. Where a
+        transaction costs round trips (PostgreSQL: BEGIN and COMMIT), the statement runs
+        without one; elsewhere this is `tx`."""
+        return self.tx()
+
     async def lock_table(self, conn: Conn, table: str, mode: str) -> None:
         """Hold `table` in `mode` until the transaction ends (PostgreSQL; SQLite's writer
         lock already covers the whole file)."""
@@ -460,6 +466,8 @@ class PostgresDialect(Dialect):
     async def read(self) -> AsyncIterator[Conn]:
         async with self._acquire() as raw:
             yield PostgresConn(raw)
+
+    write_one = read
 
     async def lock_table(self, conn: Conn, table: str, mode: str) -> None:
         await conn.execute(f"LOCK TABLE {table} IN {mode} MODE")

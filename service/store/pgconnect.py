@@ -110,6 +110,13 @@ def scrub(url: str, text: str) -> str:
     return text
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's `reset`: asyncpg still rolls back a transaction left open, but skips its reset
+    statement (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL), a round trip and server work
+    on every release. The service changes no session state but in its own transactions
+    (SET LOCAL), and the store's migration undoes its SET and advisory lock itself."""
+
+
 async def create_pool(
     url: str,
     *,
@@ -137,6 +144,7 @@ async def create_pool(
                 command_timeout=command_timeout,
                 timeout=connect_timeout,
                 server_settings=settings,
+                reset=keep_session,
             )
 
         try:

@@ -422,7 +422,8 @@ class SqlStore(Store):
         streamed.check_streamed(sync_id, delivered, failed)
         if not delivered and not failed:
             return []
-        async with self._d.tx() as conn:
+        # Delivered rows alone (the usual case) are one statement, atomic without a transaction.
+        async with self._d.tx() if failed and delivered else self._d.write_one() as conn:
             return await self._d.streamed.record(conn, sync_id, delivered, failed, now)
 
     async def pending_among(self, sync_id: str, keys: Sequence[str]) -> set[str]:

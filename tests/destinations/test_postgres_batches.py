@@ -15,6 +15,7 @@ from service.core.errors import RetriableError
 from service.core.interfaces import Batch, DestinationWriter
 from service.core.models import Destination
 from service.core.rows import RowChange
+from service.destinations.postgres import APPLICATION_NAME
 from service.destinations.registry import DestinationContext, open_destination
 from tests.destinations.test_contract import POSTGRES_URL
 from tests.support import LOCAL_ONLY
@@ -103,34 +104,15 @@ async def test_refused_rows_among_many_are_refused_alone(table: str) -> None:
 async def test_a_connection_killed_mid_batch_is_retriable_and_the_retry_lands(
     table: str,
 ) -> None:
-    """A trigger holds the batch's statement while a row is in `<table>_hold`; the test kills
-    that backend, lets go, and writes the same batch again."""
+    """A trigger holds the batch's statement (see `held`); the test kills that backend, lets
+    go, and writes the same batch again."""
+    admin = await held(table)
     hold = f"{table}_hold"
-    admin = await asyncpg.connect(POSTGRES_URL)
-    await admin.execute(
-        f"""
-        CREATE TABLE {hold} (x int);
-        INSERT INTO {hold} VALUES (1);
-        CREATE FUNCTION {table}_wait() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-          WHILE EXISTS (SELECT 1 FROM {hold}) LOOP PERFORM pg_sleep(0.05); END LOOP;
-          RETURN NEW;
-        END $$;
-        CREATE TRIGGER wait BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_wait();
-        """
-    )
     writer = await writer_for(table)
     rows = [change("added", i, name=f"n{i}") for i in range(300)]
     try:
         writing = asyncio.create_task(writer.write(Batch("1", "9", "9-1", rows)))
-        pid = None
-        while pid is None:
-            pid = await admin.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1",
-                f"INSERT INTO %{table}%",
-            )
-            if pid is None:
-                await asyncio.sleep(0.01)
+        pid = await held_backend(admin, table)
         assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
         with pytest.raises(RetriableError):
             await writing
@@ -143,3 +125,68 @@ async def test_a_connection_killed_mid_batch_is_retriable_and_the_retry_lands(
         await writer.close()
         await admin.execute(f"DROP TABLE IF EXISTS {table}; DROP FUNCTION {table}_wait()")
         await admin.close()
+
+
+async def test_a_batch_cancelled_mid_statement_leaves_its_connection_fit_for_the_next(
+    table: str,
+) -> None:
+    """The pool skips asyncpg's reset statement on release (`keep_session`), and a batch of one
+    statement runs without a transaction: a write cancelled while its statement runs (a
+    timeout) must still leave its connection idle, outside any transaction, and the next batch
+    must land on it. One connection, so the next batch takes the same one."""
+    admin = await held(table)
+    writer = await writer_for(table, maxConcurrency=1)
+    try:
+        writing = asyncio.create_task(
+            writer.write(Batch("1", "9", "9-1", [change("added", 1, name="cancelled")]))
+        )
+        await held_backend(admin, table)
+        writing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        await admin.execute(f"DELETE FROM {table}_hold")
+        rows = [change("added", i, name=f"n{i}") for i in range(2, 50)]
+        assert (await writer.write(Batch("1", "9", "9-2", rows))).rejected == {}
+        assert await table_rows(table) == {i: f"n{i}" for i in range(2, 50)}
+        idle_in_transaction = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+            "AND state LIKE 'idle in transaction%'",
+            APPLICATION_NAME,
+        )
+        assert idle_in_transaction == 0
+    finally:
+        await writer.close()
+        await admin.execute(f"DROP TABLE IF EXISTS {table}; DROP FUNCTION {table}_wait()")
+        await admin.close()
+
+
+async def held(table: str) -> asyncpg.Connection:
+    """An admin connection, after giving `table` a trigger that holds every insert while a row
+    is in `<table>_hold` (one is)."""
+    admin = await asyncpg.connect(POSTGRES_URL)
+    hold = f"{table}_hold"
+    await admin.execute(
+        f"""
+        CREATE TABLE {hold} (x int);
+        INSERT INTO {hold} VALUES (1);
+        CREATE FUNCTION {table}_wait() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          WHILE EXISTS (SELECT 1 FROM {hold}) LOOP PERFORM pg_sleep(0.05); END LOOP;
+          RETURN NEW;
+        END $$;
+        CREATE TRIGGER wait BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_wait();
+        """
+    )
+    return admin
+
+
+async def held_backend(admin: asyncpg.Connection, table: str) -> int:
+    """The pid of the backend whose insert into `table` is being held."""
+    while True:
+        pid = await admin.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1",
+            f"INSERT INTO %{table}%",
+        )
+        if pid is not None:
+            return int(pid)
+        await asyncio.sleep(0.01)
