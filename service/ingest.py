@@ -221,7 +221,7 @@ def _project_event(
 ) -> None:
     """One event for each of its routes: a decoded database change, a snapshot's event, one
     whose values may not be finite (`careful`), or an event of a run done again."""
-    emitted = event.emitted_at.timestamp() if event.emitted_at else None
+    emitted = event.emitted_at
     op = "delete" if event.op == "delete" else "upsert"
     foreign = isinstance(event, SourceChange)
     for route in targets:
@@ -354,8 +354,7 @@ def _project_run(
     size = ROW_HASH_BYTES
     for i in range(start, end):
         event = events[i]
-        at = event.emitted_at
-        emitted = at.timestamp() if at is not None else None
+        emitted = event.emitted_at
         delete = event.op == "delete"
         for row in event.rows:
             value = row.get(pk)

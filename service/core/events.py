@@ -37,7 +37,8 @@ class ChangeEvent(BaseModel):
 class Change:
     """A decoded event as the pipeline carries it: ChangeEvent's fields without pydantic's
     instance machinery, as the decoder builds one a record. Only the decoder makes one from
-    Kafka, and only from what ChangeEvent accepts (`of`, or its own check of the same rules)."""
+    Kafka, and only from what ChangeEvent accepts (`of`, or its own check of the same rules).
+    `emitted_at` is in seconds since the epoch, as rows carry it."""
 
     model_id: str
     op: EventOp
@@ -45,10 +46,11 @@ class Change:
     snapshot_id: str | None = None
     last: bool = False
     event_id: str | None = None
-    emitted_at: datetime | None = None
+    emitted_at: float | None = None
 
     @classmethod
     def of(cls, event: ChangeEvent) -> Change:
+        """Raises InvalidEvent when `emittedAt` has no place on the epoch's scale."""
         return cls(
             event.model_id,
             event.op,
@@ -56,7 +58,7 @@ class Change:
             event.snapshot_id,
             event.last,
             event.event_id,
-            event.emitted_at,
+            None if event.emitted_at is None else epoch_seconds(event.emitted_at),
         )
 
     def replace(self, **changes: Any) -> Change:
@@ -82,6 +84,17 @@ def source_route(source_id: str) -> str:
     """The route name of a source whose records feed every model over it: never a model id
     (those are numeric)."""
     return f"source:{source_id}"
+
+
+def epoch_seconds(value: datetime) -> float:
+    """`value.timestamp()`; raises InvalidEvent (`schema`) for a time it can't place, such as a
+    time without an offset in the first hours of year 1, read in the local zone."""
+    try:
+        return value.timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise InvalidEvent(
+            "schema", f"emittedAt: {value.isoformat()} is out of the range of times"
+        ) from None
 
 
 class InvalidEvent(ValueError):

@@ -7,7 +7,7 @@ import binascii
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Context, Decimal
 from typing import Any, Literal
 
@@ -65,10 +65,9 @@ class DebeziumChange:
     tombstone: bool = False
 
     @property
-    def emitted_at(self) -> datetime | None:
-        if self.emitted_ms is None:
-            return None
-        return datetime.fromtimestamp(self.emitted_ms / 1000, UTC)
+    def emitted_at(self) -> float | None:
+        """The database's commit time in seconds since the epoch (`source.ts_ms`)."""
+        return None if self.emitted_ms is None else self.emitted_ms / 1000
 
     @property
     def closes_snapshot(self) -> bool:

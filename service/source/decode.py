@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from orjson import JSONDecodeError
@@ -9,7 +10,7 @@ from orjson import loads as _loads
 from pydantic import ValidationError
 from pydantic_core import SchemaValidator, core_schema
 
-from service.core.events import Change, ChangeEvent, InvalidEvent
+from service.core.events import Change, ChangeEvent, InvalidEvent, epoch_seconds
 
 MAX_ERROR_MESSAGE = 500
 
@@ -26,6 +27,7 @@ _PLAIN = frozenset((str, int, bool, type(None)))
 #: pydantic's own datetime parser, for the one field whose forms are many: the same datetime,
 #: or an error for what the model refuses.
 _datetime = SchemaValidator(core_schema.datetime_schema()).validate_python
+_fromisoformat = datetime.fromisoformat
 
 
 def decode_event(key: bytes | None, value: bytes | None) -> Change:
@@ -126,16 +128,43 @@ def _lean(value: bytes) -> Change | None:
     elif emitted_at is None:
         read += 1
     elif type(emitted_at) is str:
-        try:
-            emitted_at = _datetime(emitted_at)
-        except ValidationError:
-            return None
+        seconds = _rfc3339_seconds(emitted_at)
+        if seconds is None:
+            try:
+                seconds = epoch_seconds(_datetime(emitted_at))
+            except (ValidationError, InvalidEvent):
+                return None
+        emitted_at = seconds
         read += 1
     else:
         return None
     if len(doc) > read and not _others_fine(doc):
         return None
     return Change(model_id, op, rows, snapshot_id, last, event_id, emitted_at)
+
+
+def _rfc3339_seconds(text: str) -> float | None:
+    """Seconds since the epoch of a time in RFC 3339's usual form (`2024-05-01T12:00:00Z`, up
+    to six digits of fraction, `Z` or an offset), as pydantic reads it; None for any other
+    form, which pydantic decides. Python's parser and a timezone of its own make the same
+    instant at a third of the cost of pydantic's datetime and its tzinfo."""
+    n = len(text)
+    if text[-1:] == "Z":
+        zone = n - 1
+    elif n > 6 and text[-6] in "+-" and text[-3] == ":" and text[-2] in "012345":
+        zone = n - 6  # Python takes minutes past 59 in an offset, pydantic does not
+    else:
+        return None
+    if (
+        (zone != 19 and not (21 <= zone <= 26 and text[19] == "."))
+        or text[10] != "T"
+        or not text.isascii()
+    ):
+        return None
+    try:
+        return _fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 def _others_fine(doc: dict[str, Any]) -> bool:

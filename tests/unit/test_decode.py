@@ -48,7 +48,7 @@ def test_optional_event_id_and_emitted_at_are_read() -> None:
     )
     event = decode_event(b"7", value)
     assert event.event_id == "e1"
-    assert event.emitted_at == datetime(2024, 5, 1, 12, tzinfo=UTC)
+    assert event.emitted_at == datetime(2024, 5, 1, 12, tzinfo=UTC).timestamp()
 
 
 def test_a_record_without_a_key_is_accepted() -> None:
