@@ -146,8 +146,8 @@ def _lean(value: bytes) -> Change | None:
 def _rfc3339_seconds(text: str) -> float | None:
     """Seconds since the epoch of a time in RFC 3339's usual form (`2024-05-01T12:00:00Z`, up
     to six digits of fraction, `Z` or an offset), as pydantic reads it; None for any other
-    form, which pydantic decides. Python's parser and a timezone of its own make the same
-    instant at a third of the cost of pydantic's datetime and its tzinfo."""
+    form, which pydantic decides. Python's parser and its own timezone make the same instant
+    for less than pydantic's datetime, whose tzinfo is slow to convert (0.42 against 0.60 us)."""
     n = len(text)
     if text[-1:] == "Z":
         zone = n - 1
