@@ -1,11 +1,13 @@
 """The postgres destination's batch writes on a real server: batches larger than `batchBytes`,
-rows refused among many, and a connection killed while a batch is being written."""
+rows refused among many, a connection killed while a batch is being written, and a batch
+cancelled mid-statement."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -106,25 +108,22 @@ async def test_a_connection_killed_mid_batch_is_retriable_and_the_retry_lands(
 ) -> None:
     """A trigger holds the batch's statement (see `held`); the test kills that backend, lets
     go, and writes the same batch again."""
-    admin = await held(table)
-    hold = f"{table}_hold"
-    writer = await writer_for(table)
     rows = [change("added", i, name=f"n{i}") for i in range(300)]
-    try:
-        writing = asyncio.create_task(writer.write(Batch("1", "9", "9-1", rows)))
-        pid = await held_backend(admin, table)
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-        with pytest.raises(RetriableError):
-            await writing
-        await admin.execute(f"DELETE FROM {hold}")
-        assert await table_rows(table) == {}
-        result = await writer.write(Batch("1", "9", "9-1", rows))
-        assert result.rejected == {}
-        assert await table_rows(table) == {i: f"n{i}" for i in range(300)}
-    finally:
-        await writer.close()
-        await admin.execute(f"DROP TABLE IF EXISTS {table}; DROP FUNCTION {table}_wait()")
-        await admin.close()
+    async with held(table) as admin:
+        writer = await writer_for(table)
+        try:
+            writing = asyncio.create_task(writer.write(Batch("1", "9", "9-1", rows)))
+            pid = await held_backend(admin, table)
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            with pytest.raises(RetriableError):
+                await writing
+            await admin.execute(f"DELETE FROM {table}_hold")
+            assert await table_rows(table) == {}
+            result = await writer.write(Batch("1", "9", "9-1", rows))
+            assert result.rejected == {}
+            assert await table_rows(table) == {i: f"n{i}" for i in range(300)}
+        finally:
+            await writer.close()
 
 
 async def test_a_batch_cancelled_mid_statement_leaves_its_connection_fit_for_the_next(
@@ -134,35 +133,34 @@ async def test_a_batch_cancelled_mid_statement_leaves_its_connection_fit_for_the
     statement runs without a transaction: a write cancelled while its statement runs (a
     timeout) must still leave its connection idle, outside any transaction, and the next batch
     must land on it. One connection, so the next batch takes the same one."""
-    admin = await held(table)
-    writer = await writer_for(table, maxConcurrency=1)
-    try:
-        writing = asyncio.create_task(
-            writer.write(Batch("1", "9", "9-1", [change("added", 1, name="cancelled")]))
-        )
-        await held_backend(admin, table)
-        writing.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await writing
-        await admin.execute(f"DELETE FROM {table}_hold")
-        rows = [change("added", i, name=f"n{i}") for i in range(2, 50)]
-        assert (await writer.write(Batch("1", "9", "9-2", rows))).rejected == {}
-        assert await table_rows(table) == {i: f"n{i}" for i in range(2, 50)}
-        idle_in_transaction = await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-            "AND state LIKE 'idle in transaction%'",
-            APPLICATION_NAME,
-        )
-        assert idle_in_transaction == 0
-    finally:
-        await writer.close()
-        await admin.execute(f"DROP TABLE IF EXISTS {table}; DROP FUNCTION {table}_wait()")
-        await admin.close()
+    async with held(table) as admin:
+        writer = await writer_for(table, maxConcurrency=1)
+        try:
+            writing = asyncio.create_task(
+                writer.write(Batch("1", "9", "9-1", [change("added", 1, name="cancelled")]))
+            )
+            await held_backend(admin, table)
+            writing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await writing
+            await admin.execute(f"DELETE FROM {table}_hold")
+            rows = [change("added", i, name=f"n{i}") for i in range(2, 50)]
+            assert (await writer.write(Batch("1", "9", "9-2", rows))).rejected == {}
+            assert await table_rows(table) == {i: f"n{i}" for i in range(2, 50)}
+            idle_in_transaction = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                "AND state LIKE 'idle in transaction%'",
+                APPLICATION_NAME,
+            )
+            assert idle_in_transaction == 0
+        finally:
+            await writer.close()
 
 
-async def held(table: str) -> asyncpg.Connection:
-    """An admin connection, after giving `table` a trigger that holds every insert while a row
-    is in `<table>_hold` (one is)."""
+@asynccontextmanager
+async def held(table: str) -> AsyncIterator[asyncpg.Connection]:
+    """An admin connection, while `table` has a trigger that holds every insert as long as a
+    row is in `<table>_hold` (one is, until the test deletes it); drops both afterwards."""
     admin = await asyncpg.connect(POSTGRES_URL)
     hold = f"{table}_hold"
     await admin.execute(
@@ -177,7 +175,11 @@ async def held(table: str) -> asyncpg.Connection:
         CREATE TRIGGER wait BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_wait();
         """
     )
-    return admin
+    try:
+        yield admin
+    finally:
+        await admin.execute(f"DROP TABLE IF EXISTS {table}; DROP FUNCTION {table}_wait()")
+        await admin.close()
 
 
 async def held_backend(admin: asyncpg.Connection, table: str) -> int:
